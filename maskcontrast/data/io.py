@@ -1,0 +1,148 @@
+"""Decoding and encoding of images and masks, with errors that name the file.
+
+Every reader and every tool reads pixels through these functions, so that grayscale, RGBA, CMYK,
+palette and 16-bit files are handled one way everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from maskcontrast.data.record import DataError
+from maskcontrast.utils import atomic_write_bytes
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "read_image",
+    "read_index_png",
+    "read_binary_mask",
+    "write_mask",
+    "list_images",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found", path=str(path))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()  # force decoding now, so a truncated file fails here
+        return img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
+        raise DataError(f"{path}: cannot decode ({err}); re-export or remove the file", path=str(path)) from err
+
+
+def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit or float grayscale: PIL's convert('RGB') clips these, so scale by hand.
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Composite transparent pixels over black, the same as dropping alpha for opaque ones.
+        img = img.convert("RGBA")
+        arr = np.asarray(img, dtype=np.uint16)
+        rgb = arr[..., :3] * arr[..., 3:4] // 255
+        return rgb.astype(np.uint8)
+    if mode != "RGB":
+        img = img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any image file as ``H x W x 3`` uint8 RGB.
+
+    Raises:
+        DataError: the file is missing or cannot be decoded (truncated, not an image).
+    """
+    path = Path(path)
+    return _to_uint8_rgb(_open(path))
+
+
+def read_index_png(path: str | Path) -> np.ndarray:
+    """Read a label or mask file as its raw ``H x W`` integer values (palette indices for mode P).
+
+    Mode ``1`` becomes 0/1, ``L``/``P`` keep their values, RGB files are refused (a colour-coded
+    mask has to be mapped by the reader that knows its palette).
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode == "1":
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("L", "P"):
+        return np.asarray(img, dtype=np.uint8).copy()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+        return np.asarray(img).astype(np.int64)
+    if img.mode == "LA":
+        return np.asarray(img.getchannel(0), dtype=np.uint8).copy()
+    raise DataError(
+        f"{path}: a label/mask file must be a single-channel PNG (mode L, P or 1), got mode {img.mode}",
+        path=str(path),
+    )
+
+
+def read_binary_mask(path: str | Path, threshold: int = 127) -> np.ndarray:
+    """Read a binary object mask stored as 0/255, 0/1, mode ``1`` or JPEG, as uint8 0/1.
+
+    Values above ``threshold`` are foreground; a 0/1 file (maximum 1) is taken as is.
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode == "1":
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode not in ("L", "P"):
+        img = img.convert("L")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.max() <= 1:
+        return arr.copy()
+    return (arr > threshold).astype(np.uint8)
+
+
+def write_mask(path: str | Path, mask: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write an ``H x W`` integer mask (values 0..255) as a PNG, atomically.
+
+    With ``palette`` (``256 x 3`` uint8) the file is a palette PNG, so it shows in colour while
+    its pixel values stay the indices.
+    """
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"mask must be H x W, got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError(f"mask values must lie in 0..255, got {arr.min()}..{arr.max()}")
+    arr8 = np.ascontiguousarray(arr.astype(np.uint8))
+    if palette is None:
+        img = Image.fromarray(arr8)
+    else:
+        img = Image.frombytes("P", (arr8.shape[1], arr8.shape[0]), arr8.tobytes())
+        img.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (by extension, case-insensitive), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found", path=str(folder))
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p
+        for p in folder.glob(pattern)
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )

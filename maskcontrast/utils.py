@@ -1,0 +1,93 @@
+"""Small runtime helpers shared by every entry point: device, seeding, logging, atomic files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import resource
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "get_device",
+    "seed_everything",
+    "setup_logging",
+    "atomic_save",
+    "atomic_write_bytes",
+    "peak_rss_mib",
+]
+
+log = logging.getLogger("maskcontrast")
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else CPU."""
+    if device is not None and str(device) != "auto":
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def setup_logging(level: int | str = logging.INFO, file: str | Path | None = None) -> None:
+    """Log to stderr (and to ``file``) with a short, timestamped format. Idempotent."""
+    root = logging.getLogger()
+    fmt = logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S")
+    if not any(getattr(h, "_maskcontrast", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(fmt)
+        handler._maskcontrast = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    if file is not None:
+        fh = logging.FileHandler(file)
+        fh.setFormatter(fmt)
+        fh._maskcontrast = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+    root.setLevel(level)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves
+    a half-written checkpoint under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process, in MiB (Linux: ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
