@@ -44,7 +44,11 @@ def setup_logging(level: int | str = logging.INFO, file: str | Path | None = Non
     """Log to stderr (and to ``file``) with a short, timestamped format. Idempotent."""
     root = logging.getLogger()
     fmt = logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S")
-    if not any(getattr(h, "_maskcontrast", False) for h in root.handlers):
+    ours = [h for h in root.handlers if getattr(h, "_maskcontrast", False) and type(h) is logging.StreamHandler]
+    for h in ours:  # sys.stderr may have been replaced since (pytest capture, notebooks): follow it
+        if h.stream is not sys.stderr:
+            h.setStream(sys.stderr)
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(fmt)
         handler._maskcontrast = True  # type: ignore[attr-defined]

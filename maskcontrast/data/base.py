@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,8 @@ __all__ = [
     "build_dataset",
     "read_id_list",
     "object_mask_from_png",
+    "ensure_dataset_folder",
+    "empty_folder_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,44 @@ def object_mask_from_png(raw: np.ndarray) -> np.ndarray:
     return raw.astype(np.uint8)
 
 
+def ensure_dataset_folder(root: str | Path, reader: str) -> Path:
+    """``root`` as a Path; a DataError naming it when it is not an existing folder."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"{reader}: dataset folder not found: {path}; pass --root DIR "
+            "(or set MASKCONTRAST_DATA for the shared copies)",
+            path=str(path),
+        )
+    return path
+
+
+def empty_folder_error(root: Path, reader: str) -> DataError | None:
+    """A DataError saying that ``root`` is empty (hidden files do not count), or None when it is not.
+
+    Readers raise it instead of "split list / class list not found" when nothing is there at all.
+    """
+    if any(not p.name.startswith(".") for p in root.iterdir()):
+        return None
+    return DataError(
+        f"{reader}: {root} is empty; download or copy the dataset there (layouts: docs/DATA.md)", path=str(root)
+    )
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Make a DataError raised inside name ``path`` (decoders raise without knowing the file)."""
+    try:
+        yield
+    except DataError as err:
+        if err.path is not None:
+            raise
+        if str(err).startswith(str(path)):
+            err.path = str(path)
+            raise
+        raise DataError(f"{path}: {err}", path=str(path), sample_id=err.sample_id) from err
+
+
 class SegmentationDataset(Dataset):
     """Base class of all readers. Indexing returns a :class:`Sample` (or ``transform(sample)``).
 
@@ -96,13 +137,7 @@ class SegmentationDataset(Dataset):
         transform: Callable[[Sample], Any] | None = None,
         validate: bool = True,
     ) -> None:
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise DataError(
-                f"{type(self).__name__}: dataset folder not found: {self.root}; pass --root DIR "
-                "(or set MASKCONTRAST_DATA for the shared copies)",
-                path=str(self.root),
-            )
+        self.root = ensure_dataset_folder(root, type(self).__name__)
         self.root = self._resolve_root(self.root)
         self.split = split or self.default_split
         if self.split not in self.splits:
@@ -112,7 +147,13 @@ class SegmentationDataset(Dataset):
             raise DataError(f"mask folder not found: {self.mask_dir}", path=str(self.mask_dir))
         self.transform = transform
         self.validate = validate
-        all_ids = self._list_ids()
+        try:
+            all_ids = self._list_ids()
+        except DataError as err:
+            empty = empty_folder_error(self.root, type(self).__name__)
+            if empty is not None:
+                raise empty from err
+            raise
         if ids is not None:
             wanted = read_id_list(Path(ids)) if isinstance(ids, (str, Path)) else list(ids)
             known = set(all_ids)
@@ -123,6 +164,9 @@ class SegmentationDataset(Dataset):
                 )
             all_ids = wanted
         if not all_ids:
+            empty = empty_folder_error(self.root, type(self).__name__)
+            if empty is not None:
+                raise empty
             raise DataError(
                 f"{type(self).__name__}: no images found in {self.root} (split '{self.split}'); "
                 "check --root and the folder layout in docs/DATA.md",
@@ -205,7 +249,8 @@ class SegmentationDataset(Dataset):
             image = self.read_sample_image(files, sample_id)
             label = None
             if files.label is not None:
-                label = self.decode_label(self.read_label_file(files.label), sample_id)
+                with _naming(files.label):
+                    label = self.decode_label(self.read_label_file(files.label), sample_id)
                 self._check_size(label, image, files.label)
                 if self.validate:
                     self._check_label_range(label, files.label)
@@ -213,10 +258,12 @@ class SegmentationDataset(Dataset):
             ext = self.mask_path(sample_id)
             if ext is not None:
                 if ext.is_file():
-                    mask = self.decode_mask(read_index_png(ext), sample_id)
+                    with _naming(ext):
+                        mask = self.decode_mask(read_index_png(ext), sample_id)
                     self._check_size(mask, image, ext)
             elif files.mask is not None:
-                mask = self.decode_mask(read_index_png(files.mask), sample_id)
+                with _naming(files.mask):
+                    mask = self.decode_mask(read_index_png(files.mask), sample_id)
                 self._check_size(mask, image, files.mask)
             elif label is not None:
                 mask = self.object_mask_from_label(label)

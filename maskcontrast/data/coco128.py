@@ -12,11 +12,15 @@ Labels are the mask values: 0 = ``background`` (everything not annotated, stuff 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from maskcontrast.data.base import SampleFiles, SegmentationDataset, register_dataset
+from maskcontrast.data.base import (
+    SampleFiles,
+    SegmentationDataset,
+    empty_folder_error,
+    ensure_dataset_folder,
+    register_dataset,
+)
 from maskcontrast.data.io import list_images
 from maskcontrast.data.record import DataError, DatasetInfo, default_palette
 
@@ -29,9 +33,12 @@ class COCO128Seg(SegmentationDataset):
     default_split = "train2017"
 
     def __init__(self, root, split=None, **kwargs) -> None:
-        classes_file = Path(root).expanduser() / "classes.txt"
+        root_path = ensure_dataset_folder(root, type(self).__name__)
+        classes_file = root_path / "classes.txt"
         if not classes_file.is_file():
-            raise DataError(f"class list not found: {classes_file}", path=str(classes_file))
+            raise empty_folder_error(root_path, type(self).__name__) or DataError(
+                f"class list not found: {classes_file}", path=str(classes_file)
+            )
         names: dict[int, str] = {}
         for line in classes_file.read_text(encoding="utf-8").splitlines():
             if line.strip() and not line.startswith("#"):

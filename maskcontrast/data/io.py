@@ -46,8 +46,8 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16-bit or float grayscale: PIL's convert('RGB') clips these, so scale by hand.
         arr = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            arr = arr / 257.0
+        if mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):
+            arr = arr / 257.0  # 16-bit (older Pillow opens 16-bit PNGs as mode I; PNG has no 32-bit gray)
         else:
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
