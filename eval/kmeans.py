@@ -1,0 +1,687 @@
+"""K-means evaluation of pixel embeddings: ``python -m eval.kmeans``.
+
+Two protocols (see docs/EVAL.md for the exact definitions):
+
+* ``prototype`` (the paper's): one prototype per image, the mean of the unit embeddings inside
+  its object mask (the predicted saliency > 0.5, the ground-truth foreground, or masks from a
+  folder), re-normalised. Prototypes are PCA-whitened (scikit-learn ``PCA(whiten=True)``) to
+  ``--pca-dim`` dimensions and clustered into ``k - 1`` clusters; the non-salient pixels of every
+  image form one more cluster ("background", id 0). All ``k`` clusters are matched to the classes
+  with the Hungarian algorithm on the IoU of the confusion over all valid pixels. Mean and std
+  over ``--seeds`` K-means seeds.
+* ``pixel``: K-means over pixel embeddings, fitted on ``--fit-pixels`` randomly sampled pixels
+  (the same number from every image) and applied to every pixel at label resolution; Hungarian
+  matching when ``k`` equals the number of classes, majority vote when ``k`` is larger.
+
+K-means is faiss (GPU index when ``faiss.get_num_gpus() > 0``) with ``max_points_per_centroid``
+set so that every point is used and ``nredo`` restarts; ``--backend sklearn`` is the reference.
+
+Memory grows with the number of prototypes (or sampled pixels), never with the full-resolution
+pixels of all images: each image's confusion is accumulated as it streams past.
+
+Example::
+
+    python -m eval.kmeans --checkpoint run/checkpoint.pt --dataset voc --root VOCdevkit --split val --json km.json
+    python -m eval.kmeans --checkpoint moco_v2.pth.tar --dataset voc --root VOCdevkit --saliency-source gt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from eval.common import (
+    SaliencySource,
+    StreamCache,
+    add_dataset_arguments,
+    add_model_arguments,
+    add_saliency_arguments,
+    checkpoint_fingerprint,
+    dataset_from_args,
+    ensure_new_file,
+    iter_model_outputs,
+    masked_mean_embedding,
+    model_from_args,
+    normalised_pixels,
+    parse_key_values,
+    quiet_faiss,
+    safe_name,
+    save_panel,
+    write_json,
+)
+from eval.metrics import apply_mapping, confusion_matrix, map_confusion, match_clusters, segmentation_scores
+from maskcontrast.api import FeatureModel
+from maskcontrast.data import DataError, SegmentationDataset
+from maskcontrast.utils import peak_rss_mib, setup_logging
+
+__all__ = [
+    "KMeansResult",
+    "kmeans",
+    "kmeans_plus_plus",
+    "pca_whitening",
+    "assign_clusters",
+    "prototype_confusion",
+    "summarize_seeds",
+    "PrototypeStats",
+    "prototype_pass",
+    "run_prototype_protocol",
+    "run_pixel_protocol",
+    "main",
+]
+
+log = logging.getLogger("eval.kmeans")
+
+
+# ----------------------------------------------------------------------------------------------
+# Clustering math
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KMeansResult:
+    """``centroids``: ``k x d`` float32; ``labels``: ``(n,)`` int64; ``objective``: the sum of
+    squared distances of the points to their centroids (scikit-learn's ``inertia_``)."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    objective: float
+
+
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    niter: int = 100,
+    nredo: int = 10,
+    backend: str = "faiss",
+    gpu: bool | None = None,
+) -> KMeansResult:
+    """K-means of ``n x d`` points into ``k`` clusters, the best of ``nredo`` restarts.
+
+    faiss: k-means++ seeding (:func:`kmeans_plus_plus`, seeded by ``(seed, restart)``), then
+    faiss's Lloyd iterations on every point (``max_points_per_centroid = ceil(n / k) + 1``; faiss's
+    default of 256 would subsample), on the GPU when ``gpu`` is True or (``gpu=None``) when
+    ``faiss.get_num_gpus() > 0``; the restart with the lowest objective is kept.
+    ``backend="sklearn"``: ``sklearn.cluster.KMeans(n_init=nredo, max_iter=niter)``.
+
+    Raises:
+        ValueError: fewer points than clusters, ``k < 1`` or an unknown backend.
+
+    Example: ``kmeans(np.random.rand(1000, 32).astype("float32"), 20, seed=1).labels.shape == (1000,)``
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"points must be n x d, got shape {x.shape}")
+    n, d = x.shape
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if n < k:
+        raise ValueError(f"cannot make {k} clusters from {n} points; evaluate more images or use a smaller k")
+    if backend == "faiss":
+        import faiss
+
+        use_gpu = faiss.get_num_gpus() > 0 if gpu is None else gpu
+        best: tuple[float, np.ndarray, np.ndarray] | None = None
+        for redo in range(max(1, nredo)):
+            km = faiss.Kmeans(
+                d,
+                k,
+                niter=niter,
+                nredo=1,
+                seed=int(seed) + redo,
+                verbose=False,
+                gpu=bool(use_gpu),
+                max_points_per_centroid=math.ceil(n / k) + 1,
+                min_points_per_centroid=1,
+            )
+            km.train(x, init_centroids=kmeans_plus_plus(x, k, np.random.default_rng([int(seed), redo])))
+            dist, idx = km.index.search(x, 1)
+            obj = float(dist.astype(np.float64).sum())
+            if best is None or obj < best[0]:
+                best = (obj, np.asarray(km.centroids, dtype=np.float32).reshape(k, d), idx[:, 0].astype(np.int64))
+        assert best is not None
+        centroids, labels = best[1], best[2]
+    elif backend == "sklearn":
+        from sklearn.cluster import KMeans
+
+        skm = KMeans(n_clusters=k, n_init=nredo, max_iter=niter, random_state=seed).fit(x)
+        centroids = skm.cluster_centers_.astype(np.float32)
+        labels = skm.labels_.astype(np.int64)
+    else:
+        raise ValueError(f"backend must be faiss or sklearn, got {backend!r}")
+    diff = x.astype(np.float64) - centroids[labels].astype(np.float64)
+    return KMeansResult(centroids, labels, float(np.einsum("ij,ij->", diff, diff)))
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) with greedy local trials: each new centre
+    is the best of ``2 + ln k`` candidates drawn with probability proportional to the squared
+    distance to the nearest chosen centre. ``n x d`` float32 -> ``k x d`` float32."""
+    n = x.shape[0]
+    x64 = x.astype(np.float64)
+    sq = np.einsum("ij,ij->i", x64, x64)
+    centers = np.empty((k, x.shape[1]), dtype=np.float64)
+    centers[0] = x64[rng.integers(n)]
+    closest = np.maximum(sq - 2 * x64 @ centers[0] + centers[0] @ centers[0], 0)
+    trials = 2 + int(np.log(k))
+    for c in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # fewer distinct points than clusters: any point will do
+            cand = rng.integers(n, size=trials)
+        else:
+            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
+            cand = np.minimum(cand, n - 1)
+        d2 = np.maximum(sq[None, :] - 2 * x64[cand] @ x64.T + sq[cand][:, None], 0)
+        new_closest = np.minimum(closest[None, :], d2)
+        best = int(np.argmin(new_closest.sum(1)))
+        centers[c] = x64[cand[best]]
+        closest = new_closest[best]
+    return centers.astype(np.float32)
+
+
+def pca_whitening(x: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fit PCA whitening (scikit-learn ``PCA(whiten=True, svd_solver="full")``) on ``n x D`` points.
+
+    Returns ``(mean (D,), W (D x d))`` such that ``(x - mean) @ W`` is the whitened ``n x d``
+    projection, ``d = min(dim, n, D)``. Directions with zero variance get weight 0.
+    """
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(x, dtype=np.float64)
+    if dim < 1:
+        raise ValueError(f"PCA dimension must be >= 1, got {dim}")
+    d = min(dim, x.shape[0], x.shape[1])
+    if d < dim:
+        log.warning("PCA whitening to %d dimensions instead of %d (only %d points of dimension %d)",
+                    d, dim, x.shape[0], x.shape[1])  # fmt: skip
+    pca = PCA(n_components=d, whiten=True, svd_solver="full", random_state=seed).fit(x)
+    scale = np.sqrt(pca.explained_variance_)
+    w = np.divide(pca.components_.T, scale, out=np.zeros_like(pca.components_.T), where=scale > 1e-12)
+    return pca.mean_.astype(np.float32), w.astype(np.float32)
+
+
+def assign_clusters(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """``N x d`` points, ``k x d`` centroids -> ``(N,)`` int64 nearest-centroid (squared L2) ids."""
+    scores = x @ centroids.T - 0.5 * centroids.square().sum(1)
+    return scores.argmax(1)
+
+
+def prototype_confusion(clusters: np.ndarray, fg_hist: np.ndarray, bg_hist: np.ndarray, k: int) -> np.ndarray:
+    """``k x C`` confusion of the prototype protocol from per-image class histograms.
+
+    Args:
+        clusters: ``(n,)`` foreground cluster of each image in ``0..k-2`` (ignored where the
+            image has no salient pixel, its ``fg_hist`` is zero then).
+        fg_hist, bg_hist: ``n x C`` counts of valid ground-truth classes inside / outside the
+            object mask.
+        k: clusters in all; row 0 is the background cluster, row ``1 + c`` foreground cluster ``c``.
+
+    Equals accumulating ``confusion_matrix(where(mask, 1 + cluster, 0), gt)`` over the images,
+    without touching a pixel again.
+    """
+    fg_hist = np.asarray(fg_hist, dtype=np.int64)
+    conf = np.zeros((k, fg_hist.shape[1]), dtype=np.int64)
+    conf[0] = np.asarray(bg_hist, dtype=np.int64).sum(0)
+    np.add.at(conf, 1 + np.asarray(clusters, dtype=np.int64), fg_hist)
+    return conf
+
+
+def summarize_seeds(
+    confs: Sequence[np.ndarray],
+    seeds: Sequence[int],
+    class_names: Sequence[str],
+    matching: str,
+    objectives: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Match every seed's ``k x C`` confusion, score it, and average over seeds.
+
+    Returns ``{"miou_mean", "miou_std" (sample std, 0 for one seed), "per_class" (mean IoU per
+    class over seeds), "pixel_acc" (mean), "seeds": [{"seed", "miou", "pixel_acc", "objective",
+    "mapping"}]}``; IoUs and accuracies are fractions in ``[0, 1]``.
+    """
+    per_seed, ious = [], []
+    for i, (seed, conf) in enumerate(zip(seeds, confs)):
+        mapping = match_clusters(conf, matching)
+        scores = segmentation_scores(map_confusion(conf, mapping))
+        ious.append(scores.per_class_iou)
+        per_seed.append({
+            "seed": int(seed), "miou": scores.miou, "pixel_acc": scores.pixel_acc,
+            "objective": None if objectives is None else float(objectives[i]), "mapping": mapping.tolist(),
+        })  # fmt: skip
+    mious = np.array([s["miou"] for s in per_seed], dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class absent in every seed stays NaN
+        per_class = np.nanmean(np.stack(ious), axis=0)
+    return {
+        "miou_mean": float(mious.mean()),
+        "miou_std": float(mious.std(ddof=1)) if len(mious) > 1 else 0.0,
+        "per_class": {name: float(v) for name, v in zip(class_names, per_class)},
+        "pixel_acc": float(np.mean([s["pixel_acc"] for s in per_seed])),
+        "seeds": per_seed,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Prototype protocol
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrototypeStats:
+    """What the prototype protocol keeps per image (nothing at pixel resolution).
+
+    Attributes:
+        ids: image ids. prototypes: ``n x D`` float32 (zeros where ``has_proto`` is False).
+        has_proto: ``(n,)`` bool, False for images without a salient pixel.
+        fg_hist, bg_hist: ``n x C`` int64 valid ground-truth class counts inside / outside the mask.
+    """
+
+    ids: list[str]
+    prototypes: np.ndarray
+    has_proto: np.ndarray
+    fg_hist: np.ndarray
+    bg_hist: np.ndarray
+
+
+def _label_of(sample: Any, ds: SegmentationDataset) -> np.ndarray:
+    if sample.label is None:
+        raise DataError(f"{ds.files(sample.id).label or sample.id}: no ground-truth label; the evaluation needs "
+                        "labelled images", sample_id=sample.id)  # fmt: skip
+    return sample.label
+
+
+def image_histograms(
+    label: np.ndarray, fg: np.ndarray, num_classes: int, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(C,)`` counts of valid ground-truth classes inside and outside the bool mask ``fg``."""
+    valid = label != ignore_index
+    fg_counts = np.bincount(label[fg & valid].ravel(), minlength=num_classes)[:num_classes]
+    bg_counts = np.bincount(label[~fg & valid].ravel(), minlength=num_classes)[:num_classes]
+    return fg_counts.astype(np.int64), bg_counts.astype(np.int64)
+
+
+def prototype_pass(
+    model: FeatureModel,
+    ds: SegmentationDataset,
+    source: SaliencySource,
+    *,
+    workers: int = 0,
+    cache: StreamCache | None = None,
+    progress: bool = True,
+) -> PrototypeStats:
+    """Stream the dataset once: a prototype and two class histograms per image (resumable)."""
+    info = ds.info
+    c = info.num_classes
+    done, state = cache.load() if cache is not None else (0, None)
+    protos: list[np.ndarray] = list(state["protos"].numpy()) if state else []
+    has: list[bool] = state["has"].tolist() if state else []
+    fg_h: list[np.ndarray] = list(state["fg"].numpy()) if state else []
+    bg_h: list[np.ndarray] = list(state["bg"].numpy()) if state else []
+    dim = model.embed_dim
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "protos": torch.from_numpy(np.stack(protos).astype(np.float32)) if protos else torch.zeros(0, dim),
+            "has": torch.tensor(has, dtype=torch.bool),
+            "fg": torch.from_numpy(np.stack(fg_h)) if fg_h else torch.zeros(0, c, dtype=torch.int64),
+            "bg": torch.from_numpy(np.stack(bg_h)) if bg_h else torch.zeros(0, c, dtype=torch.int64),
+        }
+
+    for i, sample, out in iter_model_outputs(model, ds, workers=workers, start=done, desc="prototypes",
+                                             progress=progress):  # fmt: skip
+        label = _label_of(sample, ds)
+        fg = source.foreground(sample, out, info, ds)
+        proto = masked_mean_embedding(out.embedding, fg)
+        protos.append(proto.cpu().numpy() if proto is not None else np.zeros(dim, np.float32))
+        has.append(proto is not None)
+        f, b = image_histograms(label, fg.cpu().numpy(), c, info.ignore_index)
+        fg_h.append(f)
+        bg_h.append(b)
+        if cache is not None and cache.due(i + 1):
+            cache.save(i + 1, snapshot())
+    if cache is not None:
+        cache.save(len(ds), snapshot())
+    snap = snapshot()
+    return PrototypeStats(list(ds.ids), snap["protos"].numpy(), snap["has"].numpy(), snap["fg"].numpy(),
+                          snap["bg"].numpy())  # fmt: skip
+
+
+def cluster_prototypes(
+    stats: PrototypeStats, k: int, seeds: Sequence[int], pca_dim: int, **km: Any
+) -> tuple[list[np.ndarray], list[float]]:
+    """K-means (``k - 1`` clusters) of the PCA-whitened prototypes, once per seed.
+
+    Returns per seed the ``(n,)`` cluster of every image (0 for images without a prototype, whose
+    foreground histogram is empty anyway) and the K-means objective.
+    """
+    x = stats.prototypes[stats.has_proto]
+    if k < 2:
+        raise ValueError(f"the prototype protocol needs k >= 2 (k - 1 object clusters + background), got {k}")
+    if len(x) < k - 1:
+        raise ValueError(f"{k - 1} object clusters need at least {k - 1} images with a salient region, got "
+                         f"{len(x)}; evaluate more images or use a smaller --k")  # fmt: skip
+    if pca_dim > 0:
+        mean, w = pca_whitening(x, pca_dim)
+        x = (x - mean) @ w
+    clusters, objectives = [], []
+    for seed in seeds:
+        res = kmeans(x, k - 1, seed=seed, **km)
+        full = np.zeros(len(stats.ids), dtype=np.int64)
+        full[stats.has_proto] = res.labels
+        clusters.append(full)
+        objectives.append(res.objective)
+    return clusters, objectives
+
+
+def run_prototype_protocol(
+    model: FeatureModel,
+    ds: SegmentationDataset,
+    source: SaliencySource,
+    *,
+    k: int,
+    seeds: Sequence[int],
+    pca_dim: int = 32,
+    matching: str = "hungarian",
+    workers: int = 0,
+    cache: StreamCache | None = None,
+    progress: bool = True,
+    **km: Any,
+) -> tuple[dict[str, Any], PrototypeStats, list[np.ndarray]]:
+    """The paper's protocol end to end. Returns (result dict, per-image stats, clusters per seed)."""
+    stats = prototype_pass(model, ds, source, workers=workers, cache=cache, progress=progress)
+    clusters, objectives = cluster_prototypes(stats, k, seeds, pca_dim, **km)
+    confs = [prototype_confusion(cl, stats.fg_hist, stats.bg_hist, k) for cl in clusters]
+    result = summarize_seeds(confs, seeds, ds.info.classes, matching, objectives)
+    result.update(n_prototypes=int(stats.has_proto.sum()), n_without_mask=int((~stats.has_proto).sum()))
+    return result, stats, clusters
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel protocol
+# ----------------------------------------------------------------------------------------------
+
+
+def _pixel_sample_index(n_pixels: int, n_take: int, seed: int, image_index: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, image_index])
+    if n_take >= n_pixels:
+        return np.arange(n_pixels)
+    return np.sort(rng.choice(n_pixels, size=n_take, replace=False))
+
+
+def run_pixel_protocol(
+    model: FeatureModel,
+    ds: SegmentationDataset,
+    *,
+    k: int,
+    seeds: Sequence[int],
+    fit_pixels: int = 100_000,
+    pca_dim: int = 32,
+    matching: str = "auto",
+    workers: int = 0,
+    cache1: StreamCache | None = None,
+    cache2_dir: Path | None = None,
+    cache_settings: dict[str, Any] | None = None,
+    progress: bool = True,
+    **km: Any,
+) -> tuple[dict[str, Any], list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """Pixel K-means: fit on a per-image random sample, assign every pixel in a second pass.
+
+    Returns (result dict, centroids per seed, PCA ``(mean, W)`` or None).
+    """
+    info = ds.info
+    c = info.num_classes
+    if fit_pixels < k:
+        raise ValueError(f"--fit-pixels ({fit_pixels}) must be at least k ({k})")
+    per_image = max(1, math.ceil(fit_pixels / len(ds)))
+    # pass 1: the fit sample
+    done, state = cache1.load() if cache1 is not None else (0, None)
+    chunks: list[np.ndarray] = [state["x"].numpy()] if state else []
+    for i, sample, out in iter_model_outputs(model, ds, workers=workers, start=done, desc="pixel sample",
+                                             progress=progress):  # fmt: skip
+        hw = sample.size
+        idx = torch.from_numpy(_pixel_sample_index(hw[0] * hw[1], per_image, seeds[0], i)).to(out.embedding.device)
+        chunks.append(normalised_pixels(out.embedding, hw, idx).cpu().numpy())
+        if cache1 is not None and cache1.due(i + 1):
+            cache1.save(i + 1, {"x": torch.from_numpy(np.concatenate(chunks))})
+    x = np.concatenate(chunks).astype(np.float32)
+    if cache1 is not None:
+        cache1.save(len(ds), {"x": torch.from_numpy(x)})
+    log.info("pixel protocol: fitting on %d pixels (%d per image) of dimension %d", len(x), per_image, x.shape[1])
+    proj = pca_whitening(x, pca_dim) if pca_dim > 0 else None
+    xf = (x - proj[0]) @ proj[1] if proj is not None else x
+    results = [kmeans(xf, k, seed=s, **km) for s in seeds]
+    centroids = [r.centroids for r in results]
+    # pass 2: every pixel
+    device = model.device
+    cents = [torch.from_numpy(cc).to(device) for cc in centroids]
+    proj_t = (torch.from_numpy(proj[0]).to(device), torch.from_numpy(proj[1]).to(device)) if proj is not None else None
+    cache2 = None
+    if cache2_dir is not None:
+        settings = dict(cache_settings or {}, centroids=_array_digest(centroids), proj=_array_digest(proj or []))
+        cache2 = StreamCache(cache2_dir / "pixel_pass2.pt", settings, every=cache1.every if cache1 else 100)
+    done2, state2 = cache2.load() if cache2 is not None else (0, None)
+    confs = [cf.numpy() for cf in state2["confs"]] if state2 else [np.zeros((k, c), np.int64) for _ in seeds]
+    for i, sample, out in iter_model_outputs(model, ds, workers=workers, start=done2, desc="pixel assign",
+                                             progress=progress):  # fmt: skip
+        label = _label_of(sample, ds)
+        feats = normalised_pixels(out.embedding, sample.size, proj=proj_t)
+        for j, cent in enumerate(cents):
+            pred = assign_clusters(feats, cent).cpu().numpy()
+            confs[j] += confusion_matrix(pred, label.reshape(-1), k, c, info.ignore_index)
+        if cache2 is not None and cache2.due(i + 1):
+            cache2.save(i + 1, {"confs": [torch.from_numpy(cf) for cf in confs]})
+    if cache2 is not None:
+        cache2.save(len(ds), {"confs": [torch.from_numpy(cf) for cf in confs]})
+    result = summarize_seeds(confs, seeds, info.classes, matching, [r.objective for r in results])
+    result.update(fit_pixels=len(x), fit_pixels_per_image=per_image)
+    return result, centroids, proj
+
+
+def _array_digest(arrays: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+# ----------------------------------------------------------------------------------------------
+
+
+def write_vis(
+    vis_dir: Path,
+    n: int,
+    model: FeatureModel,
+    ds: SegmentationDataset,
+    mapping: np.ndarray,
+    *,
+    protocol: str,
+    source: SaliencySource | None = None,
+    clusters: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
+    proj: tuple[np.ndarray, np.ndarray] | None = None,
+) -> int:
+    """PNG panels (image | ground truth | prediction) for the first ``n`` images, first seed."""
+    from torch.utils.data import Subset
+
+    vis_dir.mkdir(parents=True, exist_ok=True)
+    sub = Subset(ds, range(min(n, len(ds))))
+    count = 0
+    device = model.device
+    for i, sample, out in iter_model_outputs(model, sub, desc="pictures", progress=False):  # type: ignore[arg-type]
+        h, w = sample.size
+        if protocol == "prototype":
+            assert source is not None and clusters is not None
+            fg = source.foreground(sample, out, ds.info, ds).cpu().numpy()
+            pred_cluster = np.where(fg, 1 + clusters[i], 0)
+        else:
+            assert centroids is not None
+            proj_t = (torch.from_numpy(proj[0]).to(device), torch.from_numpy(proj[1]).to(device)) if proj else None
+            feats = normalised_pixels(out.embedding, (h, w), proj=proj_t)
+            pred_cluster = assign_clusters(feats, torch.from_numpy(centroids).to(device)).cpu().numpy().reshape(h, w)
+        pred = apply_mapping(pred_cluster, mapping, unmatched=ds.info.ignore_index)
+        save_panel(vis_dir / f"{i:04d}_{safe_name(sample.id)}.png", sample.image, sample.label, pred, ds.info)
+        count += 1
+    return count
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m eval.kmeans",
+        description="K-means + Hungarian evaluation of a checkpoint's pixel embeddings (docs/EVAL.md).",
+    )
+    add_model_arguments(p)
+    add_dataset_arguments(p)
+    add_saliency_arguments(p)
+    g = p.add_argument_group("clustering")
+    g.add_argument("--protocol", default="prototype", choices=("prototype", "pixel"),
+                   help="prototype: the paper's (one prototype per image, k-1 clusters + background); "
+                        "pixel: K-means over pixel embeddings (default: prototype)")  # fmt: skip
+    g.add_argument("--k", type=int, default=None, help="number of clusters, background included for the prototype "
+                   "protocol (default: the number of classes, e.g. 21 on VOC)")  # fmt: skip
+    g.add_argument("--seeds", type=int, default=5, help="K-means runs with seeds first-seed.. (default 5)")
+    g.add_argument("--first-seed", type=int, default=0, help="seed of the first K-means run (default 0)")
+    g.add_argument(
+        "--pca-dim", type=int, default=32, help="PCA-whitening dimension before K-means; 0 = off (default 32)"
+    )
+    g.add_argument("--niter", type=int, default=100, help="K-means iterations per restart (default 100)")
+    g.add_argument("--nredo", type=int, default=10, help="K-means restarts, the best objective is kept (default 10)")
+    g.add_argument(
+        "--backend", default="faiss", choices=("faiss", "sklearn"), help="K-means implementation (default faiss)"
+    )
+    g.add_argument("--fit-pixels", type=int, default=100_000,
+                   help="pixel protocol: pixels sampled (evenly over images) to fit K-means (default 100000)")  # fmt: skip
+    g.add_argument("--matching", default=None, choices=("auto", "hungarian", "majority"),
+                   help="cluster -> class mapping (default: hungarian for prototype; auto for pixel = hungarian "
+                        "when k <= classes, majority vote when k > classes)")  # fmt: skip
+    o = p.add_argument_group("outputs")
+    o.add_argument("--json", default=None, help="write the results as JSON here")
+    o.add_argument("--vis", type=int, default=0, help="write N pictures (image | ground truth | prediction)")
+    o.add_argument("--vis-dir", default=None, help="folder for --vis (default: <json without .json>_vis)")
+    o.add_argument("--cache", default=None, help="folder for resumable per-image results (re-runs with other k/seeds "
+                   "reuse them)")  # fmt: skip
+    o.add_argument("--save-every", type=int, default=100, help="cache every N images (default 100)")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --json file and --vis folder")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    quiet_faiss()
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    ensure_new_file(args.json, args.overwrite)
+    vis_dir = None
+    if args.vis > 0:
+        if args.vis_dir is None and args.json is None:
+            raise ValueError("--vis needs --vis-dir DIR (or --json, whose name it borrows)")
+        vis_dir = Path(args.vis_dir) if args.vis_dir else Path(args.json).parent / (Path(args.json).stem + "_vis")
+        if vis_dir.exists() and any(vis_dir.iterdir()) and not args.overwrite:
+            raise FileExistsError(f"{vis_dir} is not empty; pass --overwrite to replace its pictures")
+    masks = args.saliency_dir if args.saliency_source == "folder" else None
+    if args.saliency_source == "folder" and not masks:
+        raise ValueError("--saliency-source folder needs --saliency-dir DIR")
+    model = model_from_args(args)
+    ds = dataset_from_args(args, masks=masks)
+    info = ds.info
+    if info.num_classes == 0:
+        raise ValueError(f"dataset '{args.dataset}' has no labels; K-means evaluation needs ground truth")
+    k = args.k if args.k is not None else info.num_classes
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    km = {"niter": args.niter, "nredo": args.nredo, "backend": args.backend}
+    settings = {
+        "checkpoint": checkpoint_fingerprint(args.checkpoint), "output_stride": args.output_stride, "size": args.size,
+        "dataset": args.dataset, "root": str(ds.root), "split": ds.split, "dataset_args": parse_key_values(args.dataset_arg),
+        "ids": ds.ids, "protocol": args.protocol,
+    }  # fmt: skip
+    cache_dir = Path(args.cache) if args.cache else None
+    progress = not args.no_progress
+    log.info("evaluating %s on %s/%s (%d images, %d classes), %s protocol, k=%d", args.checkpoint, args.dataset,
+             ds.split, len(ds), info.num_classes, args.protocol, k)  # fmt: skip
+    source = SaliencySource(args.saliency_source, args.saliency_threshold)
+    if args.protocol == "prototype":
+        source.check(model, info)
+        settings.update(saliency=[args.saliency_source, args.saliency_dir, args.saliency_threshold])
+        cache = StreamCache(cache_dir / "prototypes.pt", settings, args.save_every) if cache_dir else None
+        result, _stats, clusters = run_prototype_protocol(
+            model, ds, source, k=k, seeds=seeds, pca_dim=args.pca_dim, matching=args.matching or "hungarian",
+            workers=args.workers, cache=cache, progress=progress, **km,
+        )  # fmt: skip
+        centroids, proj = None, None
+    else:
+        cache1 = None
+        if cache_dir:
+            settings.update(fit_pixels=args.fit_pixels, first_seed=args.first_seed)
+            cache1 = StreamCache(cache_dir / "pixel_pass1.pt", settings, args.save_every)
+        result, cents, proj = run_pixel_protocol(
+            model, ds, k=k, seeds=seeds, fit_pixels=args.fit_pixels, pca_dim=args.pca_dim,
+            matching=args.matching or "auto", workers=args.workers, cache1=cache1, cache2_dir=cache_dir,
+            cache_settings=settings, progress=progress, **km,
+        )  # fmt: skip
+        clusters, centroids = None, cents[0]
+    result = {
+        **result,
+        "protocol": args.protocol,
+        "k": k,
+        "n_images": len(ds),
+        "dataset": args.dataset,
+        "split": ds.split,
+        "checkpoint": str(args.checkpoint),
+        "layout": model.layout,
+        "saliency_source": args.saliency_source if args.protocol == "prototype" else None,
+        "matching": args.matching or ("hungarian" if args.protocol == "prototype" else "auto"),
+        "pca_dim": args.pca_dim,
+        "kmeans": {**km, "gpu": _faiss_gpu() if args.backend == "faiss" else False},
+        "size": args.size,
+        "units": "fractions in [0, 1]",
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    log.info("%s protocol, k=%d, %d images: mIoU %.2f +- %.2f %% over %d seeds, pixel accuracy %.2f %%",
+             args.protocol, k, len(ds), 100 * result["miou_mean"], 100 * result["miou_std"], len(seeds),
+             100 * result["pixel_acc"])  # fmt: skip
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote results to {args.json}")
+    if vis_dir is not None:
+        mapping = np.asarray(result["seeds"][0]["mapping"])
+        n = write_vis(vis_dir, args.vis, model, ds, mapping, protocol=args.protocol, source=source,
+                      clusters=clusters[0] if clusters else None, centroids=centroids, proj=proj)  # fmt: skip
+        print(f"wrote {n} pictures to {vis_dir}")
+    if not args.json:
+        print(f"mIoU {100 * result['miou_mean']:.2f} +- {100 * result['miou_std']:.2f} (no --json: nothing written)")
+    return result
+
+
+def _faiss_gpu() -> bool:
+    import faiss
+
+    return faiss.get_num_gpus() > 0
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileExistsError, DataError) as err:
+        logging.getLogger("eval.kmeans").error("%s", err)
+        sys.exit(2)

@@ -1,0 +1,194 @@
+"""Segmentation metrics shared by ``eval.kmeans``, ``eval.linear`` and ``eval.retrieval``.
+
+Everything starts from a confusion matrix ``conf[p, g]`` = number of valid pixels predicted as
+``p`` whose ground truth is ``g``, built with one ``np.bincount`` over ``pred * G + gt`` per
+image (never one boolean pass per class pair). Rows may be clusters (``P`` of them) or classes.
+
+* :func:`confusion_matrix`: one image (or any arrays) -> ``P x G`` counts, ignore label skipped.
+* :func:`hungarian_mapping`: one-to-one cluster -> class assignment maximising the summed IoU.
+* :func:`majority_mapping`: each cluster -> its most frequent class (over-clustering).
+* :func:`map_confusion`: a ``P x G`` cluster confusion and a mapping -> ``(G + 1) x G`` class
+  confusion (the last row collects pixels of unmatched clusters, which count as misses).
+* :func:`segmentation_scores`: per-class IoU, mIoU and pixel accuracy of a class confusion.
+
+Example::
+
+    conf = confusion_matrix(pred, gt, num_pred=21, num_gt=21)      # accumulate over images
+    mapping = hungarian_mapping(conf)
+    scores = segmentation_scores(map_confusion(conf, mapping))
+    scores.miou, scores.per_class_iou, scores.pixel_acc
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "confusion_matrix",
+    "iou_matrix",
+    "hungarian_mapping",
+    "majority_mapping",
+    "match_clusters",
+    "map_confusion",
+    "apply_mapping",
+    "Scores",
+    "segmentation_scores",
+]
+
+
+def confusion_matrix(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    num_pred: int,
+    num_gt: int,
+    ignore_index: int | None = 255,
+) -> np.ndarray:
+    """``num_pred x num_gt`` int64 counts of (prediction, ground truth) pairs.
+
+    Args:
+        pred: integer predictions in ``0..num_pred-1``, any shape.
+        gt: integer labels of the same shape in ``0..num_gt-1``; ``ignore_index`` is skipped.
+        num_pred, num_gt: the numbers of prediction and label values.
+        ignore_index: the label value that is not evaluated (None: every label is evaluated).
+
+    Raises:
+        ValueError: shapes differ, or a value lies outside its range.
+
+    Example: ``confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 255]), 2, 2)`` is
+    ``[[1, 0], [0, 1]]``.
+    """
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from label shape {gt.shape}")
+    if num_pred < 1 or num_gt < 1:
+        raise ValueError(f"num_pred and num_gt must be positive, got {num_pred}, {num_gt}")
+    pred = pred.reshape(-1)
+    gt = gt.reshape(-1)
+    if ignore_index is not None:
+        valid = gt != ignore_index
+        if not valid.all():
+            pred, gt = pred[valid], gt[valid]
+    if gt.size == 0:
+        return np.zeros((num_pred, num_gt), dtype=np.int64)
+    pred = pred.astype(np.int64, copy=False)
+    gt = gt.astype(np.int64, copy=False)
+    if pred.min() < 0 or pred.max() >= num_pred:
+        raise ValueError(f"predictions must lie in 0..{num_pred - 1}, got {pred.min()}..{pred.max()}")
+    if gt.min() < 0 or gt.max() >= num_gt:
+        raise ValueError(
+            f"labels must lie in 0..{num_gt - 1} (or be the ignore value {ignore_index}), got {gt.min()}..{gt.max()}"
+        )
+    return np.bincount(pred * num_gt + gt, minlength=num_pred * num_gt).reshape(num_pred, num_gt)
+
+
+def iou_matrix(conf: np.ndarray) -> np.ndarray:
+    """``P x G`` IoU of every (cluster, class) pair: ``conf / (row sum + column sum - conf)``
+    (0 where both are empty)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    union = conf.sum(1, keepdims=True) + conf.sum(0, keepdims=True) - conf
+    return np.divide(conf, union, out=np.zeros_like(conf), where=union > 0)
+
+
+def hungarian_mapping(conf: np.ndarray) -> np.ndarray:
+    """One-to-one assignment of clusters (rows) to classes (columns) that maximises the summed IoU.
+
+    Args:
+        conf: ``P x G`` cluster/class confusion over all evaluated pixels.
+
+    Returns:
+        ``(P,)`` int64 class per cluster; ``-1`` for clusters left without a class when ``P > G``.
+    """
+    conf = np.asarray(conf)
+    if conf.ndim != 2:
+        raise ValueError(f"conf must be 2-D, got shape {conf.shape}")
+    rows, cols = linear_sum_assignment(iou_matrix(conf), maximize=True)
+    mapping = np.full(conf.shape[0], -1, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def majority_mapping(conf: np.ndarray) -> np.ndarray:
+    """Each cluster (row) -> the class (column) holding most of its pixels; ``-1`` for empty
+    clusters. Several clusters may map to one class (over-clustering)."""
+    conf = np.asarray(conf)
+    if conf.ndim != 2:
+        raise ValueError(f"conf must be 2-D, got shape {conf.shape}")
+    mapping = conf.argmax(1).astype(np.int64)
+    mapping[conf.sum(1) == 0] = -1
+    return mapping
+
+
+def match_clusters(conf: np.ndarray, method: str = "auto") -> np.ndarray:
+    """``hungarian``, ``majority``, or ``auto`` (Hungarian when ``P <= G``, majority vote when
+    there are more clusters than classes)."""
+    if method == "auto":
+        method = "hungarian" if conf.shape[0] <= conf.shape[1] else "majority"
+    if method == "hungarian":
+        return hungarian_mapping(conf)
+    if method == "majority":
+        return majority_mapping(conf)
+    raise ValueError(f"matching must be auto, hungarian or majority, got {method!r}")
+
+
+def map_confusion(conf: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    """``P x G`` cluster confusion -> ``(G + 1) x G`` class confusion under ``mapping``.
+
+    Row ``g`` sums the clusters mapped to class ``g``; the last row holds the pixels of clusters
+    mapped to ``-1``: they are nobody's prediction, so they count as misses of their true class.
+    """
+    conf = np.asarray(conf)
+    mapping = np.asarray(mapping, dtype=np.int64)
+    p, g = conf.shape
+    if mapping.shape != (p,):
+        raise ValueError(f"mapping must have one entry per row ({p}), got shape {mapping.shape}")
+    if mapping.max(initial=-1) >= g or mapping.min(initial=0) < -1:
+        raise ValueError(f"mapping values must lie in -1..{g - 1}")
+    out = np.zeros((g + 1, g), dtype=conf.dtype)
+    np.add.at(out, np.where(mapping < 0, g, mapping), conf)
+    return out
+
+
+def apply_mapping(pred: np.ndarray, mapping: np.ndarray, unmatched: int = 255) -> np.ndarray:
+    """Cluster ids -> class ids (``unmatched`` for clusters mapped to ``-1``), e.g. for pictures."""
+    lut = np.where(np.asarray(mapping) < 0, unmatched, mapping)
+    return lut[np.asarray(pred)]
+
+
+class Scores(NamedTuple):
+    """Scores of a class confusion.
+
+    Attributes:
+        miou: mean IoU over the classes present in the ground truth or the prediction (fraction).
+        per_class_iou: ``(G,)`` IoU per class; NaN for a class with no pixel in either.
+        pixel_acc: correctly classified valid pixels / valid pixels.
+    """
+
+    miou: float
+    per_class_iou: np.ndarray
+    pixel_acc: float
+
+
+def segmentation_scores(conf: np.ndarray) -> Scores:
+    """IoU per class, mIoU and pixel accuracy of a ``R x G`` class confusion, ``R >= G``.
+
+    Rows ``0..G-1`` are predicted classes, extra rows (see :func:`map_confusion`) are pixels
+    predicted as no class. ``IoU_g = TP / (TP + FP + FN)`` with ``TP = conf[g, g]``,
+    ``TP + FP = conf[g].sum()`` and ``TP + FN = conf[:, g].sum()``. mIoU is the mean over classes
+    whose IoU is defined (a class absent from both prediction and ground truth is skipped).
+
+    Example: ``segmentation_scores(np.array([[2, 1], [0, 1]])).miou == (2/3 + 1/2) / 2``.
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    if conf.ndim != 2 or conf.shape[0] < conf.shape[1]:
+        raise ValueError(f"expected an R x G class confusion with R >= G, got shape {conf.shape}")
+    g = conf.shape[1]
+    tp = np.diag(conf[:g, :g])
+    union = conf[:g].sum(1) + conf.sum(0) - tp
+    iou = np.divide(tp, union, out=np.full(g, np.nan), where=union > 0)
+    total = conf.sum()
+    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return Scores(miou, iou, float(tp.sum() / total) if total > 0 else float("nan"))

@@ -1,0 +1,466 @@
+"""Feature-extraction API: load any checkpoint and get embeddings, saliency and features.
+
+:func:`load_model` reads a maskcontrast checkpoint (the full network), an official MoCo v2 file or
+a torchvision ResNet state dict (both backbone-only, for baselines) and returns a
+:class:`FeatureModel` in eval mode. Its methods accept PIL images, ``H x W x 3`` numpy arrays
+(uint8, or float in ``[0, 1]``), image paths, ``3 x H x W`` / ``B x 3 x H x W`` tensors (uint8, or
+float in ``[0, 1]``) and lists of any of these. Images are converted to RGB, optionally resized,
+normalised with the ImageNet mean and std, batched and run on the model's device.
+
+Outputs:
+
+* :meth:`FeatureModel.embed`: L2-normalised ``B x D x H x W`` pixel embeddings (``D`` = 32 for a
+  maskcontrast model; the normalised backbone features for a backbone-only model);
+* :meth:`FeatureModel.saliency`: ``B x 1 x H x W`` saliency probabilities (maskcontrast models with a
+  saliency head only; otherwise :class:`NoSaliencyHeadError`);
+* :meth:`FeatureModel.features`: the 256-d decoder features, or the backbone's layer4 features.
+
+``resolution="input"`` (default) returns every result at the size of the image that was passed in
+(bilinear upsampling straight from the feature map, then L2 normalisation for embeddings and a
+sigmoid for saliency); ``resolution="feature"`` returns the network's output grid
+(``ceil(H' / output_stride)`` for a network input of height ``H'``).
+
+Backbone-only models (MoCo, torchvision) are built as a dilated ResNet with output stride 8 by
+default (``output_stride=`` picks 16 or 32), the same dense backbone the MaskContrast model uses.
+
+Example::
+
+    import maskcontrast
+    from PIL import Image
+    model = maskcontrast.load_model("run/checkpoint.pt")            # CUDA when present
+    emb = model.embed(Image.open("cat.jpg"))                         # 1 x 32 x H x W, unit norm
+    sal = model.saliency(Image.open("cat.jpg"))                      # 1 x 1 x H x W in [0, 1]
+    feats = model.features(["a.jpg", "b.jpg"], size=512, resolution="feature")
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskcontrast.models import (
+    CheckpointError,
+    MaskContrastModel,
+    ResNetBackbone,
+    backbone_state_dict,
+    detect_layout,
+    infer_resnet_arch,
+    load_backbone_weights,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from maskcontrast.utils import get_device
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NoSaliencyHeadError",
+    "FeatureOutput",
+    "FeatureModel",
+    "load_model",
+    "to_image_tensor",
+    "target_size",
+    "upsample_embedding",
+    "upsample_saliency",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESOLUTIONS = ("input", "feature")
+
+
+class NoSaliencyHeadError(ValueError):
+    """The model has no saliency head (a backbone-only baseline, or ``saliency_head: false``)."""
+
+
+class FeatureOutput(NamedTuple):
+    """Raw network outputs at feature resolution (``h x w``), as :meth:`FeatureModel.forward` returns.
+
+    Attributes:
+        features: ``B x F x h x w`` decoder (256-d) or backbone features.
+        embedding: ``B x D x h x w`` embeddings, NOT normalised (backbone-only: the features).
+        saliency: ``B x 1 x h x w`` saliency logits, or None without a saliency head.
+    """
+
+    features: torch.Tensor
+    embedding: torch.Tensor
+    saliency: torch.Tensor | None
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def to_image_tensor(image: Any) -> torch.Tensor:
+    """One image as a ``3 x H x W`` float32 tensor in ``[0, 1]`` (on the tensor's own device).
+
+    Accepts a PIL image (any mode), a path, an ``H x W x 3`` / ``H x W`` numpy array (uint8, or
+    float in ``[0, 1]``) or a ``3 x H x W`` / ``1 x H x W`` tensor (uint8, or float in ``[0, 1]``).
+
+    Raises:
+        ValueError: an unsupported type, shape or dtype (the message says what was given).
+    """
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        from maskcontrast.data.io import read_image
+
+        return torch.from_numpy(read_image(image)).permute(2, 0, 1).float().div_(255.0)
+    if isinstance(image, Image.Image):
+        from maskcontrast.data.io import _to_uint8_rgb
+
+        return torch.from_numpy(_to_uint8_rgb(image)).permute(2, 0, 1).float().div_(255.0)
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3):
+            raise ValueError(f"numpy images must be H x W x 3 (or H x W), got shape {arr.shape}")
+        if arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        arr = np.ascontiguousarray(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1)
+        return _scale_tensor(t, "numpy image")
+    if isinstance(image, torch.Tensor):
+        t = image
+        if t.ndim == 2:
+            t = t.unsqueeze(0)
+        if t.ndim != 3 or t.shape[0] not in (1, 3):
+            raise ValueError(
+                f"tensor images must be channels-first 3 x H x W (or B x 3 x H x W as a batch), got shape "
+                f"{tuple(image.shape)}; for an H x W x 3 tensor use .permute(2, 0, 1)"
+            )
+        if t.shape[0] == 1:
+            t = t.expand(3, -1, -1)
+        return _scale_tensor(t, "tensor image")
+    raise ValueError(
+        f"unsupported image type {type(image).__name__}; pass a PIL image, a path, a numpy array or a tensor"
+    )
+
+
+def _scale_tensor(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.dtype == torch.uint8:
+        return t.float().div_(255.0)
+    if t.is_floating_point():
+        return t.float()
+    raise ValueError(f"{what}: dtype {t.dtype} is not supported; use uint8 (0..255) or float (0..1)")
+
+
+def _flatten_images(images: Any) -> list[Any]:
+    """A single image, a batch tensor, or a list of them -> a list of single images."""
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return list(images.unbind(0))
+    if isinstance(images, (list, tuple)):
+        out: list[Any] = []
+        for im in images:
+            if isinstance(im, torch.Tensor) and im.ndim == 4:
+                out.extend(im.unbind(0))
+            else:
+                out.append(im)
+        if not out:
+            raise ValueError("no images given (empty list)")
+        return out
+    return [images]
+
+
+def target_size(hw: tuple[int, int], size: int | Sequence[int] | None, stride: int) -> tuple[int, int]:
+    """The network input size for an image of size ``hw``.
+
+    ``size=None`` keeps the image size, an int resizes the shorter side to ``size`` (aspect kept),
+    ``(H, W)`` resizes to exactly that. Each side is then rounded to the nearest multiple of
+    ``stride`` (halves up; at least ``stride``).
+
+    Example: ``target_size((375, 500), 256, 8) == (256, 344)``.
+    """
+    h, w = hw
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if size is None:
+        th, tw = float(h), float(w)
+    elif isinstance(size, int):
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        scale = size / min(h, w)
+        th, tw = h * scale, w * scale
+    else:
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"size must be an int or (H, W) with positive values, got {size}")
+        th, tw = float(size[0]), float(size[1])
+    return max(stride, math.floor(th / stride + 0.5) * stride), max(stride, math.floor(tw / stride + 0.5) * stride)
+
+
+def upsample_embedding(emb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``B x D x h x w`` raw embeddings -> ``B x D x H x W`` L2-normalised (bilinear, then normalise)."""
+    if tuple(emb.shape[-2:]) != tuple(size):
+        emb = F.interpolate(emb.float(), size=size, mode="bilinear", align_corners=False)
+    return F.normalize(emb.float(), dim=1)
+
+
+def upsample_saliency(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``B x 1 x h x w`` logits -> ``B x 1 x H x W`` probabilities (bilinear on logits, then sigmoid)."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return torch.sigmoid(logits.float())
+
+
+def _upsample_features(feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(feats.shape[-2:]) != tuple(size):
+        feats = F.interpolate(feats.float(), size=size, mode="bilinear", align_corners=False)
+    return feats.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# The model wrapper
+# ----------------------------------------------------------------------------------------------
+
+
+class FeatureModel(nn.Module):
+    """A frozen network in eval mode with image preprocessing, batching and resizing.
+
+    Args:
+        net: a :class:`~maskcontrast.models.MaskContrastModel` or a
+            :class:`~maskcontrast.models.ResNetBackbone` (backbone-only baseline).
+        size: default resize: None (keep), an int (shorter side) or ``(H, W)``.
+        stride: network input sides are rounded to a multiple of this (default: the output stride).
+        batch_size: images per forward pass (images of different sizes are never stacked).
+        amp: float16 autocast on CUDA (ignored on CPU).
+        source: where the weights came from (for messages); ``layout``: the checkpoint layout.
+
+    ``forward(x)`` takes a normalised ``B x 3 x H x W`` batch and returns a :class:`FeatureOutput`
+    at feature resolution; the methods below do everything else.
+
+    Example::
+
+        net = MaskContrastModel(ModelConfig())
+        model = FeatureModel(net, size=512)
+        emb = model.embed(torch.rand(2, 3, 300, 400))   # 2 x 32 x 300 x 400
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        size: int | Sequence[int] | None = None,
+        stride: int | None = None,
+        batch_size: int = 8,
+        amp: bool = False,
+        source: str = "",
+        layout: str = "",
+    ) -> None:
+        super().__init__()
+        if isinstance(net, MaskContrastModel):
+            self.kind = "maskcontrast"
+            self.output_stride = net.backbone.output_stride
+            self.feature_dim = net.cfg.head_channels
+            self.embed_dim = net.embed_dim
+            self.has_saliency = net.saliency_head is not None
+        elif isinstance(net, ResNetBackbone):
+            self.kind = "backbone"
+            self.output_stride = net.output_stride
+            self.feature_dim = net.out_channels
+            self.embed_dim = net.out_channels
+            self.has_saliency = False
+        else:
+            raise ValueError(f"FeatureModel wraps a MaskContrastModel or a ResNetBackbone, got {type(net).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.net = net
+        self.size = size
+        self.stride = int(stride) if stride is not None else self.output_stride
+        self.batch_size = int(batch_size)
+        self.amp = bool(amp)
+        self.source = source
+        self.layout = layout or self.kind
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FeatureModel:
+        """Always eval mode: the wrapped network is frozen (BN statistics never change)."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def __repr__(self) -> str:
+        arch = self.net.backbone.arch if self.kind == "maskcontrast" else self.net.arch
+        return (
+            f"FeatureModel(kind={self.kind}, arch={arch}, layout={self.layout}, output_stride={self.output_stride}, "
+            f"feature_dim={self.feature_dim}, embed_dim={self.embed_dim}, saliency={self.has_saliency}, "
+            f"device={self.device}, source={self.source or '-'})"
+        )
+
+    # -- network ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> FeatureOutput:
+        """``B x 3 x H x W`` normalised images -> :class:`FeatureOutput` at feature resolution."""
+        use_amp = self.amp and x.device.type == "cuda"
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            if self.kind == "maskcontrast":
+                out = self.net(x, upsample=False)
+                feats, emb, sal = out.features, out.embedding, out.saliency
+            else:
+                feats = self.net(x)
+                emb, sal = feats, None
+        return FeatureOutput(feats.float(), emb.float(), sal.float() if sal is not None else None)
+
+    # -- preprocessing ---------------------------------------------------------------------------
+    def preprocess(
+        self, images: Any, size: int | Sequence[int] | None = None
+    ) -> Iterator[tuple[list[int], torch.Tensor, list[tuple[int, int]]]]:
+        """Yield ``(indices, batch, input_sizes)``: normalised ``B x 3 x H' x W'`` batches on the
+        device, the positions of their images in the input, and each image's original ``(H, W)``.
+        Consecutive images with the same network input size share a batch."""
+        items = _flatten_images(images)
+        size = self.size if size is None else size
+        pending: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
+
+        def flush() -> tuple[list[int], torch.Tensor, list[tuple[int, int]]]:
+            idx = [p[0] for p in pending]
+            batch = torch.stack([p[1] for p in pending])
+            sizes = [p[2] for p in pending]
+            pending.clear()
+            return idx, batch, sizes
+
+        for i, item in enumerate(items):
+            t = to_image_tensor(item).to(self.device, non_blocking=True)
+            hw = (int(t.shape[1]), int(t.shape[2]))
+            tgt = target_size(hw, size, self.stride)
+            if tgt != hw:
+                t = F.interpolate(t[None], size=tgt, mode="bilinear", align_corners=False, antialias=True)[0]
+            t = (t[None] - self.mean) / self.std
+            if pending and (pending[0][1].shape != t[0].shape or len(pending) >= self.batch_size):
+                yield flush()
+            pending.append((i, t[0], hw))
+        if pending:
+            yield flush()
+
+    def run(
+        self, images: Any, *, size: int | Sequence[int] | None = None
+    ) -> Iterator[tuple[int, FeatureOutput, tuple[int, int]]]:
+        """Yield ``(index, output, input_size)`` per image, in input order: the raw
+        :class:`FeatureOutput` at feature resolution with batch size 1, and the image's ``(H, W)``.
+        Upsample with :func:`upsample_embedding` / :func:`upsample_saliency` as needed."""
+        for idx, batch, sizes in self.preprocess(images, size):
+            out = self(batch)
+            for j, (i, hw) in enumerate(zip(idx, sizes)):
+                sal = out.saliency[j : j + 1] if out.saliency is not None else None
+                yield i, FeatureOutput(out.features[j : j + 1], out.embedding[j : j + 1], sal), hw
+
+    # -- public methods --------------------------------------------------------------------------
+    def embed(
+        self, images: Any, *, size: int | Sequence[int] | None = None, resolution: str = "input"
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """L2-normalised embeddings, ``B x D x H x W`` (see :meth:`_collect` for the return type)."""
+        return self._collect(images, "embed", size, resolution)
+
+    def saliency(
+        self, images: Any, *, size: int | Sequence[int] | None = None, resolution: str = "input"
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Saliency probabilities in ``[0, 1]``, ``B x 1 x H x W``.
+
+        Raises:
+            NoSaliencyHeadError: the model has no saliency head.
+        """
+        if not self.has_saliency:
+            raise NoSaliencyHeadError(
+                f"{self.source or 'this model'} ({self.layout}) has no saliency head; use saliency from a "
+                "maskcontrast checkpoint trained with saliency_head=true, or give the evaluation a saliency "
+                "source (--saliency-source gt|folder)"
+            )
+        return self._collect(images, "saliency", size, resolution)
+
+    def features(
+        self, images: Any, *, size: int | Sequence[int] | None = None, resolution: str = "input"
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Decoder (256-d) or backbone (layer4) features, ``B x F x H x W`` (not normalised)."""
+        return self._collect(images, "features", size, resolution)
+
+    def _collect(
+        self, images: Any, what: str, size: int | Sequence[int] | None, resolution: str
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Returns a ``B x C x H x W`` float32 tensor on the model's device when all results share
+        a size (a batch tensor, a single image, same-sized images, or a fixed ``size=(H, W)`` with
+        ``resolution="feature"``), else a list of ``C x H_i x W_i`` tensors in input order."""
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+        results: list[torch.Tensor] = []
+        for _, out, hw in self.run(images, size=size):
+            results.append(self._select(out, what, hw if resolution == "input" else None)[0])
+        if all(r.shape == results[0].shape for r in results):
+            return torch.stack(results)
+        return results
+
+    def _select(self, out: FeatureOutput, what: str, hw: tuple[int, int] | None) -> torch.Tensor:
+        if what == "embed":
+            return upsample_embedding(out.embedding, hw or tuple(out.embedding.shape[-2:]))
+        if what == "saliency":
+            if out.saliency is None:
+                raise NoSaliencyHeadError("this model has no saliency head")
+            return upsample_saliency(out.saliency, hw or tuple(out.saliency.shape[-2:]))
+        if what == "features":
+            return _upsample_features(out.features, hw or tuple(out.features.shape[-2:]))
+        raise ValueError(f"unknown output {what!r}; choose embed, saliency or features")
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    *,
+    output_stride: int = 8,
+    size: int | Sequence[int] | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    amp: bool = False,
+) -> FeatureModel:
+    """Load a checkpoint of any known layout as a frozen :class:`FeatureModel` in eval mode.
+
+    Args:
+        path: a maskcontrast checkpoint (full network), an official MoCo (v1/v2) file or a
+            torchvision ResNet state dict (backbone-only: ``features`` are layer4 features,
+            ``embed`` is their L2 normalisation, ``saliency`` raises :class:`NoSaliencyHeadError`).
+        device: ``cuda``, ``cpu``, ... (default: CUDA when present).
+        output_stride: for backbone-only files: 8 (dilated layer3/layer4, default), 16 or 32.
+            maskcontrast checkpoints keep the stride they were trained with.
+        size, stride, batch_size, amp: see :class:`FeatureModel`.
+
+    Raises:
+        maskcontrast.models.CheckpointError: missing file, unknown layout, or weights that do not fit.
+
+    Example::
+
+        model = load_model("moco_v2_800ep_pretrain.pth.tar", output_stride=8)
+        feats = model.features(torch.rand(1, 3, 224, 224), resolution="feature")  # 1 x 2048 x 28 x 28
+    """
+    ckpt = read_checkpoint(path)
+    name = str(path)
+    layout = detect_layout(ckpt, name)
+    net: nn.Module
+    if layout == "maskcontrast":
+        net = model_from_checkpoint(ckpt)
+        if output_stride != 8 and output_stride != net.backbone.output_stride:
+            log.warning("%s: output_stride=%d ignored; the model keeps its trained stride %d",
+                        name, output_stride, net.backbone.output_stride)  # fmt: skip
+    else:
+        arch = infer_resnet_arch(backbone_state_dict(ckpt, layout))
+        net = ResNetBackbone(arch, output_stride)
+        try:
+            load_backbone_weights(net, ckpt)
+        except CheckpointError as err:
+            raise CheckpointError(f"{name}: {err}") from err
+    model = FeatureModel(net, size=size, stride=stride, batch_size=batch_size, amp=amp, source=name, layout=layout)
+    model.to(get_device(device))
+    log.info("loaded %r", model)
+    return model

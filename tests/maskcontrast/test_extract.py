@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import maskcontrast
+from maskcontrast.config import ModelConfig, load_config
+from maskcontrast.extract import main
+from maskcontrast.models import build_model, model_checkpoint
+from maskcontrast.utils import atomic_save
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and a busy shared CPU makes two OpenMP threads
+    spin against each other (measured: 6x slower under load). Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = load_config(ModelConfig, overrides=["backbone.arch=resnet18", "embed_dim=8"])
+    path = tmp_path_factory.mktemp("extract") / "mc.pt"
+    atomic_save(model_checkpoint(build_model(cfg), cfg), path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / "sub" / "b.jpg")
+    Image.fromarray(rng.integers(0, 255, (32, 48), dtype=np.uint8)).save(folder / "c.png")
+    return folder
+
+
+def run(ckpt, images, out, *extra):
+    return main(["--checkpoint", str(ckpt), "--images", str(images), "--out", str(out), "--workers", "0",
+                 "--no-progress", *extra])  # fmt: skip
+
+
+def test_npy_fp16_matches_the_api(ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    run(ckpt, images, out, "--fp16")
+    a = np.load(out / "a.npy")
+    assert a.shape == (8, 6, 8) and a.dtype == np.float16
+    assert np.load(out / "sub" / "b.npy").shape == (8, 5, 5)
+    ref = maskcontrast.load_model(ckpt, "cpu").embed(Image.open(images / "a.png"), resolution="feature")[0]
+    np.testing.assert_allclose(a.astype(np.float32), ref.numpy(), atol=2e-3)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["n_images"] == 3 and manifest["settings"]["dtype"] == "float16"
+
+
+def test_resume_and_refusals(ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    run(ckpt, images, out)
+    before = (out / "a.npy").stat().st_mtime_ns
+    (out / "c.npy").unlink()
+    run(ckpt, images, out)  # resumes: only c is recomputed
+    assert (out / "c.npy").is_file() and (out / "a.npy").stat().st_mtime_ns == before
+    with pytest.raises(FileExistsError, match="other settings"):
+        run(ckpt, images, out, "--what", "features")
+    run(ckpt, images, out, "--what", "features", "--overwrite")
+    assert np.load(out / "a.npy").shape == (256, 6, 8)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="manifest"):
+        run(ckpt, images, other)
+
+
+def test_pt_saliency_at_input_resolution(ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    run(ckpt, images, out, "--what", "saliency", "--format", "pt", "--resolution", "input", "--size", "32")
+    sal = torch.load(out / "a.pt", weights_only=True)
+    assert sal.shape == (1, 48, 64) and sal.dtype == torch.float32 and 0 <= float(sal.min()) <= float(sal.max()) <= 1
+
+
+def test_backbone_checkpoint_has_no_saliency(images, tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "tv.pth")
+    with pytest.raises(ValueError, match="no saliency head"):
+        run(tmp_path / "tv.pth", images, tmp_path / "o1", "--what", "saliency")
+    run(tmp_path / "tv.pth", images, tmp_path / "o2", "--what", "features")
+    assert np.load(tmp_path / "o2" / "a.npy").shape == (512, 6, 8)
