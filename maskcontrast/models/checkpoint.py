@@ -69,7 +69,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _is_resnet_state(sd: Mapping[str, Any]) -> bool:
-    return isinstance(sd, Mapping) and "conv1.weight" in sd and any(k.startswith("layer1.") for k in sd)
+    """A ResNet state dict, with or without DataParallel's ``module.`` prefix."""
+    if not isinstance(sd, Mapping):
+        return False
+    keys = [k[len("module.") :] if isinstance(k, str) and k.startswith("module.") else k for k in sd]
+    return "conv1.weight" in keys and any(isinstance(k, str) and k.startswith("layer1.") for k in keys)
 
 
 def detect_layout(ckpt: Mapping[str, Any], source: str = "checkpoint") -> str:

@@ -1,0 +1,52 @@
+"""The interface the trainer expects from an objective."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskcontrast.data.views import Views
+
+__all__ = ["Objective"]
+
+
+class Objective(nn.Module):
+    """Base class of training objectives.
+
+    Subclasses implement :meth:`forward` (``views -> (loss, metrics)``; metrics are detached
+    scalar tensors such as ``loss_contrastive`` or ``acc_top1``), :meth:`momentum_pairs`,
+    :meth:`checkpoint` and :meth:`load_checkpoint`. Everything an objective needs to resume
+    (key network, memory bank, pointer) must be in what :meth:`checkpoint` returns.
+
+    Attributes:
+        momentum: the EMA coefficient the trainer applies to every pair before each step.
+        needs_mask: whether the views must carry object masks.
+    """
+
+    momentum: float = 0.999
+    needs_mask: bool = False
+
+    def forward(self, views: Views) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, target)`` module pairs; the trainer sets ``target = m target + (1 - m) online``."""
+        return []
+
+    def early_layer_modules(self) -> list[nn.Module]:
+        """Modules the trainer keeps frozen (parameters and BatchNorm statistics); default none."""
+        return []
+
+    def checkpoint(self) -> dict[str, Any]:  # pragma: no cover
+        """A weights-only-loadable dict in this objective's deliverable layout, holding its whole state."""
+        raise NotImplementedError
+
+    def load_checkpoint(self, ckpt: Mapping[str, Any]) -> None:  # pragma: no cover
+        """Restore the state written by :meth:`checkpoint` (strictly)."""
+        raise NotImplementedError
+
+    def prepare_input(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -1,0 +1,155 @@
+"""The MaskContrast objective: pixel-to-prototype contrast against a momentum key network."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig
+from maskcontrast.data.views import Views
+from maskcontrast.losses import (
+    balanced_bce,
+    enet_class_weights,
+    mask_prototypes,
+    pixel_prototype_logits,
+    query_pixels,
+    topk_accuracy,
+    weighted_cross_entropy,
+)
+from maskcontrast.models import CheckpointError, build_model, model_checkpoint
+from maskcontrast.momentum import (
+    MemoryBank,
+    batch_shuffle,
+    batch_unshuffle,
+    concat_all_gather,
+    make_momentum_copy,
+    rank,
+)
+from maskcontrast.objectives.base import Objective
+
+__all__ = ["MaskContrastObjective"]
+
+
+class MaskContrastObjective(Objective):
+    """Query network, momentum key network and a memory bank of prototypes.
+
+    ``forward(views)`` (views with object masks) does, per step:
+
+    1. query forward (with gradients): embeddings and saliency logits at input resolution;
+    2. key forward (no gradients) on the key views, shuffled across DDP ranks (shuffle-BN),
+       at feature resolution, unshuffled, then upsampled;
+    3. one prototype per (image, object) of the key view (:func:`~maskcontrast.losses.mask_prototypes`),
+       gathered from every rank;
+    4. every query pixel on an object with a prototype is classified against all prototypes of
+       the global batch and the memory bank (T = ``temperature``), cross-entropy with ENet class
+       weights; balanced BCE on the query saliency against the query mask;
+    5. this rank's prototypes are enqueued (after gathering).
+
+    The trainer applies the momentum update (``momentum_pairs``) before each forward.
+
+    Example::
+
+        obj = MaskContrastObjective(model_cfg, MaskContrastObjectiveConfig())
+        loss, metrics = obj(views)     # metrics: loss_contrastive, loss_saliency, acc_top1, acc_top5, ...
+    """
+
+    needs_mask = True
+
+    def __init__(self, model_cfg: ModelConfig | Any, cfg: MaskContrastObjectiveConfig | Any) -> None:
+        super().__init__()
+        if cfg.class_weighting not in ("enet", "none"):
+            raise ValueError(f"objective.class_weighting must be 'enet' or 'none', got {cfg.class_weighting!r}")
+        if cfg.temperature <= 0:
+            raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
+        self.model_config: dict = (
+            OmegaConf.to_container(OmegaConf.structured(model_cfg), resolve=True)  # type: ignore[assignment]
+            if not isinstance(model_cfg, dict)
+            else dict(model_cfg)
+        )
+        self.query = build_model(model_cfg)
+        self.freeze_early = bool(cfg.freeze_early_layers)
+        if self.freeze_early:
+            for m in self.query.backbone.stem_and_early_layers():
+                for p in m.parameters():
+                    p.requires_grad_(False)
+        self.key = make_momentum_copy(self.query)
+        self.bank = MemoryBank(cfg.queue_size, self.query.embed_dim)
+        self.momentum = float(cfg.momentum)
+        self.temperature = float(cfg.temperature)
+        self.contrastive_weight = float(cfg.contrastive_weight)
+        self.saliency_weight = float(cfg.saliency_weight)
+        self.class_weighting = cfg.class_weighting
+        if self.saliency_weight > 0 and self.query.saliency_head is None:
+            raise ValueError("objective.saliency_weight > 0 needs model.saliency_head=true")
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.query, self.key)]
+
+    def early_layer_modules(self) -> list[nn.Module]:
+        if not self.freeze_early:
+            return []
+        return [*self.query.backbone.stem_and_early_layers(), *self.key.backbone.stem_and_early_layers()]
+
+    def forward(self, views: Views) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if views.query_mask is None or views.key_mask is None:
+            raise ValueError("MaskContrast needs views with object masks")
+        b = views.batch_size
+        out_q = self.query(views.query)
+
+        with torch.no_grad():
+            k_in, order = batch_shuffle(views.key)
+            k_small = batch_unshuffle(self.key(k_in, upsample=False).embedding, order)
+            k_small = k_small.float().contiguous(memory_format=torch.channels_last)  # pixels x D rows stay views
+            k_emb = F.interpolate(k_small, size=views.key.shape[-2:], mode="bilinear", align_corners=False)
+            protos, owner = mask_prototypes(F.normalize(k_emb, dim=1), views.key_mask)
+            owner = owner.clone()
+            owner[:, 0] += rank() * b
+            all_protos = concat_all_gather(protos)
+            all_owner = concat_all_gather(owner)
+            queue = self.bank.queue.clone()
+
+        with torch.autocast(views.query.device.type, enabled=False):  # the loss math stays fp32 under AMP
+            q_raw, labels = query_pixels(out_q.embedding, views.query_mask, all_owner, image_offset=rank() * b)
+            q = F.normalize(q_raw.float(), dim=1)
+            logits = pixel_prototype_logits(q, all_protos, queue, self.temperature)
+            weights = enet_class_weights(labels, logits.shape[1]) if self.class_weighting == "enet" else None
+            loss_con = weighted_cross_entropy(logits, labels, weights)
+            loss = self.contrastive_weight * loss_con
+            metrics = {"loss_contrastive": loss_con.detach()}
+            if out_q.saliency is not None:
+                loss_sal = balanced_bce(out_q.saliency, views.query_mask > 0)
+                loss = loss + self.saliency_weight * loss_sal  # also at weight 0: DDP wants every parameter used
+                metrics["loss_saliency"] = loss_sal.detach()
+        top1, top5 = topk_accuracy(logits.detach(), labels, (1, 5), max_rows=16384)
+        metrics.update(
+            acc_top1=top1,
+            acc_top5=top5,
+            prototypes=torch.tensor(float(len(all_protos))),
+            pixels=torch.tensor(float(len(labels))),
+        )
+        self.bank.enqueue(protos)
+        return loss, metrics
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The maskcontrast checkpoint format (``model_from_checkpoint`` / ``load_model`` read it), plus
+        ``key_model`` and ``memory_bank`` for resuming."""
+        return model_checkpoint(
+            self.query,
+            self.model_config,
+            objective="maskcontrast",
+            key_model={k: v.detach().cpu() for k, v in self.key.state_dict().items()},
+            memory_bank={k: v.detach().cpu() for k, v in self.bank.state_dict().items()},
+        )
+
+    def load_checkpoint(self, ckpt: Mapping[str, Any]) -> None:
+        for key in ("model", "key_model", "memory_bank"):
+            if key not in ckpt:
+                raise CheckpointError(f"checkpoint has no '{key}' entry; it is not a MaskContrast training checkpoint")
+        self.query.load_state_dict(ckpt["model"])
+        self.key.load_state_dict(ckpt["key_model"])
+        self.bank.load_state_dict(ckpt["memory_bank"])

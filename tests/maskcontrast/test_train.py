@@ -1,0 +1,226 @@
+"""The trainer: run folder, resume equivalence, NaN stop, DDP with 2 gloo processes, CLI, real data."""
+
+import logging
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from maskcontrast.config import ConfigError, PretrainConfig, load_config, resolve_config
+from maskcontrast.data import write_mask
+from maskcontrast.models import model_from_checkpoint, read_checkpoint
+from maskcontrast.objectives import MaskContrastObjective
+from maskcontrast.pretrain import main as pretrain_main
+from maskcontrast.train import NonFiniteLossError, RunDirError, lr_at, train
+
+TINY = "configs/pretrain/tiny.yaml"
+
+
+def make_image_folder(root, n=12, size=(40, 48), seed=0):
+    """Random images with one or two rectangular objects; masks 0 = bg, 1..2 = objects."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        h, w = size
+        img = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        for obj in range(1 + i % 2):
+            y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            mask[y : y + h // 3, x : x + w // 3] = obj + 1
+            img[mask == obj + 1] = rng.integers(100, 255, 3)
+        Image.fromarray(img).save(root / "images" / f"im{i:02d}.png")
+        write_mask(root / "masks" / f"im{i:02d}.png", mask)
+    return root
+
+
+def tiny_cfg(data_root, run_dir, *extra):
+    src = f"data.sources=[{{name: image_folder, root: {data_root / 'images'}, masks: {data_root / 'masks'}}}]"
+    overrides = [src, f"trainer.run_dir={run_dir}", "data.image_size=32", "optim.batch_size=4",
+                 "trainer.progress=false", "trainer.threads=1", *extra]  # fmt: skip
+    return resolve_config(load_config(PretrainConfig, TINY, overrides))
+
+
+def build(cfg):
+    return lambda: MaskContrastObjective(cfg.model, cfg.objective)
+
+
+def state_of(path):
+    ckpt = read_checkpoint(path)
+    return {**{f"model.{k}": v for k, v in ckpt["model"].items()},
+            **{f"key.{k}": v for k, v in ckpt["key_model"].items()},
+            **{f"bank.{k}": v for k, v in ckpt["memory_bank"].items()}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(autouse=True)
+def _drop_cli_log_handlers():
+    """The CLIs call setup_logging(), which binds a handler to the sys.stderr of that moment; under
+    pytest's capture that stream is closed after the test, so remove the handler again."""
+    yield
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_maskcontrast", False)]:
+        root.removeHandler(h)
+
+
+def test_lr_schedules():
+    assert lr_at(0, 10, 1.0, "poly") == 1.0
+    assert lr_at(5, 10, 1.0, "poly", power=1.0) == pytest.approx(0.5)
+    assert lr_at(5, 10, 1.0, "cosine") == pytest.approx(0.5)
+    assert lr_at(10, 10, 1.0, "cosine") == pytest.approx(0.0)
+    assert lr_at(0, 10, 1.0, "constant", warmup_steps=4) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(0, 10, 1.0, "step")
+
+
+def test_resume_equivalence_and_run_folder(data, tmp_path):
+    """4 steps == 2 steps + resume + 2 steps (CPU, deterministic); a run folder is never reused silently."""
+    full = tiny_cfg(data, tmp_path / "full", "trainer.max_steps=4")
+    res = train(full, build(full), "pretrain")
+    assert res.steps == 4 and res.checkpoint.is_file()
+    assert (tmp_path / "full" / "config.yaml").is_file() and any((tmp_path / "full" / "tb").iterdir())
+
+    half = tiny_cfg(data, tmp_path / "half", "trainer.max_steps=4", "trainer.save_every_steps=2")
+    calls = {"n": 0}
+
+    class StopAfterTwo(MaskContrastObjective):
+        def forward(self, views):
+            calls["n"] += 1
+            if calls["n"] > 2:
+                raise KeyboardInterrupt  # simulate a killed job after the step-2 checkpoint
+            return super().forward(views)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(half, lambda: StopAfterTwo(half.model, half.objective), "pretrain")
+    assert read_checkpoint(tmp_path / "half" / "last.pt")["trainer"]["step"] == 2
+    with pytest.raises(RunDirError, match="resume=auto"):
+        train(half, build(half), "pretrain")
+    resumed = tiny_cfg(data, tmp_path / "half", "trainer.max_steps=4", "trainer.save_every_steps=2",
+                       "trainer.resume=auto")  # fmt: skip
+    assert train(resumed, build(resumed), "pretrain").steps == 4
+
+    a, b = state_of(tmp_path / "full" / "last.pt"), state_of(tmp_path / "half" / "last.pt")
+    assert a.keys() == b.keys()
+    bad = [k for k in a if not torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-6)]
+    assert not bad, f"resumed run differs in {bad[:5]}"
+    # the checkpoint is a maskcontrast model file, loadable weights-only
+    model = model_from_checkpoint(tmp_path / "full" / "last.pt")
+    assert model.embed_dim == 32
+    # --overwrite starts afresh
+    again = tiny_cfg(data, tmp_path / "full", "trainer.max_steps=1", "trainer.overwrite=true")
+    assert train(again, build(again), "pretrain").steps == 1
+    assert read_checkpoint(tmp_path / "full" / "last.pt")["trainer"]["step"] == 1
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    cfg = tiny_cfg(data, tmp_path / "nan", "trainer.max_steps=5", "trainer.save_every_steps=1")
+    calls = {"n": 0}
+
+    class NanAtThree(MaskContrastObjective):
+        def forward(self, views):
+            loss, metrics = super().forward(views)
+            calls["n"] += 1
+            return (loss * float("nan") if calls["n"] == 3 else loss), metrics
+
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        train(cfg, lambda: NanAtThree(cfg.model, cfg.objective), "pretrain")
+    ckpt = read_checkpoint(tmp_path / "nan" / "last.pt")
+    assert ckpt["trainer"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_bf16_channels_last_and_frozen_early_layers(data, tmp_path):
+    cfg = tiny_cfg(data, tmp_path / "amp", "trainer.max_steps=1", "trainer.precision=bf16",
+                   "trainer.channels_last=true", "objective.freeze_early_layers=true")  # fmt: skip
+    before = MaskContrastObjective(cfg.model, cfg.objective)  # same seed, same init as inside train()
+    train(cfg, build(cfg), "pretrain")
+    after = read_checkpoint(tmp_path / "amp" / "last.pt")["model"]
+    torch.manual_seed(0)
+    before = MaskContrastObjective(cfg.model, cfg.objective).query.state_dict()
+    for k in ("backbone.conv1.weight", "backbone.layer2.0.conv1.weight", "backbone.bn1.running_mean"):
+        assert torch.equal(before[k], after[k]), k  # frozen, BatchNorm statistics included
+    assert not torch.equal(before["backbone.layer4.0.conv1.weight"], after["backbone.layer4.0.conv1.weight"])
+
+
+def test_cli_writes_run_and_reports_errors(data, tmp_path, capsys, monkeypatch):
+    src = f"data.sources=[{{name: image_folder, root: {data / 'images'}, masks: {data / 'masks'}}}]"
+    args = ["--config", TINY, src, f"trainer.run_dir={tmp_path / 'cli'}", "data.image_size=32",
+            "trainer.max_steps=1", "trainer.progress=false"]  # fmt: skip
+    assert pretrain_main(args) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint: {tmp_path / 'cli' / 'last.pt'}" in out
+    assert pretrain_main(args) == 2  # refuses to reuse the run folder
+    assert "--overwrite" in capsys.readouterr().err
+    assert pretrain_main([*args, "--overwrite"]) == 0
+    assert pretrain_main([*args, "optim.bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    monkeypatch.delenv("MASKCONTRAST_DATA", raising=False)
+    assert pretrain_main(["--config", TINY, f"trainer.run_dir={tmp_path / 'x'}"]) == 2
+    assert "MASKCONTRAST_DATA" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"data\.sources"):
+        cfg = resolve_config(load_config(PretrainConfig, None, [f"trainer.run_dir={tmp_path / 'y'}"]))
+        train(cfg, build(cfg), "pretrain")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, port, data, run_dir, out):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")  # fmt: skip
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(data, run_dir, "trainer.max_steps=2", "trainer.device=cpu")
+    holder = {}
+
+    def factory():
+        holder["obj"] = MaskContrastObjective(cfg.model, cfg.objective)
+        return holder["obj"]
+
+    train(cfg, factory, "pretrain")
+    torch.save({k: v.detach().clone() for k, v in holder["obj"].state_dict().items()}, f"{out}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_agree(data, tmp_path):
+    mp.spawn(_ddp_worker, args=(_free_port(), data, tmp_path / "ddp", str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    params = [k for k in r0 if "running" not in k and "num_batches" not in k]
+    assert params and all(torch.equal(r0[k], r1[k]) for k in params)
+    assert read_checkpoint(tmp_path / "ddp" / "last.pt")["trainer"]["world_size"] == 2
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_contrastive_loss_goes_down_on_pet_trimaps(shared_root, tmp_path):
+    """Real images with Pet trimaps as object masks, tiny config from random init: 16 images, a
+    queue of 8, no colour jitter (a random ResNet cannot learn colour invariance in 20 steps)."""
+    pet = shared_root("pet")
+    cfg = resolve_config(load_config(PretrainConfig, TINY, [
+        f"data.sources=[{{name: pet, root: {pet}, limit: 16}}]", f"trainer.run_dir={tmp_path / 'pet'}",
+        "trainer.max_steps=20", "trainer.progress=false", "trainer.threads=1", "optim.batch_size=8",
+        "optim.lr=0.1", "objective.queue_size=8", "augment.color_jitter_p=0", "augment.grayscale_p=0",
+        "data.image_size=48", "data.cache_images=true"]))  # fmt: skip
+    losses = []
+
+    class Recording(MaskContrastObjective):
+        def forward(self, views):
+            loss, metrics = super().forward(views)
+            losses.append(float(metrics["loss_contrastive"]))
+            return loss, metrics
+
+    train(cfg, lambda: Recording(cfg.model, cfg.objective), "pretrain")
+    first, last = np.mean(losses[2:8]), np.mean(losses[-6:])  # from step 2 on the queue holds real prototypes
+    assert last < first - 0.05, f"contrastive loss did not go down: {first:.3f} -> {last:.3f} ({losses})"
