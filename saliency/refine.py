@@ -1,0 +1,631 @@
+"""Self-trained saliency refiner (DeepUSPS-style), trained without labels.
+
+Loop (T. Nguyen et al., "DeepUSPS: Deep Robust Unsupervised Saliency Prediction With
+Self-Supervision", NeurIPS 2019, simplified to one handcrafted source: our fusion):
+
+1. Pseudo-labels: the fused classical map of every image (:mod:`saliency.fusion`) and its
+   confidence mask, at the network's input size.
+2. Round ``r``: train a small segmentation network on the targets; the loss (binary
+   cross-entropy with the binarised target) counts only the confident pixels.
+3. After the round, predict every image (with a horizontal-flip average) and update the
+   per-image moving average ``a <- m a + (1 - m) p`` (``a`` starts as the fused map). The next
+   round's targets are ``t = w * fused + (1 - w) * a`` (``w = target_anchor``; 0 gives the plain
+   moving average); its confident pixels are those where ``|t - 0.5| >= margin``.
+
+The network is a ResNet (``maskcontrast.models.ResNetBackbone``) with a light decoder that
+merges layer4 with the layer1/layer2 features (stride 4). It is trained from scratch by default;
+``model.init`` may name a MoCo, torchvision or maskcontrast checkpoint (read by
+``maskcontrast.models.init_backbone``). Images are resized (squashed) to ``input_size`` squares;
+the prediction is resized back.
+
+Usage::
+
+    python -m saliency.refine --images DIR [--images DIR2] [--dataset weizmann=ROOT] --out RUN \\
+        --config configs/saliency/refine_cpu.yaml [key=value ...]
+    python -m saliency.generate --images DIR --out MASKS --method refined --checkpoint RUN/refiner.pt
+
+Run folder: ``config.yaml``, ``pseudo_labels.pt`` (cached fused targets), ``last.pt`` (resumable
+state, written atomically every epoch), ``refiner.pt`` (the final model), ``history.json`` and
+TensorBoard logs in ``tb/``. An interrupted run continues with ``--resume``.
+
+Python API::
+
+    from saliency.refine import RefinerPredictor
+    predict = RefinerPredictor("RUN/refiner.pt")
+    soft = predict(image)       # H x W float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing as mp
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from maskcontrast.config import ConfigError, add_config_arguments, config_to_dict, load_config, save_config
+from maskcontrast.data import DataError, build_dataset
+from maskcontrast.data.base import SegmentationDataset
+from maskcontrast.models import ResNetBackbone, init_backbone, read_checkpoint
+from maskcontrast.models.checkpoint import CheckpointError
+from maskcontrast.utils import atomic_save, atomic_write_bytes, get_device, seed_everything, setup_logging
+from saliency.common import check_image, resize_map
+from saliency.fusion import FusionConfig, fuse
+from saliency.generate import single_thread_env
+
+__all__ = [
+    "RefinerNetConfig",
+    "RefineConfig",
+    "RefinerNet",
+    "RefinerPredictor",
+    "confident_bce",
+    "update_targets",
+    "train_refiner",
+    "main",
+]
+
+log = logging.getLogger("saliency.refine")
+
+FORMAT = "maskcontrast-saliency-refiner"
+FORMAT_VERSION = 1
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RefinerNetConfig:
+    """The refiner network: a torchvision ResNet trunk and a light decoder."""
+
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101
+    output_stride: int = 32  # 8, 16 or 32 (32: no dilation, the cheapest)
+    decoder_channels: int = 64
+    init: str = "random"  # random | torchvision | path to a MoCo / torchvision / maskcontrast checkpoint
+
+
+@dataclass
+class RefineConfig:
+    """Everything ``python -m saliency.refine`` needs besides the image sources."""
+
+    model: RefinerNetConfig = field(default_factory=RefinerNetConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    input_size: int = 128
+    rounds: int = 3
+    epochs_per_round: int = 3
+    batch_size: int = 16
+    lr: float = 1e-3  # AdamW, cosine over all rounds
+    weight_decay: float = 1e-4
+    target_momentum: float = 0.5  # moving average of predictions: a <- m a + (1 - m) prediction
+    target_anchor: float = 0.0  # next targets: w * fused + (1 - w) * a (0: the average alone)
+    margin: float = 0.25  # confident where |t - 0.5| >= margin (rounds after the first)
+    scale_min: float = 0.6  # random-resized-crop area range lower bound
+    color_jitter: float = 0.2
+    max_images: int = 0  # 0: all images
+    workers: int = 2  # processes for the pseudo-labels
+    threads: int = 0  # torch threads (0: torch's default)
+    device: str = "auto"
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Network
+# ----------------------------------------------------------------------------------------------
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
+
+
+class RefinerNet(nn.Module):
+    """ResNet trunk + decoder: ``B x 3 x H x W`` (ImageNet-normalised) -> ``B x 1 x H x W`` logits.
+
+    The decoder projects layer4 (stride ``output_stride``) and layer2 (stride 8) to
+    ``decoder_channels``, adds them at stride 8, upsamples to layer1 (stride 4), concatenates
+    layer1's projection, and predicts with two 3x3 convs and a 1x1 conv.
+
+    Example::
+
+        net = RefinerNet(RefinerNetConfig())
+        logits = net(torch.randn(2, 3, 128, 128))   # 2 x 1 x 128 x 128
+    """
+
+    def __init__(self, cfg: RefinerNetConfig) -> None:
+        super().__init__()
+        self.backbone = ResNetBackbone(cfg.arch, cfg.output_stride)
+        expansion = 4 if self.backbone.out_channels == 2048 else 1
+        c = cfg.decoder_channels
+        if c < 8:
+            raise ValueError(f"model.decoder_channels must be >= 8, got {c}")
+        self.proj4 = _conv_bn_relu(self.backbone.out_channels, c, 1)
+        self.proj2 = _conv_bn_relu(128 * expansion, c, 1)
+        self.proj1 = _conv_bn_relu(64 * expansion, c // 2, 1)
+        self.head = nn.Sequential(_conv_bn_relu(c + c // 2, c, 3), _conv_bn_relu(c, c, 3), nn.Conv2d(c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        size = x.shape[-2:]
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        f1 = b.layer1(x)
+        f2 = b.layer2(f1)
+        f4 = b.layer4(b.layer3(f2))
+        h = self.proj2(f2) + F.interpolate(self.proj4(f4), size=f2.shape[-2:], mode="bilinear", align_corners=False)
+        h = F.interpolate(h, size=f1.shape[-2:], mode="bilinear", align_corners=False)
+        out = self.head(torch.cat([h, self.proj1(f1)], dim=1))
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+
+def _normalize(images_u8: torch.Tensor) -> torch.Tensor:
+    """``B x H x W x 3`` uint8 -> ``B x 3 x H x W`` float, ImageNet mean/std."""
+    x = images_u8.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# ----------------------------------------------------------------------------------------------
+# Math
+# ----------------------------------------------------------------------------------------------
+
+
+def confident_bce(logits: torch.Tensor, target: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of ``logits`` against the binarised ``target`` (``>= 0.5``), averaged
+    over the confident pixels only (0 when there are none, still differentiable).
+
+    Shapes: ``logits``, ``target`` (in ``[0, 1]``) and ``confidence`` (bool) are ``B x 1 x H x W``.
+    """
+    if logits.shape != target.shape or logits.shape != confidence.shape:
+        raise ValueError(f"shapes differ: logits {logits.shape}, target {target.shape}, confidence {confidence.shape}")
+    weight = confidence.float()
+    loss = F.binary_cross_entropy_with_logits(logits, (target >= 0.5).float(), reduction="none")
+    return (loss * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def update_targets(
+    average: torch.Tensor,
+    predictions: torch.Tensor,
+    momentum: float,
+    margin: float,
+    anchor: torch.Tensor | None = None,
+    anchor_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One self-training step on the stored per-image targets.
+
+    Args:
+        average: ``N x H x W`` moving average of the predictions so far (starts as the fused maps).
+        predictions: ``N x H x W`` float predictions in ``[0, 1]``.
+        momentum: ``m`` in ``a <- m a + (1 - m) p`` (0: take the predictions as they are).
+        margin: confident where ``|t - 0.5| >= margin``.
+        anchor: ``N x H x W`` the first round's (fused) targets, or None.
+        anchor_weight: ``w``; the next targets are ``t = w * anchor + (1 - w) * a``. With
+            ``w > 0`` a pixel can only stay confident where the average still agrees with the
+            fused pseudo-label, which stops self-training from drifting (e.g. growing objects).
+
+    Returns:
+        ``(new average, targets, confidence)``, all ``N x H x W`` (confidence bool).
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"target_momentum must lie in [0, 1), got {momentum}")
+    if not 0.0 <= margin < 0.5:
+        raise ValueError(f"margin must lie in [0, 0.5), got {margin}")
+    if not 0.0 <= anchor_weight < 1.0:
+        raise ValueError(f"target_anchor must lie in [0, 1), got {anchor_weight}")
+    if anchor_weight > 0 and anchor is None:
+        raise ValueError("anchor_weight > 0 needs the anchor targets")
+    new = momentum * average + (1.0 - momentum) * predictions
+    targets = new if anchor is None or anchor_weight == 0 else anchor_weight * anchor + (1.0 - anchor_weight) * new
+    return new, targets, (targets - 0.5).abs() >= margin
+
+
+def _augment(
+    images: torch.Tensor, targets: torch.Tensor, conf: torch.Tensor, cfg: RefineConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random flip, random resized crop (one affine warp for image, target and confidence) and
+    colour jitter. ``images`` ``B x 3 x S x S`` normalised, ``targets``/``conf`` ``B x 1 x S x S``."""
+    b, dev = images.shape[0], images.device
+    r = lambda *s: torch.rand(*s, generator=gen).to(dev)  # noqa: E731
+    area = cfg.scale_min + (1 - cfg.scale_min) * r(b)
+    aspect = torch.exp((r(b) - 0.5) * math.log(4 / 3) * 2)
+    sx = torch.sqrt(area * aspect).clamp(max=1.0)
+    sy = torch.sqrt(area / aspect).clamp(max=1.0)
+    tx = (1 - sx) * (2 * r(b) - 1)
+    ty = (1 - sy) * (2 * r(b) - 1)
+    flip = torch.where(r(b) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2] = sx * flip, tx
+    theta[:, 1, 1], theta[:, 1, 2] = sy, ty
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    targets = F.grid_sample(targets, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    conf = F.grid_sample(conf.float(), grid, mode="nearest", padding_mode="reflection", align_corners=False) > 0.5
+    if cfg.color_jitter > 0:
+        j = cfg.color_jitter
+        gain = 1 + j * (2 * r(b, 1, 1, 1) - 1)
+        bias = j * (2 * r(b, 1, 1, 1) - 1)
+        images = images * gain + bias
+    return images, targets, conf
+
+
+# ----------------------------------------------------------------------------------------------
+# Pseudo-labels
+# ----------------------------------------------------------------------------------------------
+
+_SOURCES: list[SegmentationDataset] = []
+_FUSION: list[FusionConfig] = []
+
+
+def _init_pseudo(sources: list[tuple[str, str]], fusion: dict[str, Any]) -> None:
+    _SOURCES.clear()
+    _SOURCES.extend(build_dataset(name, root) for name, root in sources)
+    _FUSION[:] = [FusionConfig(**fusion)]
+
+
+def _pseudo_one(item: tuple[int, str, int]) -> tuple[int, str, Any]:
+    src, sid, size = item
+    ds = _SOURCES[src]
+    try:
+        image = ds.read_sample_image(ds.files(sid), sid)
+    except DataError as err:
+        return src, sid, str(err)
+    result = fuse(image, _FUSION[0])
+    small = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=2.0))
+    target = np.rint(resize_map(result.saliency, (size, size)) * 255).astype(np.uint8)
+    conf = np.asarray(Image.fromarray(result.confidence).resize((size, size), Image.NEAREST))
+    return src, sid, (small, target, conf)
+
+
+def _pseudo_labels(sources: list[tuple[str, str]], cfg: RefineConfig, cache: Path) -> dict[str, Any]:
+    size = cfg.input_size
+    fusion = config_to_dict(cfg.fusion)
+    key = {"sources": [list(s) for s in sources], "input_size": size, "fusion": fusion, "max_images": cfg.max_images}
+    if cache.is_file():
+        data = read_checkpoint(cache)
+        if data.get("key") == json.dumps(key, sort_keys=True):
+            log.info("using cached pseudo-labels %s (%d images)", cache, len(data["ids"]))
+            return data
+        log.warning("%s was made with other settings; recomputing", cache)
+    items = []
+    for src, (name, root) in enumerate(sources):
+        ds = build_dataset(name, root)
+        items.extend((src, sid, size) for sid in ds.ids)
+    if cfg.max_images and len(items) > cfg.max_images:
+        rng = np.random.default_rng(cfg.seed)
+        items = [items[i] for i in sorted(rng.choice(len(items), cfg.max_images, replace=False))]
+    images, targets, confs, ids = [], [], [], []
+    bar = tqdm(total=len(items), desc="pseudo-labels (fusion)", unit="img")
+
+    def take(res: tuple[int, str, Any]) -> None:
+        src, sid, data = res
+        bar.update()
+        if isinstance(data, str):
+            log.warning("skipping unreadable image %s: %s", sid, data)
+            return
+        ids.append(f"{src}:{sid}")
+        images.append(data[0])
+        targets.append(data[1])
+        confs.append(data[2])
+
+    if cfg.workers > 1:
+        with (
+            single_thread_env(True),
+            mp.get_context("spawn").Pool(cfg.workers, _init_pseudo, (sources, fusion)) as pool,
+        ):
+            for res in pool.imap(_pseudo_one, items, chunksize=2):
+                take(res)
+    else:
+        _init_pseudo(sources, fusion)
+        for it in items:
+            take(_pseudo_one(it))
+    bar.close()
+    if not ids:
+        raise DataError("no readable images in the given sources")
+    data = {
+        "key": json.dumps(key, sort_keys=True),
+        "ids": ids,
+        "images": torch.from_numpy(np.stack(images)),
+        "targets": torch.from_numpy(np.stack(targets)),
+        "confidence": torch.from_numpy(np.stack(confs).astype(bool)),
+    }
+    atomic_save(data, cache)
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _predict_all(net: RefinerNet, images: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
+    net.eval()
+    outs = []
+    for i in range(0, len(images), batch):
+        x = _normalize(images[i : i + batch].to(device))
+        p = torch.sigmoid(net(x)) + torch.sigmoid(net(x.flip(-1))).flip(-1)
+        outs.append((p / 2)[:, 0].cpu())
+    net.train()
+    return torch.cat(outs)
+
+
+def _final_checkpoint(net: RefinerNet, cfg: RefineConfig, **extra: Any) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config_to_dict(cfg),
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        **extra,
+    }
+
+
+def train_refiner(
+    sources: Sequence[tuple[str, str]],
+    out: str | Path,
+    cfg: RefineConfig | Any,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train the refiner on the images of ``sources`` (``(reader name, root)`` pairs, e.g.
+    ``("image_folder", "photos/")``) and write the run folder ``out`` (see the module doc).
+
+    Returns:
+        ``{"checkpoint": path, "history": [...], "seconds": ..., "n_images": ...}``.
+    """
+    cfg = cfg if not isinstance(cfg, RefineConfig) else OmegaConf.structured(cfg)
+    _validate(cfg)
+    out = Path(out).expanduser()
+    last, final = out / "last.pt", out / "refiner.pt"
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            log.warning("--overwrite: replacing the run in %s", out)
+            for p in (last, final, out / "history.json"):
+                p.unlink(missing_ok=True)
+        elif not resume:
+            raise FileExistsError(
+                f"{out} is not empty; pass --resume to continue that run or --overwrite to replace it"
+            )
+        elif (out / "config.yaml").is_file():
+            old = OmegaConf.load(out / "config.yaml")
+            if OmegaConf.to_container(old) != OmegaConf.to_container(cfg):
+                raise ConfigError(f"{out}/config.yaml differs from this run's config; resume with the same settings")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = get_device(cfg.device)
+    start = time.perf_counter()
+    data = _pseudo_labels([tuple(s) for s in sources], cfg, out / "pseudo_labels.pt")  # type: ignore[misc]
+    pseudo_seconds = time.perf_counter() - start
+    images = data["images"]
+    targets = data["targets"].float() / 255.0
+    fused = targets.clone()
+    average = targets.clone()
+    conf = data["confidence"].clone()
+    n = len(images)
+    net = RefinerNet(OmegaConf.to_object(cfg.model)).to(device)
+    init_backbone(net.backbone, cfg.model.init)
+    net = net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total_steps = cfg.rounds * cfg.epochs_per_round * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
+    history: list[dict[str, Any]] = []
+    first_round, first_epoch = 0, 0
+    if resume and last.is_file():
+        state = read_checkpoint(last)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        targets, conf = state["targets"].float() / 255.0, state["confidence"].bool()
+        average = state["average"].float() / 255.0 if "average" in state else targets.clone()
+        first_round, first_epoch = int(state["round"]), int(state["epoch"])
+        history = list(state["history"])
+        torch.set_rng_state(state["rng"])
+        log.info("resumed %s at round %d, epoch %d", last, first_round + 1, first_epoch + 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * first_round + first_epoch)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer: Any = SummaryWriter(str(out / "tb"))
+    except Exception as err:  # tensorboard is optional at run time
+        log.warning("TensorBoard logging disabled (%s)", err)
+        writer = None
+    train_start = time.perf_counter()
+    for rnd in range(first_round, cfg.rounds):
+        for epoch in range(first_epoch if rnd == first_round else 0, cfg.epochs_per_round):
+            perm = torch.randperm(n, generator=gen)
+            losses = []
+            bar = tqdm(range(steps_per_epoch), desc=f"round {rnd + 1}/{cfg.rounds} epoch {epoch + 1}/{cfg.epochs_per_round}", unit="step", leave=False)  # fmt: skip
+            for step in bar:
+                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                x = _normalize(images[idx].to(device))
+                t = targets[idx].unsqueeze(1).to(device)
+                c = conf[idx].unsqueeze(1).to(device)
+                x, t, c = _augment(x, t, c, cfg, gen)
+                loss = confident_bce(net(x), t, c)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            entry = {"round": rnd + 1, "epoch": epoch + 1, "loss": float(np.mean(losses)),
+                     "confident_fraction": float(conf.float().mean()), "seconds": time.perf_counter() - train_start}  # fmt: skip
+            history.append(entry)
+            log.info("round %d epoch %d: loss %.4f (confident pixels %.1f%%)", rnd + 1, epoch + 1, entry["loss"],
+                     100 * entry["confident_fraction"])  # fmt: skip
+            if writer is not None:
+                writer.add_scalar("refine/loss", entry["loss"], len(history))
+                writer.add_scalar("refine/confident_fraction", entry["confident_fraction"], len(history))
+            next_round, next_epoch = (rnd, epoch + 1) if epoch + 1 < cfg.epochs_per_round else (rnd + 1, 0)
+            if next_epoch == 0:  # end of the round: new targets from the moving average
+                preds = _predict_all(net, images, device, cfg.batch_size * 2)
+                average, targets, conf = update_targets(
+                    average, preds, cfg.target_momentum, cfg.margin, fused, cfg.target_anchor
+                )
+                log.info("round %d done: targets updated, %.1f%% of pixels confident", rnd + 1, 100 * float(conf.float().mean()))  # fmt: skip
+            atomic_save(
+                {
+                    "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "targets": torch.round(targets * 255).to(torch.uint8),
+                    "average": torch.round(average * 255).to(torch.uint8),
+                    "confidence": conf,
+                    "round": next_round,
+                    "epoch": next_epoch,
+                    "history": history,
+                    "rng": torch.get_rng_state(),
+                },
+                last,
+            )
+    if writer is not None:
+        writer.close()
+    seconds = time.perf_counter() - start
+    atomic_save(_final_checkpoint(net, cfg, history=history, n_images=n), final)
+    summary = {"checkpoint": str(final), "history": history, "seconds": seconds, "pseudo_label_seconds": pseudo_seconds,
+               "train_seconds": time.perf_counter() - train_start, "n_images": n}  # fmt: skip
+    atomic_write_bytes(out / "history.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def _validate(cfg: Any) -> None:
+    checks = [
+        (cfg.input_size >= 32, f"input_size must be >= 32, got {cfg.input_size}"),
+        (cfg.rounds >= 1, f"rounds must be >= 1, got {cfg.rounds}"),
+        (cfg.epochs_per_round >= 1, f"epochs_per_round must be >= 1, got {cfg.epochs_per_round}"),
+        (cfg.batch_size >= 2, f"batch_size must be >= 2 (batch norm), got {cfg.batch_size}"),
+        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (0 < cfg.scale_min <= 1, f"scale_min must lie in (0, 1], got {cfg.scale_min}"),
+        (cfg.max_images >= 0, f"max_images must be >= 0, got {cfg.max_images}"),
+        (0.0 <= cfg.target_momentum < 1.0, f"target_momentum must lie in [0, 1), got {cfg.target_momentum}"),
+        (0.0 <= cfg.margin < 0.5, f"margin must lie in [0, 0.5), got {cfg.margin}"),
+        (0.0 <= cfg.target_anchor < 1.0, f"target_anchor must lie in [0, 1), got {cfg.target_anchor}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference
+# ----------------------------------------------------------------------------------------------
+
+
+class RefinerPredictor:
+    """Load ``refiner.pt`` (or a run's ``last.pt`` with its ``config.yaml``) and predict.
+
+    ``predictor(image)`` with an ``H x W x 3`` uint8 RGB image returns an ``H x W`` float32 map
+    in ``[0, 1]`` (flip-averaged).
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str | None = None) -> None:
+        path = Path(checkpoint).expanduser()
+        ckpt = read_checkpoint(path)
+        if ckpt.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{path}: not a saliency refiner checkpoint (format {ckpt.get('format')!r}); "
+                "pass the refiner.pt written by python -m saliency.refine"
+            )
+        if ckpt.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: refiner format version {ckpt.get('format_version')} is not supported")
+        try:
+            cfg = load_config(RefineConfig)
+            cfg = OmegaConf.merge(cfg, ckpt["config"])
+        except Exception as err:
+            raise CheckpointError(f"{path}: invalid refiner config ({err})") from err
+        model_cfg = OmegaConf.to_object(cfg.model)
+        model_cfg.init = "random"
+        self.net = RefinerNet(model_cfg)
+        self.net.load_state_dict(ckpt["model"])
+        self.device = get_device(device)
+        self.net.to(self.device).eval()
+        self.input_size = int(cfg.input_size)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        image = check_image(image)
+        h, w = image.shape[:2]
+        s = self.input_size
+        small = np.array(Image.fromarray(image).resize((s, s), Image.BILINEAR, reducing_gap=2.0))
+        x = _normalize(torch.from_numpy(small)[None].to(self.device))
+        p = (torch.sigmoid(self.net(x)) + torch.sigmoid(self.net(x.flip(-1))).flip(-1)) / 2
+        return np.clip(resize_map(p[0, 0].cpu().numpy(), (h, w)), 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m saliency.refine",
+        description="Train the self-supervised saliency refiner on unlabelled images (fused classical "
+        "pseudo-labels, confident pixels only, several rounds of moving-average targets).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--images", action="append", default=[], help="a folder of images (repeatable; searched recursively)"
+    )
+    p.add_argument("--dataset", action="append", default=[], metavar="NAME=ROOT",
+                   help="images of a maskcontrast.data reader, e.g. weizmann=/data/weizmann_horse (repeatable; labels unused)")  # fmt: skip
+    p.add_argument("--out", required=True, help="run folder (config, cached pseudo-labels, checkpoints, logs)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    add_config_arguments(p, default=None)
+    p.epilog = "Config keys (saliency.refine.RefineConfig): " + ", ".join(
+        f.name for f in dataclasses.fields(RefineConfig)
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    sources: list[tuple[str, str]] = [("image_folder", d) for d in args.images]
+    for item in args.dataset:
+        if "=" not in item:
+            log.error("--dataset expects NAME=ROOT, got %r", item)
+            return 2
+        name, root = item.split("=", 1)
+        sources.append((name, root))
+    if not sources:
+        log.error("give at least one --images DIR or --dataset NAME=ROOT")
+        return 2
+    try:
+        cfg = load_config(RefineConfig, args.config, args.overrides)
+        for name, root in sources:
+            build_dataset(name, root)  # fail early on a bad source
+        summary = train_refiner(sources, args.out, cfg, resume=args.resume, overwrite=args.overwrite)
+    except (ConfigError, DataError, FileExistsError, CheckpointError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    log.info("trained on %d images in %.0f s (pseudo-labels %.0f s, training %.0f s)", summary["n_images"],
+             summary["seconds"], summary["pseudo_label_seconds"], summary["train_seconds"])  # fmt: skip
+    print(f"refiner written to {Path(summary['checkpoint']).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
