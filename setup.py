@@ -33,6 +33,7 @@ setup(
         "tqdm>=4.65",
         "scikit-image>=0.21",
         "numba>=0.58",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4"],

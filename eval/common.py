@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from maskcontrast.api import FeatureModel, FeatureOutput, load_model, upsample_saliency
-from maskcontrast.data import DataError, DatasetInfo, Sample, SegmentationDataset, build_dataset
+from maskcontrast.data import DataError, DatasetInfo, Sample, SegmentationDataset, build_dataset, write_mask
 from maskcontrast.data.paths import SHARED_LAYOUT, shared_dataset_root
 from maskcontrast.utils import atomic_save, atomic_write_bytes
 
@@ -532,7 +532,14 @@ def colorize(label: np.ndarray, info: DatasetInfo) -> np.ndarray:
 
 
 def save_panel(path: str | Path, image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, info: DatasetInfo) -> None:
-    """Write ``image | ground truth | prediction`` side by side as a PNG (atomically)."""
+    """Write ``image | ground truth | prediction`` side by side as a PNG (atomically), and the raw
+    prediction (class indices, palette PNG) as ``pred/<same name>`` beside it, so that other tools
+    (e.g. the demo report) can compose their own pictures."""
+    path = Path(path)
+    pred_arr = np.asarray(pred)
+    write_mask(
+        path.parent / "pred" / path.name, np.where(pred_arr < 0, info.ignore_index, pred_arr), info.palette_array()
+    )
     parts = [np.asarray(image, dtype=np.uint8)]
     parts.append(colorize(gt, info) if gt is not None else np.zeros_like(parts[0]))
     parts.append(colorize(pred, info))

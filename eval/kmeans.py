@@ -62,6 +62,7 @@ from eval.common import (
 from eval.metrics import apply_mapping, confusion_matrix, map_confusion, match_clusters, segmentation_scores
 from maskcontrast.api import FeatureModel
 from maskcontrast.data import DataError, SegmentationDataset
+from maskcontrast.data.base import read_id_list
 from maskcontrast.utils import peak_rss_mib, setup_logging
 
 __all__ = [
@@ -514,15 +515,26 @@ def write_vis(
     clusters: np.ndarray | None = None,
     centroids: np.ndarray | None = None,
     proj: tuple[np.ndarray, np.ndarray] | None = None,
+    vis_ids: Sequence[str] | None = None,
 ) -> int:
-    """PNG panels (image | ground truth | prediction) for the first ``n`` images, first seed."""
+    """PNG panels (image | ground truth | prediction) for the first ``n`` images (or the first ``n``
+    of ``vis_ids``), first seed."""
     from torch.utils.data import Subset
 
     vis_dir.mkdir(parents=True, exist_ok=True)
-    sub = Subset(ds, range(min(n, len(ds))))
+    if vis_ids is not None:
+        index = {sample_id: i for i, sample_id in enumerate(ds.ids)}
+        missing = [v for v in vis_ids if v not in index]
+        if missing:
+            raise ValueError(f"--vis-ids: {len(missing)} ids are not in the evaluated images, e.g. {missing[:3]}")
+        chosen = [index[v] for v in vis_ids[:n]]
+    else:
+        chosen = list(range(min(n, len(ds))))
+    sub = Subset(ds, chosen)
     count = 0
     device = model.device
-    for i, sample, out in iter_model_outputs(model, sub, desc="pictures", progress=False):  # type: ignore[arg-type]
+    for j, sample, out in iter_model_outputs(model, sub, desc="pictures", progress=False):  # type: ignore[arg-type]
+        i = chosen[j]
         h, w = sample.size
         if protocol == "prototype":
             assert source is not None and clusters is not None
@@ -577,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--json", default=None, help="write the results as JSON here")
     o.add_argument("--vis", type=int, default=0, help="write N pictures (image | ground truth | prediction)")
     o.add_argument("--vis-dir", default=None, help="folder for --vis (default: <json without .json>_vis)")
+    o.add_argument("--vis-ids", default=None, help="text file of image ids: picture the first --vis of these "
+                   "(default: the first --vis images)")  # fmt: skip
     o.add_argument("--cache", default=None, help="folder for resumable per-image results (re-runs with other k/seeds "
                    "reuse them)")  # fmt: skip
     o.add_argument("--save-every", type=int, default=100, help="cache every N images (default 100)")
@@ -666,7 +680,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if vis_dir is not None:
         mapping = np.asarray(result["seeds"][0]["mapping"])
         n = write_vis(vis_dir, args.vis, model, ds, mapping, protocol=args.protocol, source=source,
-                      clusters=clusters[0] if clusters else None, centroids=centroids, proj=proj)  # fmt: skip
+                      clusters=clusters[0] if clusters else None, centroids=centroids, proj=proj,
+                      vis_ids=read_id_list(Path(args.vis_ids)) if args.vis_ids else None)  # fmt: skip
         print(f"wrote {n} pictures to {vis_dir}")
     if not args.json:
         print(f"mIoU {100 * result['miou_mean']:.2f} +- {100 * result['miou_std']:.2f} (no --json: nothing written)")

@@ -40,16 +40,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that always writes to the *current* ``sys.stderr``, so that replacing it
+    (pytest's capture, notebooks) never leaves the handler writing to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it; we always follow sys.stderr
+        pass
+
+
 def setup_logging(level: int | str = logging.INFO, file: str | Path | None = None) -> None:
     """Log to stderr (and to ``file``) with a short, timestamped format. Idempotent."""
     root = logging.getLogger()
     fmt = logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S")
-    ours = [h for h in root.handlers if getattr(h, "_maskcontrast", False) and type(h) is logging.StreamHandler]
-    for h in ours:  # sys.stderr may have been replaced since (pytest capture, notebooks): follow it
-        if h.stream is not sys.stderr:
-            h.setStream(sys.stderr)
-    if not ours:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
+        handler = _CurrentStderrHandler()
         handler.setFormatter(fmt)
         handler._maskcontrast = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -3,6 +3,7 @@ when ``MASKCONTRAST_DATA`` is unset or lacks that dataset."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,17 @@ def shared_root():
         return path
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """CLIs called in-process add log handlers (and file handlers) to the root logger: undo that."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            if isinstance(h, logging.FileHandler):
+                h.close()
+    root.setLevel(level)

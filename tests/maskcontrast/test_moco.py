@@ -1,7 +1,5 @@
 """The MoCo v2 stage: official checkpoint layout, loading through the MoCo v2 loader, resume, loss on real images."""
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -41,16 +39,6 @@ def cfg_for(images, run_dir, *extra):
 
 def build(cfg):
     return lambda: MocoObjective(cfg.model, cfg.objective)
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers():
-    """The CLIs call setup_logging(), which binds a handler to the sys.stderr of that moment; under
-    pytest's capture that stream is closed after the test, so remove the handler again."""
-    yield
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, "_maskcontrast", False)]:
-        root.removeHandler(h)
 
 
 def test_encoder_layout_matches_moco_v2():

@@ -1,6 +1,5 @@
 """The trainer: run folder, resume equivalence, NaN stop, DDP with 2 gloo processes, CLI, real data."""
 
-import logging
 import socket
 
 import numpy as np
@@ -58,16 +57,6 @@ def state_of(path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("synthetic"))
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers():
-    """The CLIs call setup_logging(), which binds a handler to the sys.stderr of that moment; under
-    pytest's capture that stream is closed after the test, so remove the handler again."""
-    yield
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, "_maskcontrast", False)]:
-        root.removeHandler(h)
 
 
 def test_lr_schedules():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 
@@ -36,15 +34,3 @@ def make_scene(
 def scene_factory():
     """The :func:`make_scene` function (test modules cannot import conftest under importlib mode)."""
     return make_scene
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers():
-    """CLIs call ``setup_logging()``, which binds a handler to the sys.stderr of the moment; under
-    pytest's capture that stream is closed after the test, so remove such handlers afterwards."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for handler in list(root.handlers):
-        if handler not in before and getattr(handler, "_maskcontrast", False):
-            root.removeHandler(handler)

@@ -1,0 +1,398 @@
+"""The main job, end to end: ``python -m maskcontrast.demo`` (``make demo``; ``make demo FAST=1``).
+
+On the MSRC-v2 copy found through ``$MASKCONTRAST_DATA`` (or ``--data DIR``) it runs, each stage
+through the same command line a user would type:
+
+1. ``saliency.generate``: unsupervised object masks (fused classical estimators);
+2. ``maskcontrast.moco``: a MoCo v2 initialisation on the images (labels unused);
+3. ``maskcontrast.pretrain``: MaskContrast from that initialisation, with the masks of step 1;
+4. ``eval.linear`` (CPU config, seeded 80/20 split) and ``eval.kmeans`` (prototype and pixel
+   protocols);
+5. a report folder: ``summary.md`` (headline numbers, per-class IoU, every command with its wall
+   time), ``per_class_iou.png``, ``overlays/`` (image | ground truth | K-means | linear) and the
+   TensorBoard logs of every training stage.
+
+Every stage is resumable: run the same command again after an interruption and finished stages
+are skipped. ``--overwrite`` starts afresh. The stages run as subprocesses, so this module imports
+nothing from ``saliency`` or ``eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from maskcontrast.data.io import read_index_png
+from maskcontrast.data.paths import data_root
+from maskcontrast.utils import atomic_write_bytes, setup_logging
+
+log = logging.getLogger("maskcontrast.demo")
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+NO_DATA_MESSAGE = """\
+maskcontrast.demo: no demo data found.
+The demo runs on MSRC-v2 (Images/*.png, GroundTruth/*_GT.png). Either
+  * set MASKCONTRAST_DATA to a folder that holds msrc_v2/ (e.g. export MASKCONTRAST_DATA=../shared/data), or
+  * pass --data DIR pointing at an MSRC-v2 copy.
+For your own images, run the stages yourself: README.md, "Your own data"."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Stage lengths of one demo preset."""
+
+    moco_steps: int
+    moco_batch: int
+    pretrain_steps: int
+    pretrain_batch: int
+    image_size: int
+    linear_epochs: int
+    kmeans_seeds: int
+    overlays: int
+
+
+#: the default preset fits ~45 minutes on a 2-core CPU, FAST ~10 (docs/BENCHMARKS.md, "Main job")
+PRESETS = {
+    "default": Budget(moco_steps=120, moco_batch=64, pretrain_steps=300, pretrain_batch=16, image_size=128,
+                      linear_epochs=10, kmeans_seeds=5, overlays=6),
+    "fast": Budget(moco_steps=20, moco_batch=32, pretrain_steps=40, pretrain_batch=8, image_size=96,
+                   linear_epochs=3, kmeans_seeds=2, overlays=4),
+}  # fmt: skip
+
+
+@dataclass
+class StageRecord:
+    name: str
+    command: list[str]
+    seconds: float = 0.0
+    skipped: bool = False
+
+    @property
+    def shell(self) -> str:
+        cmd = ["python" if c == sys.executable else c for c in self.command]
+        return shlex.join(cmd)
+
+
+@dataclass
+class Demo:
+    out: Path
+    data: Path
+    budget: Budget
+    seed: int = 0
+    threads: int = 0
+    stages: list[StageRecord] = field(default_factory=list)
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def masks(self) -> Path:
+        return self.out / "saliency" / "masks"
+
+    @property
+    def moco_dir(self) -> Path:
+        return self.out / "moco"
+
+    @property
+    def pretrain_dir(self) -> Path:
+        return self.out / "pretrain"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.out / "eval"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.out / "report"
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, name: str, args: list[str], done: Path | None = None) -> None:
+        """Run ``python -m <args>`` unless ``done`` exists; record the command and its wall time."""
+        record = StageRecord(name, [sys.executable, "-m", *args])
+        self.stages.append(record)
+        if done is not None and done.exists():
+            record.skipped = True
+            log.info("[%s] already done (%s); skipping", name, done)
+            return
+        log.info("[%s] %s", name, record.shell)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        t0 = time.perf_counter()
+        proc = subprocess.run(record.command, cwd=REPO, env=env)
+        record.seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"maskcontrast.demo: stage '{name}' failed (exit {proc.returncode}); command:\n  "
+                             f"{record.shell}\nFix the cause and run the demo again: finished stages are kept.")  # fmt: skip
+        log.info("[%s] done in %.0f s", name, record.seconds)
+
+    def trainer_overrides(self, run_dir: Path, steps: int, batch: int) -> list[str]:
+        out = [f"trainer.run_dir={run_dir}", f"trainer.max_steps={steps}", f"optim.batch_size={batch}",
+               f"data.image_size={self.budget.image_size}", f"trainer.seed={self.seed}", "trainer.save_every_epochs=0"]  # fmt: skip
+        if self.threads:
+            out.append(f"trainer.threads={self.threads}")
+        return out
+
+    def all_stages(self) -> None:
+        b = self.budget
+        data_source = f"data.sources=[{{name: msrc, root: '{self.data}'}}]"
+        self.run("saliency", ["saliency.generate", "--dataset", "msrc", "--root", str(self.data), "--out",
+                              str(self.masks), "--method", "fused", "--workers", "2"])  # fmt: skip
+        self.run("moco", ["maskcontrast.moco", "--config", str(CONFIGS / "moco" / "cpu_shared.yaml"), "--resume",
+                          data_source, *self.trainer_overrides(self.moco_dir, b.moco_steps, b.moco_batch)])  # fmt: skip
+        self.run("pretrain", ["maskcontrast.pretrain", "--config", str(CONFIGS / "pretrain" / "msrc.yaml"), "--resume",
+                              data_source, f"data.masks={self.masks}", f"model.backbone.init={self.moco_dir / 'last.pt'}",
+                              *self.trainer_overrides(self.pretrain_dir, b.pretrain_steps, b.pretrain_batch)])  # fmt: skip
+        ckpt = str(self.pretrain_dir / "last.pt")
+        common = ["--checkpoint", ckpt, "--dataset", "msrc", "--root", str(self.data), "--no-progress"]
+        linear = self.eval_dir / "linear"
+        self.run("linear", ["eval.linear", "--config", str(CONFIGS / "eval" / "linear_cpu.yaml"), *common,
+                            "--out", str(linear), "--vis", str(b.overlays), f"epochs={b.linear_epochs}",
+                            f"data.split_seed={self.seed}"], done=linear / "results.json")  # fmt: skip
+        for protocol in ("prototype", "pixel"):
+            js = self.eval_dir / f"kmeans_{protocol}.json"
+            self.run(f"kmeans-{protocol}", ["eval.kmeans", *common, "--protocol", protocol, "--k", "21",
+                                            "--seeds", str(b.kmeans_seeds), "--json", str(js), "--vis", str(b.overlays),
+                                            "--vis-ids", str(linear / "split_val.txt"), "--overwrite"], done=js)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def per_class_chart(path: Path, results: dict[str, dict[str, float | None]], title: str) -> None:
+    """A grouped horizontal bar chart of per-class IoU (percent), one colour per evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = list(next(iter(results.values())).keys())
+    n, m = len(classes), len(results)
+    height = 0.8 / m
+    fig, ax = plt.subplots(figsize=(7, 0.32 * n * max(1, m / 2) + 1.2))
+    ys = np.arange(n)
+    for j, (name, per_class) in enumerate(results.items()):
+        vals = [100 * (per_class.get(c) or 0.0) for c in classes]
+        ax.barh(ys + j * height, vals, height, label=name)
+    ax.set_yticks(ys + 0.4 - height / 2, classes)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("IoU (%)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def overlay_panels(demo: Demo, n: int) -> list[Path]:
+    """``image | ground truth | K-means (prototype) | linear`` for the linear probe's first val images."""
+    from maskcontrast.data import build_dataset
+
+    ds = build_dataset("msrc", demo.data)
+    palette = ds.info.palette_array()
+    lin_pred = demo.eval_dir / "linear" / "vis" / "pred"
+    km_pred = demo.eval_dir / "kmeans_prototype_vis" / "pred"
+    out_dir = demo.report_dir / "overlays"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def by_name(folder: Path) -> dict[str, Path]:  # "<index>_<safe id>.png" -> "<safe id>.png"
+        return {p.name.split("_", 1)[1]: p for p in sorted(folder.glob("*.png"))}
+
+    km_files = by_name(km_pred)
+    written = []
+    for name, lin in list(by_name(lin_pred).items())[:n]:
+        km = km_files.get(name)
+        if km is None:
+            continue
+        sample = ds.load(Path(name).stem.replace("__", "/"))
+        gt = palette[sample.label] if sample.label is not None else np.zeros_like(sample.image)
+        parts = [sample.image, gt, palette[read_index_png(km)], palette[read_index_png(lin)]]
+        gap = np.full((sample.image.shape[0], 4, 3), 255, dtype=np.uint8)
+        panel = np.concatenate([parts[0], gap, parts[1], gap, parts[2], gap, parts[3]], axis=1)
+        buf = io.BytesIO()
+        Image.fromarray(panel).save(buf, format="PNG")
+        target = out_dir / name
+        atomic_write_bytes(target, buf.getvalue())
+        written.append(target)
+    return written
+
+
+def write_report(demo: Demo) -> dict[str, Any]:
+    """Write ``report/`` and return the headline numbers."""
+    rep = demo.report_dir
+    rep.mkdir(parents=True, exist_ok=True)
+    km_proto = _load_json(demo.eval_dir / "kmeans_prototype.json")
+    km_pixel = _load_json(demo.eval_dir / "kmeans_pixel.json")
+    linear = _load_json(demo.eval_dir / "linear" / "results.json")
+    headline = {
+        "kmeans_prototype_miou": km_proto["miou_mean"],
+        "kmeans_prototype_miou_std": km_proto["miou_std"],
+        "kmeans_pixel_miou": km_pixel["miou_mean"],
+        "kmeans_pixel_miou_std": km_pixel["miou_std"],
+        "linear_miou": linear["miou"],
+    }
+    per_class = {
+        "K-means, prototype": km_proto["per_class"],
+        "K-means, pixel": km_pixel["per_class"],
+        "linear probe": linear["per_class"],
+    }
+    per_class_chart(rep / "per_class_iou.png", per_class, "MSRC-v2 (21 classes): per-class IoU")
+    overlays = overlay_panels(demo, demo.budget.overlays)
+    tb = rep / "tensorboard"
+    for name, src in (("moco", demo.moco_dir / "tb"), ("pretrain", demo.pretrain_dir / "tb"),
+                      ("linear", demo.eval_dir / "linear" / "tb")):  # fmt: skip
+        if src.is_dir():
+            shutil.copytree(src, tb / name, dirs_exist_ok=True)
+    classes = list(km_proto["per_class"])
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    lines = [
+        "# maskcontrast demo report",
+        "",
+        f"Data: MSRC-v2 at `{demo.data}` ({km_proto['n_images']} images, 21-class protocol). "
+        f"Budget: {demo.budget}. Seed {demo.seed}.",
+        "",
+        "## Headline (mIoU, %)",
+        "",
+        "| evaluation | mIoU | notes |",
+        "|---|---|---|",
+        f"| K-means, prototype protocol (paper) | {pct(km_proto['miou_mean'])} ± {pct(km_proto['miou_std'])} | "
+        f"k = {km_proto['k']}, {len(km_proto['seeds'])} seeds, all images, saliency from the model |",
+        f"| K-means, pixel protocol | {pct(km_pixel['miou_mean'])} ± {pct(km_pixel['miou_std'])} | "
+        f"k = {km_pixel['k']}, {len(km_pixel['seeds'])} seeds, all images |",
+        f"| linear probe | {pct(linear['miou'])} | trained on {linear['n_train']} images, scored on {linear['n_val']} "
+        "held-out images (seeded split) |",
+        "",
+        "These numbers come from a few minutes of CPU training; they show that the pipeline works, not what the "
+        "method reaches with a full budget (docs/BENCHMARKS.md compares baselines at a fixed budget).",
+        "",
+        "## Per-class IoU (%)",
+        "",
+        "![per-class IoU](per_class_iou.png)",
+        "",
+        "| class | K-means prototype | K-means pixel | linear |",
+        "|---|---|---|---|",
+        *(
+            f"| {c} | {pct(km_proto['per_class'].get(c))} | {pct(km_pixel['per_class'].get(c))} | "
+            f"{pct(linear['per_class'].get(c))} |"
+            for c in classes
+        ),
+        "",
+        "## Pictures (image | ground truth | K-means prototype | linear probe)",
+        "",
+        *(f"![{p.stem}](overlays/{p.name})" for p in overlays),
+        "",
+        "## Commands (wall time on this machine)",
+        "",
+        "| stage | seconds | command |",
+        "|---|---|---|",
+        *(
+            f"| {s.name} | {'skipped (done before)' if s.skipped else f'{s.seconds:.0f}'} | `{s.shell}` |"
+            for s in demo.stages
+        ),
+        "",
+        f"TensorBoard: `tensorboard --logdir {tb}`",
+        "",
+    ]
+    (rep / "summary.md").write_text("\n".join(lines), encoding="utf-8")
+    (rep / "headline.json").write_text(json.dumps(headline, indent=2), encoding="utf-8")
+    return headline
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def find_data(arg: str | None) -> Path | None:
+    if arg:
+        path = Path(arg).expanduser()
+        return path if path.is_dir() else None
+    root = data_root()
+    if root is not None and (root / "msrc_v2").is_dir():
+        return root / "msrc_v2"
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m maskcontrast.demo",
+        description="The main job end to end on MSRC-v2: saliency masks -> MoCo -> MaskContrast -> K-means "
+        "(prototype + pixel protocols) and linear probe -> report folder. Resumable.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", default="runs/demo", help="output folder (report in <out>/report)")
+    p.add_argument("--data", default=None, help="MSRC-v2 folder (default: $MASKCONTRAST_DATA/msrc_v2)")
+    p.add_argument("--fast", action="store_true", help="the ~10 minute preset (shorter stages, smaller images)")
+    p.add_argument("--moco-steps", type=int, default=None, help="override the preset's MoCo steps")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's MaskContrast steps")
+    p.add_argument("--seed", type=int, default=0, help="training and split seed")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per training process (0: default)")
+    p.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    data = find_data(args.data)
+    if data is None:
+        print(NO_DATA_MESSAGE, file=sys.stderr)
+        raise SystemExit(2)
+    if not CONFIGS.is_dir():
+        raise SystemExit(f"maskcontrast.demo: config folder {CONFIGS} not found; run the demo from a source checkout")
+    preset = PRESETS["fast" if args.fast else "default"]
+    budget = Budget(**{**preset.__dict__,
+                       **({"moco_steps": args.moco_steps} if args.moco_steps is not None else {}),
+                       **({"pretrain_steps": args.pretrain_steps} if args.pretrain_steps is not None else {})})  # fmt: skip
+    out = Path(args.out).expanduser().resolve()
+    marker = out / "demo.json"
+    settings = {"data": str(data), "budget": budget.__dict__, "seed": args.seed}
+    if out.exists() and any(out.iterdir()):
+        if args.overwrite:
+            shutil.rmtree(out)
+        elif not marker.is_file() or json.loads(marker.read_text())["settings"] != settings:
+            raise SystemExit(f"maskcontrast.demo: {out} holds other outputs (or a demo with other settings); "
+                             "pass --overwrite to replace them or choose another --out")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"settings": settings}, indent=2), encoding="utf-8")
+    demo = Demo(out=out, data=data, budget=budget, seed=args.seed, threads=args.threads)
+    t0 = time.perf_counter()
+    demo.all_stages()
+    headline = write_report(demo)
+    total = time.perf_counter() - t0
+    print()
+    print(f"maskcontrast demo finished in {total / 60:.1f} min; report: {demo.report_dir / 'summary.md'}")
+    print(f"  K-means, prototype protocol: mIoU {100 * headline['kmeans_prototype_miou']:.1f} "
+          f"± {100 * headline['kmeans_prototype_miou_std']:.1f} %")  # fmt: skip
+    print(f"  K-means, pixel protocol:     mIoU {100 * headline['kmeans_pixel_miou']:.1f} "
+          f"± {100 * headline['kmeans_pixel_miou_std']:.1f} %")  # fmt: skip
+    print(f"  linear probe:                mIoU {100 * headline['linear_miou']:.1f} %")
+    return headline
+
+
+if __name__ == "__main__":
+    main()
