@@ -15,7 +15,7 @@ setup(
     ),
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    license="Apache-2.0",
+    license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["maskcontrast", "maskcontrast.*", "saliency", "saliency.*", "eval", "eval.*"]),
     package_data={"maskcontrast": ["py.typed"]},

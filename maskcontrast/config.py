@@ -133,15 +133,27 @@ def load_config(
             raise ConfigError(f"{path}: unknown {_describe(err)}; check the spelling against the schema") from err
         except (ValidationError, OmegaConfBaseException) as err:
             raise ConfigError(f"{path}: {_describe(err)}") from err
+        except (TypeError, ValueError) as err:  # e.g. a mapping where the schema has a list
+            raise ConfigError(f"{path}: {err}") from err
+    missing = object()
     for item in overrides:
-        if "=" not in item:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value")
+        # list items are addressed by index: data.sources.0.masks=DIR
+        if OmegaConf.select(base, key, default=missing, throw_on_missing=False) is missing:
+            raise ConfigError(f"override '{item}': unknown key '{key}'; check the spelling against the schema "
+                              "(--help lists every key)")  # fmt: skip
         try:
-            base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]), resolve=False)["v"]  # type: ignore[index]
+            OmegaConf.update(base, key, parsed, merge=True)
         except (ConfigKeyError, ConfigAttributeError) as err:
             raise ConfigError(f"override '{item}': unknown {_describe(err)}") from err
-        except (ValidationError, OmegaConfBaseException) as err:
-            raise ConfigError(f"override '{item}': {_describe(err)}") from err
+        except (ValidationError, OmegaConfBaseException, TypeError, ValueError) as err:
+            raise ConfigError(
+                f"override '{item}': {_describe(err) if isinstance(err, OmegaConfBaseException) else err}"
+            ) from err
     OmegaConf.set_struct(base, True)
     return base
 

@@ -23,10 +23,7 @@ import argparse
 import io
 import json
 import logging
-import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,11 +35,11 @@ from PIL import Image
 
 from maskcontrast.data.io import read_index_png
 from maskcontrast.data.paths import data_root
+from maskcontrast.stages import REPO, StageFailed, StageRunner
 from maskcontrast.utils import atomic_write_bytes, setup_logging
 
 log = logging.getLogger("maskcontrast.demo")
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 NO_DATA_MESSAGE = """\
@@ -77,26 +74,16 @@ PRESETS = {
 
 
 @dataclass
-class StageRecord:
-    name: str
-    command: list[str]
-    seconds: float = 0.0
-    skipped: bool = False
-
-    @property
-    def shell(self) -> str:
-        cmd = ["python" if c == sys.executable else c for c in self.command]
-        return shlex.join(cmd)
-
-
-@dataclass
 class Demo:
     out: Path
     data: Path
     budget: Budget
     seed: int = 0
     threads: int = 0
-    stages: list[StageRecord] = field(default_factory=list)
+    runner: StageRunner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runner = StageRunner(self.out / "stages.json")
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -121,22 +108,12 @@ class Demo:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, name: str, args: list[str], done: Path | None = None) -> None:
-        """Run ``python -m <args>`` unless ``done`` exists; record the command and its wall time."""
-        record = StageRecord(name, [sys.executable, "-m", *args])
-        self.stages.append(record)
-        if done is not None and done.exists():
-            record.skipped = True
-            log.info("[%s] already done (%s); skipping", name, done)
-            return
-        log.info("[%s] %s", name, record.shell)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        t0 = time.perf_counter()
-        proc = subprocess.run(record.command, cwd=REPO, env=env)
-        record.seconds = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise SystemExit(f"maskcontrast.demo: stage '{name}' failed (exit {proc.returncode}); command:\n  "
-                             f"{record.shell}\nFix the cause and run the demo again: finished stages are kept.")  # fmt: skip
-        log.info("[%s] done in %.0f s", name, record.seconds)
+        try:
+            self.runner.run(name, args, done)
+        except StageFailed as err:
+            raise SystemExit(
+                f"maskcontrast.demo: {err}\nFix the cause and run the demo again: finished stages are kept."
+            ) from err
 
     def trainer_overrides(self, run_dir: Path, steps: int, batch: int) -> list[str]:
         out = [f"trainer.run_dir={run_dir}", f"trainer.max_steps={steps}", f"optim.batch_size={batch}",
@@ -310,8 +287,8 @@ def write_report(demo: Demo) -> dict[str, Any]:
         "| stage | seconds | command |",
         "|---|---|---|",
         *(
-            f"| {s.name} | {'skipped (done before)' if s.skipped else f'{s.seconds:.0f}'} | `{s.shell}` |"
-            for s in demo.stages
+            f"| {s.name} | {s.seconds:.0f}{' (earlier run)' if s.skipped else ''} | `{s.shell}` |"
+            for s in demo.runner.records
         ),
         "",
         f"TensorBoard: `tensorboard --logdir {tb}`",

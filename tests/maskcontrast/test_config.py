@@ -127,3 +127,22 @@ def test_add_config_arguments():
     assert args.config == "configs/x.yaml" and args.overrides == ["optim.lr=0.1", "epochs=2"]
     args = p.parse_args(["--config", "y.yaml"])
     assert args.config == "y.yaml" and args.overrides == []
+
+
+def test_list_items_are_overridden_by_index(tmp_path):
+    from maskcontrast.config import PretrainConfig
+
+    yaml = tmp_path / "p.yaml"
+    yaml.write_text("data:\n  sources:\n    - {name: msrc, root: /a}\n    - {name: pet, root: /b}\n")
+    cfg = load_config(PretrainConfig, yaml, ["data.sources.1.masks=/m", "data.sources.0.limit=5"])
+    assert cfg.data.sources[1].masks == "/m" and cfg.data.sources[0].limit == 5
+    assert cfg.data.sources[0].masks is None
+    with pytest.raises(ConfigError, match=r"data\.sources\.2\.masks"):
+        load_config(PretrainConfig, yaml, ["data.sources.2.masks=/m"])
+    with pytest.raises(ConfigError, match="limit"):
+        load_config(PretrainConfig, yaml, ["data.sources.0.limit=many"])
+    # a mapping where the schema has a list is a clear error, not a crash
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  sources: {name: msrc}\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(PretrainConfig, bad)

@@ -1,0 +1,250 @@
+"""The small-budget quality protocol (results in docs/BENCHMARKS.md).
+
+Same data (every image of the shared sets, labels unused: object masks come from our fused
+unsupervised saliency), same backbone (ResNet-18) and resolution (128 px views), fixed budgets:
+
+* (a) random initialisation (backbone only);
+* (b) our MoCo v2 stage only (backbone only);
+* (c) MaskContrast from random initialisation;
+* (d) MaskContrast from (b): the paper's recipe.
+
+Each model is evaluated on MSRC-v2 (21-class protocol) and Oxford-IIIT Pet (background, cat, dog)
+with K-means (prototype protocol, saliency from the fused masks for every model; for (c) and (d)
+also from the model's own saliency head, the paper's protocol), K-means (pixel protocol) and the
+linear probe (configs/eval/linear_cpu.yaml, seeded 80/20 split). K-means: mean and std over 5
+seeds; (c) and (d): mean and std over the training seeds too. Every stage is a ``python -m``
+command run through :class:`maskcontrast.stages.StageRunner`, so the run is resumable and each
+command and its wall time is reported.
+
+    MASKCONTRAST_DATA=../shared/data python bench/quality.py --out runs/quality
+    python bench/quality.py --out runs/quality --report-only     # re-write the tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from maskcontrast.config import MocoConfig, PretrainConfig, load_config, save_config
+from maskcontrast.data.paths import data_root
+from maskcontrast.stages import REPO, StageRunner
+from maskcontrast.utils import atomic_save, setup_logging
+
+log = logging.getLogger("bench.quality")
+
+#: (dataset name, folder under $MASKCONTRAST_DATA) of every shared set used for training
+TRAIN_SETS = [
+    ("msrc", "msrc_v2"),
+    ("pet", "oxford_iiit_pet"),
+    ("coco128", "coco128_seg"),
+    ("davis2016", "davis2016"),
+    ("weizmann", "weizmann_horse"),
+    ("saliency_folder", "saliency/SOD"),
+]
+#: evaluation sets: name -> (dataset, folder, reader options, number of classes)
+EVAL_SETS = {
+    "msrc": ("msrc", "msrc_v2", [], 21),
+    "pet": ("pet", "oxford_iiit_pet", ["target=species"], 3),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("--out", default="runs/quality", help="output folder (resumable)")
+    p.add_argument("--moco-steps", type=int, default=400, help="MoCo v2 steps, batch --moco-batch")
+    p.add_argument("--moco-batch", type=int, default=64)
+    p.add_argument("--pretrain-steps", type=int, default=600, help="MaskContrast steps, batch --pretrain-batch")
+    p.add_argument("--pretrain-batch", type=int, default=16)
+    p.add_argument("--pretrain-lr", type=float, default=None, help="MaskContrast lr (default: the config's)")
+    p.add_argument("--image-size", type=int, default=128, help="training view size")
+    p.add_argument("--eval-size", type=int, default=160, help="shorter image side for every evaluation")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="training seeds of (c) and (d)")
+    p.add_argument("--kmeans-seeds", type=int, default=5)
+    p.add_argument("--linear-epochs", type=int, default=10)
+    p.add_argument("--eval-sets", nargs="+", default=list(EVAL_SETS), choices=list(EVAL_SETS))
+    p.add_argument("--threads", type=int, default=0, help="torch threads per training process (0: default)")
+    p.add_argument("--report-only", action="store_true", help="only aggregate finished results")
+    return p.parse_args(argv)
+
+
+class Quality:
+    def __init__(self, args: argparse.Namespace, argv: list[str]) -> None:
+        self.args = args
+        self._argv = argv
+        self.out = Path(args.out).expanduser().resolve()
+        self.data = data_root()
+        if self.data is None:
+            raise SystemExit("bench/quality.py: set MASKCONTRAST_DATA to the shared data folder")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.runner = StageRunner(self.out / "stages.json")
+
+    # -- stages --------------------------------------------------------------------------------
+    def masks_dir(self, name: str) -> Path:
+        return self.out / "masks" / name
+
+    def make_masks(self) -> None:
+        for name, folder in TRAIN_SETS:
+            self.runner.run(f"saliency:{name}", ["saliency.generate", "--dataset", name, "--root",
+                                                 str(self.data / folder), "--out", str(self.masks_dir(name)),
+                                                 "--method", "fused", "--workers", "2"])  # fmt: skip
+
+    def write_configs(self) -> tuple[Path, Path]:
+        """The MoCo and MaskContrast configs with every shared set (and its fused masks) as sources."""
+        cfg_dir = self.out / "configs"
+        cfg_dir.mkdir(exist_ok=True)
+        sources = [{"name": n, "root": str(self.data / f), "masks": str(self.masks_dir(n))} for n, f in TRAIN_SETS]
+        a = self.args
+        moco = load_config(MocoConfig, REPO / "configs" / "moco" / "cpu_shared.yaml",
+                           [f"data.image_size={a.image_size}", f"optim.batch_size={a.moco_batch}"])  # fmt: skip
+        moco.data.sources = [{k: v for k, v in s.items() if k != "masks"} for s in sources]
+        pre = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "msrc.yaml",
+                          [f"data.image_size={a.image_size}", f"optim.batch_size={a.pretrain_batch}"])  # fmt: skip
+        pre.data.sources = sources
+        if a.pretrain_lr is not None:
+            pre.optim.lr = a.pretrain_lr
+        paths = (cfg_dir / "moco.yaml", cfg_dir / "pretrain.yaml")
+        save_config(moco, paths[0])
+        save_config(pre, paths[1])
+        return paths
+
+    def trainer(self, run_dir: Path, steps: int, seed: int) -> list[str]:
+        out = [f"trainer.run_dir={run_dir}", f"trainer.max_steps={steps}", f"trainer.seed={seed}",
+               "trainer.save_every_epochs=0", "trainer.progress=false"]  # fmt: skip
+        return out + ([f"trainer.threads={self.args.threads}"] if self.args.threads else [])
+
+    def train(self) -> dict[str, Path]:
+        """Train (b), (c), (d); write (a). Returns model name -> checkpoint."""
+        a = self.args
+        moco_cfg, pre_cfg = self.write_configs()
+        models: dict[str, Path] = {}
+        random_ckpt = self.out / "train" / "random" / "resnet18_random.pth"
+        if not random_ckpt.is_file():
+            torch.manual_seed(0)
+            atomic_save(torchvision.models.resnet18(weights=None).state_dict(), random_ckpt)
+        models["a"] = random_ckpt
+        moco_dir = self.out / "train" / "moco"
+        self.runner.run("train:moco", ["maskcontrast.moco", "--config", str(moco_cfg), "--resume",
+                                       *self.trainer(moco_dir, a.moco_steps, 0)], done=moco_dir / "done")  # fmt: skip
+        (moco_dir / "done").touch()
+        models["b"] = moco_dir / "last.pt"
+        for seed in a.train_seeds:
+            for name, init in (("c", "random"), ("d", str(models["b"]))):
+                run_dir = self.out / "train" / f"{name}_seed{seed}"
+                self.runner.run(f"train:{name}_seed{seed}", ["maskcontrast.pretrain", "--config", str(pre_cfg),
+                                "--resume", f"model.backbone.init={init}",
+                                *self.trainer(run_dir, a.pretrain_steps, seed)], done=run_dir / "done")  # fmt: skip
+                (run_dir / "done").touch()
+                models[f"{name}_seed{seed}"] = run_dir / "last.pt"
+        return models
+
+    def evaluate(self, models: dict[str, Path]) -> None:
+        a = self.args
+        for model, ckpt in models.items():
+            for ev in a.eval_sets:
+                dataset, folder, opts, k = EVAL_SETS[ev]
+                base = ["--checkpoint", str(ckpt), "--dataset", dataset, "--root", str(self.data / folder),
+                        "--no-progress", *(x for o in opts for x in ("--dataset-arg", o))]  # fmt: skip
+                out = self.out / "eval" / model / ev
+                km = [*base, "--size", str(a.eval_size), "--k", str(k), "--seeds", str(a.kmeans_seeds), "--overwrite"]
+                sources = [("folder", ["--saliency-source", "folder", "--saliency-dir", str(self.masks_dir(dataset))])]
+                if model[0] in "cd":
+                    sources.append(("model", ["--saliency-source", "model"]))
+                for src, extra in sources:
+                    js = out / f"kmeans_prototype_{src}.json"
+                    self.runner.run(f"eval:{model}:{ev}:prototype-{src}",
+                                    ["eval.kmeans", *km, "--protocol", "prototype", *extra, "--json", str(js)], done=js)  # fmt: skip
+                js = out / "kmeans_pixel.json"
+                self.runner.run(f"eval:{model}:{ev}:pixel", ["eval.kmeans", *km, "--protocol", "pixel", "--json", str(js)],
+                                done=js)  # fmt: skip
+                lin = out / "linear"
+                self.runner.run(f"eval:{model}:{ev}:linear", ["eval.linear", "--config",
+                                str(REPO / "configs" / "eval" / "linear_cpu.yaml"), *base, "--out", str(lin),
+                                f"epochs={a.linear_epochs}", f"base_size={a.eval_size}", f"eval_size={a.eval_size}"],
+                                done=lin / "results.json")  # fmt: skip
+
+    # -- report --------------------------------------------------------------------------------
+    def report(self, models: list[str]) -> dict:
+        """Aggregate every result JSON into ``quality.json`` and ``quality.md``."""
+
+        def load(path: Path) -> dict | None:
+            return json.loads(path.read_text()) if path.is_file() else None
+
+        def cell(values: list[tuple[float, float]]) -> str:
+            """mean over training seeds of the K-means means; +- K-means std (1 seed) or seed std."""
+            if not values:
+                return "n/a"
+            means = [100 * m for m, _ in values]
+            if len(values) == 1:
+                return f"{means[0]:.1f} ± {100 * values[0][1]:.1f}"
+            return (
+                f"{statistics.mean(means):.1f} ± {statistics.stdev(means):.1f} ({', '.join(f'{v:.1f}' for v in means)})"
+            )
+
+        groups = {"a": ["a"], "b": ["b"]}
+        for m in models:
+            if m[0] in "cd" and "_seed" in m:
+                groups.setdefault(m[0], []).append(m)
+        labels = {"a": "(a) random init", "b": "(b) MoCo v2 only", "c": "(c) MaskContrast from random",
+                  "d": "(d) MaskContrast from MoCo (paper recipe)"}  # fmt: skip
+        results: dict = {"datasets": {}, "stages": self.runner.table()}
+        lines = []
+        for ev in self.args.eval_sets:
+            rows = []
+            table = {}
+            for g, members in groups.items():
+                entry = {}
+                for key, fname in (("prototype_folder", "kmeans_prototype_folder.json"),
+                                   ("prototype_model", "kmeans_prototype_model.json"),
+                                   ("pixel", "kmeans_pixel.json")):  # fmt: skip
+                    vals = [(r["miou_mean"], r["miou_std"]) for m in members
+                            if (r := load(self.out / "eval" / m / ev / fname))]  # fmt: skip
+                    entry[key] = vals
+                entry["linear"] = [(r["miou"], 0.0) for m in members
+                                   if (r := load(self.out / "eval" / m / ev / "linear" / "results.json"))]  # fmt: skip
+                table[g] = entry
+                lin = entry["linear"]
+                lin_cell = "n/a" if not lin else (
+                    f"{100 * lin[0][0]:.1f}" if len(lin) == 1 else
+                    f"{statistics.mean(100 * v for v, _ in lin):.1f} ± {statistics.stdev(100 * v for v, _ in lin):.1f}")  # fmt: skip
+                rows.append(f"| {labels[g]} | {cell(entry['prototype_folder'])} | {cell(entry['prototype_model'])} | "
+                            f"{cell(entry['pixel'])} | {lin_cell} |")  # fmt: skip
+            results["datasets"][ev] = table
+            lines += [f"### {ev}", "",
+                      "| model | K-means prototype (fused masks) | K-means prototype (own saliency) | K-means pixel | linear |",
+                      "|---|---|---|---|---|", *rows, ""]  # fmt: skip
+        stage_rows = [f"| {r.name} | {r.seconds / 60:.1f} | `{r.shell}` |" for r in self.runner.records]
+        lines += ["### Stages (wall minutes)", "", "| stage | min | command |", "|---|---|---|", *stage_rows, ""]
+        header = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}; "
+                  f"date {time.strftime('%Y-%m-%d')}; command: `python bench/quality.py {' '.join(self._argv)}`", ""]  # fmt: skip
+        (self.out / "quality.md").write_text("\n".join(header + lines), encoding="utf-8")
+        (self.out / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print("\n".join(lines))
+        print(f"wrote {self.out / 'quality.md'} and {self.out / 'quality.json'}")
+        return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    setup_logging()
+    args = parse_args(argv)
+    q = Quality(args, list(argv if argv is not None else sys.argv[1:]))
+    names = ["a", "b", *(f"{g}_seed{s}" for s in args.train_seeds for g in "cd")]
+    if not args.report_only:
+        q.make_masks()
+        models = q.train()
+        q.evaluate(models)
+    q.report(names)
+
+
+if __name__ == "__main__":
+    main()

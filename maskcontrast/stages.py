@@ -1,0 +1,94 @@
+"""Run pipeline stages as ``python -m ...`` subprocesses: skip finished ones, remember wall times.
+
+Used by the main job (``maskcontrast.demo``) and the benchmarks (``bench/quality.py``), so each
+stage runs through exactly the command line a user would type, and a re-run after an interruption
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from maskcontrast.utils import atomic_write_bytes
+
+__all__ = ["REPO", "StageFailed", "StageRecord", "StageRunner"]
+
+log = logging.getLogger(__name__)
+
+#: the source checkout (configs/ lives here)
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StageFailed(RuntimeError):
+    """A stage's command exited with a non-zero status."""
+
+
+@dataclass
+class StageRecord:
+    """One stage: its name, command, wall time, and whether it was skipped as already done."""
+
+    name: str
+    command: list[str]
+    seconds: float = 0.0
+    skipped: bool = False
+
+    @property
+    def shell(self) -> str:
+        """The command as a user would type it (``python -m ...``)."""
+        return shlex.join(["python" if c == sys.executable else c for c in self.command])
+
+
+class StageRunner:
+    """Runs stages in order and keeps their wall times in ``times_file`` (JSON, by stage name),
+    so the report of a resumed run still shows how long the skipped stages took.
+
+    Example::
+
+        runner = StageRunner(out / "stages.json")
+        runner.run("saliency", ["saliency.generate", "--images", "photos", "--out", "masks", "--method", "fused"])
+        runner.run("linear", ["eval.linear", ...], done=out / "linear" / "results.json")
+    """
+
+    def __init__(self, times_file: Path, cwd: Path = REPO) -> None:
+        self.times_file = Path(times_file)
+        self.cwd = cwd
+        self.records: list[StageRecord] = []
+        self._times: dict[str, float] = (
+            json.loads(self.times_file.read_text(encoding="utf-8")) if self.times_file.is_file() else {}
+        )
+
+    def run(self, name: str, args: list[str], done: Path | None = None) -> StageRecord:
+        """Run ``python -m <args>`` unless ``done`` exists.
+
+        Raises:
+            StageFailed: the command failed; its output went to the terminal.
+        """
+        record = StageRecord(name, [sys.executable, "-m", *args])
+        self.records.append(record)
+        if done is not None and done.exists():
+            record.skipped = True
+            record.seconds = self._times.get(name, 0.0)
+            log.info("[%s] already done (%s); skipping", name, done)
+            return record
+        log.info("[%s] %s", name, record.shell)
+        t0 = time.perf_counter()
+        proc = subprocess.run(record.command, cwd=self.cwd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        record.seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise StageFailed(f"stage '{name}' failed (exit {proc.returncode}); command:\n  {record.shell}")
+        self._times[name] = record.seconds
+        atomic_write_bytes(self.times_file, json.dumps(self._times, indent=2).encode())
+        log.info("[%s] done in %.0f s", name, record.seconds)
+        return record
+
+    def table(self) -> list[dict]:
+        """The records as plain dicts (for JSON reports)."""
+        return [{**asdict(r), "shell": r.shell} for r in self.records]
