@@ -144,5 +144,5 @@ def test_list_items_are_overridden_by_index(tmp_path):
     # a mapping where the schema has a list is a clear error, not a crash
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  sources: {name: msrc}\n")
-    with pytest.raises(ConfigError, match="bad.yaml"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml"):
         load_config(PretrainConfig, bad)
