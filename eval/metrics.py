@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -66,23 +67,44 @@ def confusion_matrix(
         raise ValueError(f"prediction shape {pred.shape} differs from label shape {gt.shape}")
     if num_pred < 1 or num_gt < 1:
         raise ValueError(f"num_pred and num_gt must be positive, got {num_pred}, {num_gt}")
+    if ignore_index is not None and 0 <= ignore_index < num_gt:
+        raise ValueError(f"ignore_index {ignore_index} is also a class index (num_gt={num_gt})")
     pred = pred.reshape(-1)
     gt = gt.reshape(-1)
-    if ignore_index is not None:
-        valid = gt != ignore_index
-        if not valid.all():
-            pred, gt = pred[valid], gt[valid]
     if gt.size == 0:
         return np.zeros((num_pred, num_gt), dtype=np.int64)
-    pred = pred.astype(np.int64, copy=False)
-    gt = gt.astype(np.int64, copy=False)
     if pred.min() < 0 or pred.max() >= num_pred:
         raise ValueError(f"predictions must lie in 0..{num_pred - 1}, got {pred.min()}..{pred.max()}")
-    if gt.min() < 0 or gt.max() >= num_gt:
+    # Ignored pixels go to an extra label column (num_gt) that is dropped at the end: no boolean
+    # compaction, and every pass stays a single vectorised sweep.
+    if gt.dtype == np.uint8:
+        g = _label_lut(num_gt, ignore_index)[gt]  # invalid values -> -1
+        bad = g.min() < 0
+    else:
+        g = gt.astype(np.int64)
+        bad = g.min() < 0 or (g.max() >= num_gt and bool(np.any((g >= num_gt) & (g != ignore_index))))
+        if ignore_index is not None:
+            g[g == ignore_index] = num_gt
+    if bad:
+        valid = gt[(gt != ignore_index)] if ignore_index is not None else gt
         raise ValueError(
-            f"labels must lie in 0..{num_gt - 1} (or be the ignore value {ignore_index}), got {gt.min()}..{gt.max()}"
+            f"labels must lie in 0..{num_gt - 1} (or be the ignore value {ignore_index}), got {valid.min()}..{valid.max()}"
         )
-    return np.bincount(pred * num_gt + gt, minlength=num_pred * num_gt).reshape(num_pred, num_gt)
+    index = np.multiply(pred, num_gt + 1, dtype=np.int64)
+    index += g
+    counts = np.bincount(index, minlength=num_pred * (num_gt + 1)).reshape(num_pred, num_gt + 1)
+    return np.ascontiguousarray(counts[:, :num_gt])
+
+
+@functools.lru_cache(maxsize=64)
+def _label_lut(num_gt: int, ignore_index: int | None) -> np.ndarray:
+    """uint8 label value -> column: ``0..num_gt-1`` stay, the ignore value -> ``num_gt``, others -> -1."""
+    lut = np.full(256, -1, dtype=np.int64)
+    lut[: min(num_gt, 256)] = np.arange(min(num_gt, 256))
+    if ignore_index is not None and 0 <= ignore_index < 256:
+        lut[ignore_index] = num_gt
+    lut.flags.writeable = False
+    return lut
 
 
 def iou_matrix(conf: np.ndarray) -> np.ndarray:

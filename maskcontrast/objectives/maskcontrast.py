@@ -35,6 +35,13 @@ from maskcontrast.objectives.base import Objective
 __all__ = ["MaskContrastObjective"]
 
 
+def _upsample(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """``B x C x h x w`` -> fp32 ``B x C x H x W``, bilinear (channels-last memory: the pixel rows of
+    ``C`` values that the loss gathers stay contiguous)."""
+    x = x.float().contiguous(memory_format=torch.channels_last)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 class MaskContrastObjective(Objective):
     """Query network, momentum key network and a memory bank of prototypes.
 
@@ -99,13 +106,18 @@ class MaskContrastObjective(Objective):
         if views.query_mask is None or views.key_mask is None:
             raise ValueError("MaskContrast needs views with object masks")
         b = views.batch_size
-        out_q = self.query(views.query)
+        size = views.query.shape[-2:]
+        # The network runs under the trainer's autocast; the bilinear upsampling to the input size and
+        # everything after it run in fp32 (bf16 interpolation is slow on CPUs and adds rounding).
+        out_q = self.query(views.query, upsample=False)
+        with torch.autocast(views.query.device.type, enabled=False):
+            q_emb = _upsample(out_q.embedding, size)
+            q_sal = _upsample(out_q.saliency, size) if out_q.saliency is not None else None
 
         with torch.no_grad():
             k_in, order = batch_shuffle(views.key)
             k_small = batch_unshuffle(self.key(k_in, upsample=False).embedding, order)
-            k_small = k_small.float().contiguous(memory_format=torch.channels_last)  # pixels x D rows stay views
-            k_emb = F.interpolate(k_small, size=views.key.shape[-2:], mode="bilinear", align_corners=False)
+            k_emb = _upsample(k_small, views.key.shape[-2:])
             protos, owner = mask_prototypes(F.normalize(k_emb, dim=1), views.key_mask)
             owner = owner.clone()
             owner[:, 0] += rank() * b
@@ -114,15 +126,15 @@ class MaskContrastObjective(Objective):
             queue = self.bank.queue.clone()
 
         with torch.autocast(views.query.device.type, enabled=False):  # the loss math stays fp32 under AMP
-            q_raw, labels = query_pixels(out_q.embedding, views.query_mask, all_owner, image_offset=rank() * b)
+            q_raw, labels = query_pixels(q_emb, views.query_mask, all_owner, image_offset=rank() * b)
             q = F.normalize(q_raw.float(), dim=1)
             logits = pixel_prototype_logits(q, all_protos, queue, self.temperature)
             weights = enet_class_weights(labels, logits.shape[1]) if self.class_weighting == "enet" else None
             loss_con = weighted_cross_entropy(logits, labels, weights)
             loss = self.contrastive_weight * loss_con
             metrics = {"loss_contrastive": loss_con.detach()}
-            if out_q.saliency is not None:
-                loss_sal = balanced_bce(out_q.saliency, views.query_mask > 0)
+            if q_sal is not None:
+                loss_sal = balanced_bce(q_sal, views.query_mask > 0)
                 loss = loss + self.saliency_weight * loss_sal  # also at weight 0: DDP wants every parameter used
                 metrics["loss_saliency"] = loss_sal.detach()
         top1, top5 = topk_accuracy(logits.detach(), labels, (1, 5), max_rows=16384)

@@ -35,6 +35,24 @@ def test_confusion_matrix_rejects_bad_input():
         confusion_matrix(np.array([2]), np.array([0]), 2, 2)
     with pytest.raises(ValueError, match="labels must lie"):
         confusion_matrix(np.array([0]), np.array([7]), 2, 2)
+    # the value just past the classes is not mistaken for the ignore column, in any label dtype
+    for dtype in (np.uint8, np.int32, np.int64):
+        with pytest.raises(ValueError, match="labels must lie"):
+            confusion_matrix(np.array([0, 1]), np.array([255, 2], dtype=dtype), 2, 2)
+    with pytest.raises(ValueError, match="ignore_index"):
+        confusion_matrix(np.array([0]), np.array([0]), 2, 2, ignore_index=1)
+
+
+def test_confusion_matrix_same_counts_for_every_label_dtype():
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 5, (40, 30))
+    gt = rng.integers(0, 4, (40, 30))
+    gt[rng.random((40, 30)) < 0.2] = 255
+    # reference: one boolean pass per (cluster, class) pair, written from the definition
+    ref = np.array([[np.sum((pred == i) & (gt == j)) for j in range(4)] for i in range(5)])
+    for dtype in (np.uint8, np.int16, np.int64):
+        for pdtype in (np.uint8, np.int64):
+            np.testing.assert_array_equal(confusion_matrix(pred.astype(pdtype), gt.astype(dtype), 5, 4), ref)
 
 
 def test_scores_hand_computed():
