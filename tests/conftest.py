@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskcontrast.config import ModelConfig, load_config
 from maskcontrast.data.paths import data_root, shared_dataset_root
+from maskcontrast.models import build_model, model_checkpoint
+from maskcontrast.utils import atomic_save
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -41,3 +44,23 @@ def _restore_root_logging():
             if isinstance(h, logging.FileHandler):
                 h.close()
     root.setLevel(level)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and a busy shared CPU makes two OpenMP threads
+    spin against each other (measured: 6x slower under load). Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def maskcontrast_ckpt(tmp_path_factory) -> Path:
+    """A ResNet-18 maskcontrast checkpoint (random weights) in our trainers' layout."""
+    torch.manual_seed(0)
+    cfg = load_config(ModelConfig, overrides=["backbone.arch=resnet18", "embed_dim=8"])
+    path = tmp_path_factory.mktemp("ckpt") / "maskcontrast.pt"
+    atomic_save(model_checkpoint(build_model(cfg), cfg), path)
+    return path

@@ -11,30 +11,12 @@ import torch
 import torchvision
 
 from maskcontrast.api import FeatureOutput
-from maskcontrast.config import ModelConfig, load_config
 from maskcontrast.data import DatasetInfo, Sample, SegmentationDataset
-from maskcontrast.models import build_model, model_checkpoint
-from maskcontrast.utils import atomic_save
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and a busy shared CPU makes two OpenMP threads
-    spin against each other (measured: 6x slower under load). Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def maskcontrast_ckpt(tmp_path_factory) -> Path:
-    """A ResNet-18 maskcontrast checkpoint (random weights) in our trainers' layout."""
-    torch.manual_seed(0)
-    cfg = load_config(ModelConfig, overrides=["backbone.arch=resnet18", "embed_dim=8"])
-    path = tmp_path_factory.mktemp("ckpt") / "maskcontrast.pt"
-    atomic_save(model_checkpoint(build_model(cfg), cfg), path)
-    return path
+def _one_torch_thread(one_torch_thread):
+    """Every eval test runs on one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

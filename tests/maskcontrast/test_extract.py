@@ -6,29 +6,15 @@ import torch
 from PIL import Image
 
 import maskcontrast
-from maskcontrast.config import ModelConfig, load_config
 from maskcontrast.extract import main
-from maskcontrast.models import build_model, model_checkpoint
-from maskcontrast.utils import atomic_save
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and a busy shared CPU makes two OpenMP threads
-    spin against each other (measured: 6x slower under load). Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = load_config(ModelConfig, overrides=["backbone.arch=resnet18", "embed_dim=8"])
-    path = tmp_path_factory.mktemp("extract") / "mc.pt"
-    atomic_save(model_checkpoint(build_model(cfg), cfg), path)
-    return path
+@pytest.fixture(scope="session")
+def ckpt(maskcontrast_ckpt):
+    """The shared tiny maskcontrast checkpoint (tests/conftest.py)."""
+    return maskcontrast_ckpt
 
 
 @pytest.fixture
