@@ -49,6 +49,7 @@ import maskcontrast
 from maskcontrast.config import ConfigError, add_config_arguments, load_config
 from maskcontrast.data import DataError, build_dataset, write_mask
 from maskcontrast.data.base import SegmentationDataset
+from maskcontrast.data.io import SKIPPED_LIST, read_skipped
 from maskcontrast.utils import atomic_write_bytes, setup_logging
 from saliency.fusion import FusionConfig
 from saliency.methods import METHODS, build_estimator, estimator_params
@@ -59,7 +60,7 @@ __all__ = ["generate", "single_thread_env", "OutputConflict", "MANIFEST", "read_
 log = logging.getLogger("saliency.generate")
 
 MANIFEST = "saliency.json"
-SKIPPED = "skipped.txt"
+SKIPPED = SKIPPED_LIST
 FLAGGED = "flagged.txt"
 FORMAT = "maskcontrast-saliency-masks"
 FORMAT_VERSION = 1
@@ -74,19 +75,6 @@ class OutputConflict(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Output folder bookkeeping
 # ----------------------------------------------------------------------------------------------
-
-
-def read_skipped(path: Path) -> dict[str, str]:
-    """``skipped.txt`` -> ``{id: reason}`` (malformed lines, e.g. a half-written last line, are ignored)."""
-    out: dict[str, str] = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if "\t" in line:
-            sid, reason = line.split("\t", 1)
-            if sid and reason:
-                out[sid] = reason
-    return out
 
 
 def _append_line(path: Path, line: str) -> None:
@@ -273,7 +261,7 @@ def generate(
             p.unlink(missing_ok=True)
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
 
-    skipped_before = read_skipped(skipped_path) if reuse else {}
+    skipped_before = read_skipped(skipped_path, bare_ids=False) if reuse else {}
     todo, done_before = [], 0
     for sid in ds.ids:
         has_mask = (out / f"{sid}.png").is_file()

@@ -5,18 +5,28 @@ Self-Supervision", NeurIPS 2019, simplified to one handcrafted source: our fusio
 
 1. Pseudo-labels: the fused classical map of every image (:mod:`saliency.fusion`) and its
    confidence mask, at the network's input size.
-2. Round ``r``: train a small segmentation network on the targets; the loss (binary
-   cross-entropy with the binarised target) counts only the confident pixels.
+2. Round ``r``: train a small segmentation network on the targets. The loss is binary
+   cross-entropy with the binarised target on the confident pixels (weight 1) plus, with
+   ``unconfident_weight > 0``, cross-entropy with the soft target on the other pixels (weight
+   ``unconfident_weight``), so that the network keeps its teacher's uncertainty there instead
+   of guessing (a network trained on the confident pixels alone calls about half of the
+   unconfident background foreground, which grows the objects; see docs/SALIENCY.md).
 3. After the round, predict every image (with a horizontal-flip average) and update the
    per-image moving average ``a <- m a + (1 - m) p`` (``a`` starts as the fused map). The next
    round's targets are ``t = w * fused + (1 - w) * a`` (``w = target_anchor``; 0 gives the plain
    moving average); its confident pixels are those where ``|t - 0.5| >= margin``.
+4. Output (:class:`RefinerPredictor`): the network's flip-averaged map, resized to the image,
+   and, with ``fused_weight > 0``, averaged with the image's fused map:
+   ``(1 - fused_weight) * network + fused_weight * fused`` (a label-free ensemble of the
+   student and its teacher; the fusion then runs at inference too).
 
 The network is a ResNet (``maskcontrast.models.ResNetBackbone``) with a light decoder that
-merges layer4 with the layer1/layer2 features (stride 4). It is trained from scratch by default;
+merges layer4 with the layer1/layer2 features (stride 4) and, with ``model.stem_skip``, with
+the stem's features at stride 2 for sharper boundaries. It is trained from scratch by default;
 ``model.init`` may name a MoCo, torchvision or maskcontrast checkpoint (read by
 ``maskcontrast.models.init_backbone``). Images are resized (squashed) to ``input_size`` squares;
-the prediction is resized back.
+the prediction is resized back. ``precision=auto`` trains and predicts under bfloat16 autocast
+where the hardware has native bfloat16 (CUDA, or a CPU with AVX512-BF16 / AMX), else in fp32.
 
 Usage::
 
@@ -75,6 +85,8 @@ __all__ = [
     "RefinerPredictor",
     "confident_bce",
     "update_targets",
+    "target_diagnostics",
+    "resolve_precision",
     "train_refiner",
     "main",
 ]
@@ -82,7 +94,10 @@ __all__ = [
 log = logging.getLogger("saliency.refine")
 
 FORMAT = "maskcontrast-saliency-refiner"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: stem_skip, fused_weight, unconfident_weight, precision (1 still loads)
+SUPPORTED_VERSIONS = (1, 2)
+# Version-1 checkpoints predate these keys; they load with the values that version-1 code used.
+_LEGACY_V1 = {"model": {"stem_skip": False}, "fused_weight": 0.0, "unconfident_weight": 0.0, "precision": "fp32"}
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -99,6 +114,7 @@ class RefinerNetConfig:
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101
     output_stride: int = 32  # 8, 16 or 32 (32: no dilation, the cheapest)
     decoder_channels: int = 64
+    stem_skip: bool = True  # also merge the stem's features at stride 2 (sharper boundaries)
     init: str = "random"  # random | torchvision | path to a MoCo / torchvision / maskcontrast checkpoint
 
 
@@ -108,15 +124,18 @@ class RefineConfig:
 
     model: RefinerNetConfig = field(default_factory=RefinerNetConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
-    input_size: int = 128
+    input_size: int = 192
     rounds: int = 3
     epochs_per_round: int = 3
     batch_size: int = 16
     lr: float = 1e-3  # AdamW, cosine over all rounds
     weight_decay: float = 1e-4
     target_momentum: float = 0.5  # moving average of predictions: a <- m a + (1 - m) prediction
-    target_anchor: float = 0.0  # next targets: w * fused + (1 - w) * a (0: the average alone)
+    target_anchor: float = 0.5  # next targets: w * fused + (1 - w) * a (0: the average alone)
     margin: float = 0.25  # confident where |t - 0.5| >= margin (rounds after the first)
+    unconfident_weight: float = 0.5  # loss weight of the unconfident pixels (soft targets); 0: confident only
+    fused_weight: float = 0.5  # output = (1 - w) * network + w * fused map (0: the network alone)
+    precision: str = "auto"  # auto (bf16 where native) | bf16 | fp32
     scale_min: float = 0.6  # random-resized-crop area range lower bound
     color_jitter: float = 0.2
     max_images: int = 0  # 0: all images
@@ -139,8 +158,11 @@ class RefinerNet(nn.Module):
     """ResNet trunk + decoder: ``B x 3 x H x W`` (ImageNet-normalised) -> ``B x 1 x H x W`` logits.
 
     The decoder projects layer4 (stride ``output_stride``) and layer2 (stride 8) to
-    ``decoder_channels``, adds them at stride 8, upsamples to layer1 (stride 4), concatenates
-    layer1's projection, and predicts with two 3x3 convs and a 1x1 conv.
+    ``decoder_channels`` ``c``, adds them at stride 8, upsamples to layer1 (stride 4),
+    concatenates layer1's projection, and applies two 3x3 convs. Without ``stem_skip`` a 1x1 conv
+    then predicts at stride 4. With it, the result (``c / 2`` channels) is upsampled to the stem
+    (conv1, stride 2), concatenated with the stem's projection (``c / 4``), and a 3x3 conv and a
+    1x1 conv predict at stride 2. The logits are upsampled (bilinear) to the input size.
 
     Example::
 
@@ -158,19 +180,30 @@ class RefinerNet(nn.Module):
         self.proj4 = _conv_bn_relu(self.backbone.out_channels, c, 1)
         self.proj2 = _conv_bn_relu(128 * expansion, c, 1)
         self.proj1 = _conv_bn_relu(64 * expansion, c // 2, 1)
-        self.head = nn.Sequential(_conv_bn_relu(c + c // 2, c, 3), _conv_bn_relu(c, c, 3), nn.Conv2d(c, 1, 1))
+        self.stem_skip = bool(cfg.stem_skip)
+        if self.stem_skip:
+            self.head = nn.Sequential(_conv_bn_relu(c + c // 2, c, 3), _conv_bn_relu(c, c // 2, 3))
+            self.proj0 = _conv_bn_relu(64, c // 4, 1)
+            self.fine = nn.Sequential(_conv_bn_relu(c // 2 + c // 4, c // 4, 3), nn.Conv2d(c // 4, 1, 1))
+        else:  # the version-1 decoder (stride 4)
+            self.head = nn.Sequential(_conv_bn_relu(c + c // 2, c, 3), _conv_bn_relu(c, c, 3), nn.Conv2d(c, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.backbone
         size = x.shape[-2:]
-        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        f1 = b.layer1(x)
+        f0 = b.relu(b.bn1(b.conv1(x)))
+        f1 = b.layer1(b.maxpool(f0))
         f2 = b.layer2(f1)
         f4 = b.layer4(b.layer3(f2))
         h = self.proj2(f2) + F.interpolate(self.proj4(f4), size=f2.shape[-2:], mode="bilinear", align_corners=False)
         h = F.interpolate(h, size=f1.shape[-2:], mode="bilinear", align_corners=False)
         out = self.head(torch.cat([h, self.proj1(f1)], dim=1))
-        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        if self.stem_skip:
+            out = F.interpolate(out, size=f0.shape[-2:], mode="bilinear", align_corners=False)
+            out = self.fine(torch.cat([out, self.proj0(f0)], dim=1))
+        # the last upsampling in fp32 (bf16 interpolation is slow on CPUs and rounds the logits)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False)
 
 
 def _normalize(images_u8: torch.Tensor) -> torch.Tensor:
@@ -186,17 +219,87 @@ def _normalize(images_u8: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def confident_bce(logits: torch.Tensor, target: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of ``logits`` against the binarised ``target`` (``>= 0.5``), averaged
-    over the confident pixels only (0 when there are none, still differentiable).
+def confident_bce(
+    logits: torch.Tensor, target: torch.Tensor, confidence: torch.Tensor, unconfident_weight: float = 0.0
+) -> torch.Tensor:
+    """Weighted binary cross-entropy for self-training on pseudo-labels.
+
+    Confident pixels count with weight 1 against the binarised ``target`` (``>= 0.5``); the other
+    pixels count with weight ``unconfident_weight`` against the soft ``target`` itself (0: they
+    are ignored). The sum is divided by the total weight (0 when it is 0, still differentiable).
 
     Shapes: ``logits``, ``target`` (in ``[0, 1]``) and ``confidence`` (bool) are ``B x 1 x H x W``.
+
+    Example::
+
+        loss = confident_bce(net(x), targets, confidence, unconfident_weight=0.5)
     """
     if logits.shape != target.shape or logits.shape != confidence.shape:
         raise ValueError(f"shapes differ: logits {logits.shape}, target {target.shape}, confidence {confidence.shape}")
-    weight = confidence.float()
-    loss = F.binary_cross_entropy_with_logits(logits, (target >= 0.5).float(), reduction="none")
+    if not 0.0 <= unconfident_weight <= 1.0:
+        raise ValueError(f"unconfident_weight must lie in [0, 1], got {unconfident_weight}")
+    conf = confidence.float()
+    goal = torch.where(confidence, (target >= 0.5).float(), target.float())
+    weight = conf + (1.0 - conf) * unconfident_weight
+    loss = F.binary_cross_entropy_with_logits(logits.float(), goal, reduction="none")
     return (loss * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def target_diagnostics(
+    predictions: torch.Tensor, fused: torch.Tensor, fused_confidence: torch.Tensor
+) -> dict[str, float]:
+    """Label-free statistics of a round's predictions against the fused pseudo-labels.
+
+    Args:
+        predictions, fused: ``N x H x W`` maps in ``[0, 1]``.
+        fused_confidence: ``N x H x W`` bool, the fusion's confidence mask.
+
+    Returns:
+        ``foreground_share`` (share of predicted pixels ``>= 0.5``), ``fused_foreground_share``
+        (the same for the fused maps), ``confident_agreement`` (share of the fusion's confident
+        pixels where the prediction has the fused label) and ``unconfident_foreground`` (share
+        of the unconfident pixels predicted as foreground).
+    """
+    if predictions.shape != fused.shape or fused.shape != fused_confidence.shape:
+        raise ValueError(f"shapes differ: {predictions.shape}, {fused.shape}, {fused_confidence.shape}")
+    p, f = predictions >= 0.5, fused >= 0.5
+    conf = fused_confidence.bool()
+    agree = (p == f) & conf
+    unconf = ~conf
+    return {
+        "foreground_share": float(p.float().mean()),
+        "fused_foreground_share": float(f.float().mean()),
+        "confident_agreement": float(agree.sum()) / max(1, int(conf.sum())),
+        "unconfident_foreground": float((p & unconf).sum()) / max(1, int(unconf.sum())),
+    }
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """``precision`` (``auto`` | ``bf16`` | ``fp32``) on ``device`` -> the autocast dtype, or None
+    for fp32. ``auto`` picks bfloat16 where it is native: CUDA devices that support it, and CPUs
+    with AVX512-BF16 or AMX (read from ``/proc/cpuinfo``); elsewhere fp32 (emulated bfloat16 is
+    slower than fp32)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and _cpu_has_native_bf16() else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def update_targets(
@@ -353,14 +456,22 @@ def _pseudo_labels(sources: list[tuple[str, str]], cfg: RefineConfig, cache: Pat
 # ----------------------------------------------------------------------------------------------
 
 
+def _flip_average(net: RefinerNet, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``B x 3 x H x W`` -> ``B x 1 x H x W`` mean of the sigmoid maps of ``x`` and its mirror image."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    with _autocast(x.device, dtype):
+        p = torch.sigmoid(net(x)) + torch.sigmoid(net(x.flip(-1))).flip(-1)
+    return p.float() / 2
+
+
 @torch.no_grad()
-def _predict_all(net: RefinerNet, images: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
+def _predict_all(
+    net: RefinerNet, images: torch.Tensor, device: torch.device, batch: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     net.eval()
     outs = []
     for i in range(0, len(images), batch):
-        x = _normalize(images[i : i + batch].to(device))
-        p = torch.sigmoid(net(x)) + torch.sigmoid(net(x.flip(-1))).flip(-1)
-        outs.append((p / 2)[:, 0].cpu())
+        outs.append(_flip_average(net, _normalize(images[i : i + batch].to(device)), dtype)[:, 0].cpu())
     net.train()
     return torch.cat(outs)
 
@@ -411,6 +522,8 @@ def train_refiner(
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = get_device(cfg.device)
+    amp_dtype = resolve_precision(cfg.precision, device)
+    log.info("device %s, precision %s", device, "bf16" if amp_dtype is not None else "fp32")
     start = time.perf_counter()
     data = _pseudo_labels([tuple(s) for s in sources], cfg, out / "pseudo_labels.pt")  # type: ignore[misc]
     pseudo_seconds = time.perf_counter() - start
@@ -418,11 +531,12 @@ def train_refiner(
     targets = data["targets"].float() / 255.0
     fused = targets.clone()
     average = targets.clone()
-    conf = data["confidence"].clone()
+    fused_conf = data["confidence"].clone()
+    conf = fused_conf.clone()
     n = len(images)
-    net = RefinerNet(OmegaConf.to_object(cfg.model)).to(device)
+    net = RefinerNet(OmegaConf.to_object(cfg.model))
     init_backbone(net.backbone, cfg.model.init)
-    net = net.to(device)
+    net = net.to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total_steps = cfg.rounds * cfg.epochs_per_round * steps_per_epoch
@@ -462,7 +576,9 @@ def train_refiner(
                 t = targets[idx].unsqueeze(1).to(device)
                 c = conf[idx].unsqueeze(1).to(device)
                 x, t, c = _augment(x, t, c, cfg, gen)
-                loss = confident_bce(net(x), t, c)
+                with _autocast(device, amp_dtype):
+                    logits = net(x.contiguous(memory_format=torch.channels_last))
+                loss = confident_bce(logits, t, c, cfg.unconfident_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -479,11 +595,19 @@ def train_refiner(
                 writer.add_scalar("refine/confident_fraction", entry["confident_fraction"], len(history))
             next_round, next_epoch = (rnd, epoch + 1) if epoch + 1 < cfg.epochs_per_round else (rnd + 1, 0)
             if next_epoch == 0:  # end of the round: new targets from the moving average
-                preds = _predict_all(net, images, device, cfg.batch_size * 2)
+                preds = _predict_all(net, images, device, cfg.batch_size * 2, amp_dtype)
+                diag = target_diagnostics(preds, fused, fused_conf)
+                entry.update(diag)
                 average, targets, conf = update_targets(
                     average, preds, cfg.target_momentum, cfg.margin, fused, cfg.target_anchor
                 )
-                log.info("round %d done: targets updated, %.1f%% of pixels confident", rnd + 1, 100 * float(conf.float().mean()))  # fmt: skip
+                log.info("round %d done: predicted foreground %.3f (fused %.3f), agreement with the fused label on its "
+                         "confident pixels %.3f, unconfident pixels called foreground %.3f; next targets: %.1f%% of "
+                         "pixels confident", rnd + 1, diag["foreground_share"], diag["fused_foreground_share"],
+                         diag["confident_agreement"], diag["unconfident_foreground"], 100 * float(conf.float().mean()))  # fmt: skip
+                if writer is not None:
+                    for k, v in diag.items():
+                        writer.add_scalar(f"refine/{k}", v, rnd + 1)
             atomic_save(
                 {
                     "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
@@ -521,6 +645,9 @@ def _validate(cfg: Any) -> None:
         (0.0 <= cfg.target_momentum < 1.0, f"target_momentum must lie in [0, 1), got {cfg.target_momentum}"),
         (0.0 <= cfg.margin < 0.5, f"margin must lie in [0, 0.5), got {cfg.margin}"),
         (0.0 <= cfg.target_anchor < 1.0, f"target_anchor must lie in [0, 1), got {cfg.target_anchor}"),
+        (0.0 <= cfg.unconfident_weight <= 1.0, f"unconfident_weight must lie in [0, 1], got {cfg.unconfident_weight}"),
+        (0.0 <= cfg.fused_weight <= 1.0, f"fused_weight must lie in [0, 1], got {cfg.fused_weight}"),
+        (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {cfg.precision!r}"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -38,6 +38,7 @@ from typing import Any
 from tqdm import tqdm
 
 from maskcontrast.data.base import DATASETS, SegmentationDataset, build_dataset
+from maskcontrast.data.io import SKIPPED_LIST, read_skipped
 from maskcontrast.data.paths import SHARED_LAYOUT
 from maskcontrast.data.record import DataError
 from maskcontrast.utils import atomic_write_bytes, setup_logging
@@ -57,22 +58,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Name of the file, inside an object-mask folder, that lists the ids the mask generator skipped
-#: on purpose: ``<id>\t<reason>`` per line (as ``saliency.generate`` writes it; a bare ``<id>``
-#: line is accepted too). Those ids have no ``<id>.png``.
-SKIPPED_LIST = "skipped.txt"
-
 
 def read_skipped_ids(path: Path) -> set[str]:
-    """The ids listed in a ``skipped.txt`` (empty when the file does not exist)."""
-    if not path.is_file():
-        return set()
-    ids = set()
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        sid = line.split("\t", 1)[0].strip()
-        if sid and not sid.startswith("#"):
-            ids.add(sid)
-    return ids
+    """The ids listed in a ``skipped.txt`` (bare ``<id>`` lines count too)."""
+    return set(read_skipped(path))
 
 
 @dataclass

@@ -23,6 +23,8 @@ __all__ = [
     "read_binary_mask",
     "write_mask",
     "list_images",
+    "read_skipped",
+    "SKIPPED_LIST",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -133,6 +135,30 @@ def write_mask(path: str | Path, mask: np.ndarray, palette: np.ndarray | None = 
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+#: the file, inside an object-mask folder, that lists the ids a mask generator skipped on purpose:
+#: ``<id>\t<reason>`` per line (as ``saliency.generate`` writes it). Those ids have no ``<id>.png``.
+SKIPPED_LIST = "skipped.txt"
+
+
+def read_skipped(path: str | Path, *, bare_ids: bool = True) -> dict[str, str]:
+    """``skipped.txt`` -> ``{id: reason}`` (empty when the file does not exist).
+
+    A line without a tab is a bare id (reason ``""``) when ``bare_ids``; otherwise it is ignored,
+    as the half-written last line of an interrupted writer would be. ``#`` lines are comments.
+    """
+    path = Path(path)
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        sid, tab, reason = line.partition("\t")
+        sid = sid.strip()
+        if not sid or sid.startswith("#") or (not tab and not bare_ids) or (tab and not reason):
+            continue
+        out[sid] = reason
+    return out
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
