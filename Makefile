@@ -4,6 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PYTHONUNBUFFERED := 1
+# The shared real data: MASKCONTRAST_DATA when set, else ../shared/data when that folder exists.
+ifeq ($(MASKCONTRAST_DATA),)
+ifneq ($(wildcard ../shared/data),)
+export MASKCONTRAST_DATA := $(abspath ../shared/data)
+endif
+endif
 
 .PHONY: help install test lint demo demo-fast check-data clean
 

@@ -660,13 +660,21 @@ def _validate(cfg: Any) -> None:
 
 
 class RefinerPredictor:
-    """Load ``refiner.pt`` (or a run's ``last.pt`` with its ``config.yaml``) and predict.
+    """Load ``refiner.pt`` and predict.
 
     ``predictor(image)`` with an ``H x W x 3`` uint8 RGB image returns an ``H x W`` float32 map
-    in ``[0, 1]`` (flip-averaged).
+    in ``[0, 1]``: the flip-averaged network map, averaged with the fused map when the run's
+    ``fused_weight`` is > 0 (``fused_weight`` overrides it: 0 gives the network alone).
+    ``predictor.network(image)`` is the network's map alone. Version-1 checkpoints (written
+    before ``stem_skip`` and ``fused_weight`` existed) load and predict as before.
+
+    Example::
+
+        predict = RefinerPredictor("run/refiner.pt")
+        soft = predict(image)                      # H x W float32 in [0, 1]
     """
 
-    def __init__(self, checkpoint: str | Path, device: str | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, device: str | None = None, fused_weight: float | None = None) -> None:
         path = Path(checkpoint).expanduser()
         ckpt = read_checkpoint(path)
         if ckpt.get("format") != FORMAT:
@@ -674,30 +682,52 @@ class RefinerPredictor:
                 f"{path}: not a saliency refiner checkpoint (format {ckpt.get('format')!r}); "
                 "pass the refiner.pt written by python -m saliency.refine"
             )
-        if ckpt.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: refiner format version {ckpt.get('format_version')} is not supported")
+        version = ckpt.get("format_version")
+        if version not in SUPPORTED_VERSIONS:
+            raise CheckpointError(
+                f"{path}: refiner format version {version!r} is not supported (this code reads versions "
+                f"{list(SUPPORTED_VERSIONS)}); retrain it with python -m saliency.refine or use a matching release"
+            )
         try:
             cfg = load_config(RefineConfig)
+            if version == 1:
+                cfg = OmegaConf.merge(cfg, _LEGACY_V1)
             cfg = OmegaConf.merge(cfg, ckpt["config"])
+            _validate(cfg)
         except Exception as err:
             raise CheckpointError(f"{path}: invalid refiner config ({err})") from err
         model_cfg = OmegaConf.to_object(cfg.model)
         model_cfg.init = "random"
         self.net = RefinerNet(model_cfg)
-        self.net.load_state_dict(ckpt["model"])
+        try:
+            self.net.load_state_dict(ckpt["model"])
+        except (KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: the weights do not fit the refiner network of its config ({err})") from err
         self.device = get_device(device)
-        self.net.to(self.device).eval()
+        self.net.to(self.device, memory_format=torch.channels_last).eval()
+        self.dtype = resolve_precision(str(cfg.precision), self.device)
         self.input_size = int(cfg.input_size)
+        self.fused_weight = float(cfg.fused_weight if fused_weight is None else fused_weight)
+        if not 0.0 <= self.fused_weight <= 1.0:
+            raise ValueError(f"fused_weight must lie in [0, 1], got {self.fused_weight}")
+        self.fusion = FusionConfig(**config_to_dict(cfg.fusion))
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def network(self, image: np.ndarray) -> np.ndarray:
+        """The network's flip-averaged map of an ``H x W x 3`` uint8 image: ``H x W`` float32 in ``[0, 1]``."""
         image = check_image(image)
         h, w = image.shape[:2]
         s = self.input_size
         small = np.array(Image.fromarray(image).resize((s, s), Image.BILINEAR, reducing_gap=2.0))
-        x = _normalize(torch.from_numpy(small)[None].to(self.device))
-        p = (torch.sigmoid(self.net(x)) + torch.sigmoid(self.net(x.flip(-1))).flip(-1)) / 2
+        p = _flip_average(self.net, _normalize(torch.from_numpy(small)[None].to(self.device)), self.dtype)
         return np.clip(resize_map(p[0, 0].cpu().numpy(), (h, w)), 0.0, 1.0)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        out = self.network(image)
+        if self.fused_weight > 0:
+            fused = fuse(image, self.fusion).saliency
+            out = (1.0 - self.fused_weight) * out + self.fused_weight * fused
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
