@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from omegaconf import OmegaConf
 
 from maskcontrast.config import MocoConfig, PretrainConfig, load_config, save_config
 from maskcontrast.data.paths import data_root
@@ -72,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--linear-epochs", type=int, default=10)
     p.add_argument("--eval-sets", nargs="+", default=list(EVAL_SETS), choices=list(EVAL_SETS))
     p.add_argument("--threads", type=int, default=0, help="torch threads per training process (0: default)")
+    p.add_argument("--until", default="report", choices=("masks", "moco", "report"),
+                   help="stop after this stage (the rest can run later: every stage resumes)")  # fmt: skip
     p.add_argument("--report-only", action="store_true", help="only aggregate finished results")
     return p.parse_args(argv)
 
@@ -105,10 +108,12 @@ class Quality:
         a = self.args
         moco = load_config(MocoConfig, REPO / "configs" / "moco" / "cpu_shared.yaml",
                            [f"data.image_size={a.image_size}", f"optim.batch_size={a.moco_batch}"])  # fmt: skip
-        moco.data.sources = [{k: v for k, v in s.items() if k != "masks"} for s in sources]
+        moco = OmegaConf.merge(
+            moco, {"data": {"sources": [{k: v for k, v in s.items() if k != "masks"} for s in sources]}}
+        )
         pre = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "msrc.yaml",
                           [f"data.image_size={a.image_size}", f"optim.batch_size={a.pretrain_batch}"])  # fmt: skip
-        pre.data.sources = sources
+        pre = OmegaConf.merge(pre, {"data": {"sources": sources}})
         if a.pretrain_lr is not None:
             pre.optim.lr = a.pretrain_lr
         paths = (cfg_dir / "moco.yaml", cfg_dir / "pretrain.yaml")
@@ -121,7 +126,7 @@ class Quality:
                "trainer.save_every_epochs=0", "trainer.progress=false"]  # fmt: skip
         return out + ([f"trainer.threads={self.args.threads}"] if self.args.threads else [])
 
-    def train(self) -> dict[str, Path]:
+    def train(self, until: str = "report") -> dict[str, Path]:
         """Train (b), (c), (d); write (a). Returns model name -> checkpoint."""
         a = self.args
         moco_cfg, pre_cfg = self.write_configs()
@@ -136,6 +141,8 @@ class Quality:
                                        *self.trainer(moco_dir, a.moco_steps, 0)], done=moco_dir / "done")  # fmt: skip
         (moco_dir / "done").touch()
         models["b"] = moco_dir / "last.pt"
+        if until == "moco":
+            raise SystemExit("stopped after the MoCo stage (--until moco)")
         for seed in a.train_seeds:
             for name, init in (("c", "random"), ("d", str(models["b"]))):
                 run_dir = self.out / "train" / f"{name}_seed{seed}"
@@ -241,7 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     names = ["a", "b", *(f"{g}_seed{s}" for s in args.train_seeds for g in "cd")]
     if not args.report_only:
         q.make_masks()
-        models = q.train()
+        if args.until == "masks":
+            raise SystemExit("stopped after the masks (--until masks)")
+        models = q.train(args.until)
         q.evaluate(models)
     q.report(names)
 

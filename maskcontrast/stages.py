@@ -47,8 +47,10 @@ class StageRecord:
 
 
 class StageRunner:
-    """Runs stages in order and keeps their wall times in ``times_file`` (JSON, by stage name),
-    so the report of a resumed run still shows how long the skipped stages took.
+    """Runs stages in order and records every finished stage (command and wall time) in
+    ``times_file`` (JSON). A stage whose exact command finished before is skipped, as is one
+    whose ``done`` file exists; a changed command runs again. The report of a resumed run still
+    shows how long the skipped stages took.
 
     Example::
 
@@ -61,22 +63,23 @@ class StageRunner:
         self.times_file = Path(times_file)
         self.cwd = cwd
         self.records: list[StageRecord] = []
-        self._times: dict[str, float] = (
+        self._finished: dict[str, dict] = (
             json.loads(self.times_file.read_text(encoding="utf-8")) if self.times_file.is_file() else {}
         )
 
     def run(self, name: str, args: list[str], done: Path | None = None) -> StageRecord:
-        """Run ``python -m <args>`` unless ``done`` exists.
+        """Run ``python -m <args>`` unless it finished before (or ``done`` exists).
 
         Raises:
             StageFailed: the command failed; its output went to the terminal.
         """
         record = StageRecord(name, [sys.executable, "-m", *args])
         self.records.append(record)
-        if done is not None and done.exists():
+        before = self._finished.get(name)
+        if (before is not None and before.get("command") == record.shell) or (done is not None and done.exists()):
             record.skipped = True
-            record.seconds = self._times.get(name, 0.0)
-            log.info("[%s] already done (%s); skipping", name, done)
+            record.seconds = float(before["seconds"]) if before else 0.0
+            log.info("[%s] finished before; skipping", name)
             return record
         log.info("[%s] %s", name, record.shell)
         t0 = time.perf_counter()
@@ -84,8 +87,8 @@ class StageRunner:
         record.seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             raise StageFailed(f"stage '{name}' failed (exit {proc.returncode}); command:\n  {record.shell}")
-        self._times[name] = record.seconds
-        atomic_write_bytes(self.times_file, json.dumps(self._times, indent=2).encode())
+        self._finished[name] = {"command": record.shell, "seconds": record.seconds}
+        atomic_write_bytes(self.times_file, json.dumps(self._finished, indent=2).encode())
         log.info("[%s] done in %.0f s", name, record.seconds)
         return record
 

@@ -1,22 +1,28 @@
-"""The self-trained refiner: loss on confident pixels, target updates, a short real run, resume."""
+"""The self-trained refiner: loss on confident pixels, target updates, diagnostics, checkpoint
+versions, the ensemble output, a short real run, resume."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from maskcontrast.config import ConfigError, load_config
+from maskcontrast.config import ConfigError, config_to_dict, load_config
 from maskcontrast.data import build_dataset
 from maskcontrast.models.checkpoint import CheckpointError
 from maskcontrast.utils import atomic_save
+from saliency.fusion import FusionConfig, fuse
 from saliency.generate import generate
 from saliency.refine import (
+    FORMAT,
     RefineConfig,
     RefinerNet,
     RefinerNetConfig,
     RefinerPredictor,
     confident_bce,
     main,
+    resolve_precision,
+    target_diagnostics,
     train_refiner,
     update_targets,
 )
@@ -43,6 +49,45 @@ def test_confident_bce_counts_only_confident_pixels():
         confident_bce(logits, target[:, :, :2], conf)
 
 
+def test_confident_bce_soft_targets_on_unconfident_pixels():
+    logits = torch.randn(1, 1, 2, 2)
+    target = torch.tensor([[[[0.9, 0.3], [0.2, 0.6]]]])
+    conf = torch.tensor([[[[True, True], [False, False]]]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    hard = bce(logits[..., 0, :], torch.tensor([[[1.0, 0.0]]]), reduction="sum")
+    soft = bce(logits[..., 1, :], target[..., 1, :], reduction="sum")  # the soft targets 0.2 and 0.6
+    loss = confident_bce(logits, target, conf, unconfident_weight=0.5)
+    assert loss.item() == pytest.approx(((hard + 0.5 * soft) / 3.0).item(), rel=1e-5)
+    assert confident_bce(logits, target, conf, 0.0).item() == pytest.approx((hard / 2).item(), rel=1e-5)
+    # with weight 1 and nothing confident it is the plain soft cross-entropy
+    none = torch.zeros_like(conf)
+    assert confident_bce(logits, target, none, 1.0).item() == pytest.approx(bce(logits, target).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unconfident_weight"):
+        confident_bce(logits, target, conf, 1.5)
+
+
+def test_target_diagnostics_by_hand():
+    fused = torch.tensor([[[0.9, 0.8, 0.1, 0.2]]])
+    pred = torch.tensor([[[0.7, 0.2, 0.1, 0.6]]])
+    conf = torch.tensor([[[True, True, True, False]]])
+    d = target_diagnostics(pred, fused, conf)
+    assert d["foreground_share"] == pytest.approx(0.5)
+    assert d["fused_foreground_share"] == pytest.approx(0.5)
+    assert d["confident_agreement"] == pytest.approx(2 / 3)
+    assert d["unconfident_foreground"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        target_diagnostics(pred, fused[..., :2], conf)
+
+
+def test_resolve_precision():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_precision("fp16", cpu)
+
+
 def test_update_targets_moving_average():
     t = torch.tensor([[[1.0, 0.0, 0.6]]])
     p = torch.tensor([[[1.0, 1.0, 0.6]]])
@@ -64,8 +109,10 @@ def test_update_targets_moving_average():
 
 
 def test_network_shapes_and_config_errors():
-    net = RefinerNet(RefinerNetConfig(decoder_channels=16))
-    assert net(torch.randn(2, 3, 64, 80)).shape == (2, 1, 64, 80)
+    for stem_skip in (True, False):
+        net = RefinerNet(RefinerNetConfig(decoder_channels=16, stem_skip=stem_skip))
+        assert net(torch.randn(2, 3, 64, 80)).shape == (2, 1, 64, 80)
+        assert hasattr(net, "fine") == stem_skip
     with pytest.raises(ConfigError, match="unknown"):
         load_config(RefineConfig, TINY, ["rounds_typo=2"])
     with pytest.raises(ConfigError, match="batch_size"):
@@ -77,6 +124,57 @@ def test_predictor_refuses_other_checkpoints(tmp_path):
     atomic_save({"format": "maskcontrast", "format_version": 1}, path)
     with pytest.raises(CheckpointError, match="not a saliency refiner"):
         RefinerPredictor(path)
+    atomic_save({"format": FORMAT, "format_version": 99, "config": {}, "model": {}}, path)
+    with pytest.raises(CheckpointError, match="version 99"):
+        RefinerPredictor(path)
+    cfg = config_to_dict(load_config(RefineConfig, TINY))
+    atomic_save({"format": FORMAT, "format_version": 2, "config": cfg, "model": {"x": torch.zeros(1)}}, path)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        RefinerPredictor(path)
+
+
+def _v1_config() -> dict:
+    """A refiner config as version 1 wrote it (no stem_skip, fused_weight, unconfident_weight, precision)."""
+    cfg = config_to_dict(load_config(RefineConfig, TINY))
+    for key in ("fused_weight", "unconfident_weight", "precision"):
+        del cfg[key]
+    del cfg["model"]["stem_skip"]
+    return cfg
+
+
+def test_version_1_checkpoint_predicts_as_before(tmp_path, scene_factory):
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerNetConfig(decoder_channels=16, stem_skip=False)).eval()
+    path = tmp_path / "v1.pt"
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    atomic_save({"format": FORMAT, "format_version": 1, "config": _v1_config(), "model": state}, path)
+    predict = RefinerPredictor(path, device="cpu")
+    assert predict.fused_weight == 0.0 and predict.dtype is None and not predict.net.stem_skip
+    image, _ = scene_factory(64, 64)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        want = (torch.sigmoid(net(x)) + torch.sigmoid(net(x.flip(-1))).flip(-1))[0, 0] / 2
+    np.testing.assert_allclose(predict(image), want.numpy(), atol=1e-5)
+
+
+def test_predictor_ensembles_with_the_fused_map(tmp_path, scene_factory):
+    cfg = load_config(RefineConfig, TINY, ["precision=fp32", "fused_weight=0.5"])
+    net = RefinerNet(RefinerNetConfig(decoder_channels=16)).eval()
+    path = tmp_path / "r.pt"
+    atomic_save({"format": FORMAT, "format_version": 2, "config": config_to_dict(cfg), "model": net.state_dict()}, path)
+    predict = RefinerPredictor(path, device="cpu")
+    image, _ = scene_factory(72, 96, seed=3)
+    alone = predict.network(image)
+    fused = fuse(image, FusionConfig(**config_to_dict(cfg.fusion))).saliency
+    both = predict(image)
+    assert both.shape == (72, 96) and both.dtype == np.float32
+    np.testing.assert_allclose(both, 0.5 * alone + 0.5 * fused, atol=1e-5)
+    np.testing.assert_allclose(RefinerPredictor(path, device="cpu", fused_weight=0.0)(image), alone, atol=1e-6)
+    with pytest.raises(ValueError, match="fused_weight"):
+        RefinerPredictor(path, fused_weight=2.0)
 
 
 @pytest.mark.data
@@ -89,6 +187,9 @@ def test_short_refine_run_on_real_images_lowers_its_loss(shared_root, tmp_path):
     assert summary["n_images"] == 16 and len(hist) == 2 * 4
     round1 = [h["loss"] for h in hist if h["round"] == 1]
     assert round1[-1] < round1[0] * 0.9, round1
+    ends = [h for h in hist if h["epoch"] == 4]  # label-free diagnostics at every round's end
+    assert len(ends) == 2 and all(0.0 <= h["confident_agreement"] <= 1.0 for h in ends)
+    assert all(0.0 < h["fused_foreground_share"] < 1.0 for h in ends)
     for name in ("refiner.pt", "last.pt", "pseudo_labels.pt", "config.yaml", "history.json"):
         assert (out / name).is_file()
 
