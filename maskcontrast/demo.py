@@ -64,7 +64,7 @@ class Budget:
     overlays: int
 
 
-#: the default preset fits ~45 minutes on a 2-core CPU, FAST ~10 (docs/BENCHMARKS.md, "Main job")
+#: measured on a 2-core CPU: default 33 min (limit 45), FAST 8 min (limit 10) (docs/BENCHMARKS.md, "Main job")
 PRESETS = {
     "default": Budget(moco_steps=120, moco_batch=64, pretrain_steps=300, pretrain_batch=16, image_size=128,
                       linear_epochs=10, kmeans_seeds=5, overlays=6),
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/demo", help="output folder (report in <out>/report)")
     p.add_argument("--data", default=None, help="MSRC-v2 folder (default: $MASKCONTRAST_DATA/msrc_v2)")
-    p.add_argument("--fast", action="store_true", help="the ~10 minute preset (shorter stages, smaller images)")
+    p.add_argument("--fast", action="store_true", help="the ~8 minute preset (shorter stages, smaller images)")
     p.add_argument("--moco-steps", type=int, default=None, help="override the preset's MoCo steps")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's MaskContrast steps")
     p.add_argument("--seed", type=int, default=0, help="training and split seed")
