@@ -154,7 +154,12 @@ class Quality:
         return models
 
     def evaluate(self, models: dict[str, Path]) -> None:
+        """Every evaluation, cheapest and most telling first: the paper's K-means (prototype
+        protocol, fused masks) of every model, then the linear probe, then the prototype protocol
+        with each model's own saliency, then the pixel protocol (the slowest; backbone baselines last). An interrupted run
+        keeps the most complete comparison so far; every finished result is skipped on a re-run."""
         a = self.args
+        jobs: list[tuple[int, str, list[str], Path]] = []  # (priority, stage name, command, result file)
         for model, ckpt in models.items():
             for ev in a.eval_sets:
                 dataset, folder, opts, k = EVAL_SETS[ev]
@@ -167,16 +172,19 @@ class Quality:
                     sources.append(("model", ["--saliency-source", "model"]))
                 for src, extra in sources:
                     js = out / f"kmeans_prototype_{src}.json"
-                    self.runner.run(f"eval:{model}:{ev}:prototype-{src}",
-                                    ["eval.kmeans", *km, "--protocol", "prototype", *extra, "--json", str(js)], done=js)  # fmt: skip
-                js = out / "kmeans_pixel.json"
-                self.runner.run(f"eval:{model}:{ev}:pixel", ["eval.kmeans", *km, "--protocol", "pixel", "--json", str(js)],
-                                done=js)  # fmt: skip
+                    jobs.append((0 if src == "folder" else 2, f"eval:{model}:{ev}:prototype-{src}",
+                                 ["eval.kmeans", *km, "--protocol", "prototype", *extra, "--json", str(js)], js))  # fmt: skip
                 lin = out / "linear"
-                self.runner.run(f"eval:{model}:{ev}:linear", ["eval.linear", "--config",
-                                str(REPO / "configs" / "eval" / "linear_cpu.yaml"), *base, "--out", str(lin),
-                                f"epochs={a.linear_epochs}", f"base_size={a.eval_size}", f"eval_size={a.eval_size}"],
-                                done=lin / "results.json")  # fmt: skip
+                jobs.append((1, f"eval:{model}:{ev}:linear", ["eval.linear", "--config",
+                             str(REPO / "configs" / "eval" / "linear_cpu.yaml"), *base, "--out", str(lin),
+                             f"epochs={a.linear_epochs}", f"base_size={a.eval_size}", f"eval_size={a.eval_size}"],
+                             lin / "results.json"))  # fmt: skip
+                js = out / "kmeans_pixel.json"
+                slow = model[0] in "ab"  # backbone baselines: 512-d pixel features, the slowest of all
+                pixel = ["eval.kmeans", *km, "--protocol", "pixel", "--json", str(js)]
+                jobs.append((4 if slow else 3, f"eval:{model}:{ev}:pixel", pixel, js))
+        for _, name, command, done in sorted(jobs, key=lambda j: j[0]):  # stable: model order within a priority
+            self.runner.run(name, command, done=done)
 
     # -- report --------------------------------------------------------------------------------
     def report(self, models: list[str]) -> dict:
@@ -202,7 +210,7 @@ class Quality:
                 groups.setdefault(m[0], []).append(m)
         labels = {"a": "(a) random init", "b": "(b) MoCo v2 only", "c": "(c) MaskContrast from random",
                   "d": "(d) MaskContrast from MoCo (paper recipe)"}  # fmt: skip
-        results: dict = {"datasets": {}, "stages": self.runner.table()}
+        results: dict = {"datasets": {}, "stages": self.runner.finished}
         lines = []
         for ev in self.args.eval_sets:
             rows = []
@@ -228,7 +236,7 @@ class Quality:
             lines += [f"### {ev}", "",
                       "| model | K-means prototype (fused masks) | K-means prototype (own saliency) | K-means pixel | linear |",
                       "|---|---|---|---|---|", *rows, ""]  # fmt: skip
-        stage_rows = [f"| {r.name} | {r.seconds / 60:.1f} | `{r.shell}` |" for r in self.runner.records]
+        stage_rows = [f"| {n} | {s['seconds'] / 60:.1f} | `{s['command']}` |" for n, s in self.runner.finished.items()]
         lines += ["### Stages (wall minutes)", "", "| stage | min | command |", "|---|---|---|", *stage_rows, ""]
         header = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}; "
                   f"date {time.strftime('%Y-%m-%d')}; command: `python bench/quality.py {' '.join(self._argv)}`", ""]  # fmt: skip

@@ -92,6 +92,11 @@ class StageRunner:
         log.info("[%s] done in %.0f s", name, record.seconds)
         return record
 
+    @property
+    def finished(self) -> dict[str, dict]:
+        """Every stage finished so far, in this run or an earlier one: name -> ``{"command", "seconds"}``."""
+        return dict(self._finished)
+
     def table(self) -> list[dict]:
         """The records as plain dicts (for JSON reports)."""
         return [{**asdict(r), "shell": r.shell} for r in self.records]
