@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import math
@@ -18,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from maskcontrast.api import FeatureModel, FeatureOutput, load_model, upsample_saliency
 from maskcontrast.data import DataError, DatasetInfo, Sample, SegmentationDataset, build_dataset, write_mask
+from maskcontrast.data.io import write_panel
 from maskcontrast.data.paths import SHARED_LAYOUT, shared_dataset_root
 from maskcontrast.utils import atomic_save, atomic_write_bytes
 
@@ -540,14 +539,9 @@ def save_panel(path: str | Path, image: np.ndarray, gt: np.ndarray | None, pred:
     write_mask(
         path.parent / "pred" / path.name, np.where(pred_arr < 0, info.ignore_index, pred_arr), info.palette_array()
     )
-    parts = [np.asarray(image, dtype=np.uint8)]
-    parts.append(colorize(gt, info) if gt is not None else np.zeros_like(parts[0]))
-    parts.append(colorize(pred, info))
-    gap = np.full((parts[0].shape[0], 4, 3), 255, dtype=np.uint8)
-    panel = np.concatenate([parts[0], gap, parts[1], gap, parts[2]], axis=1)
-    buf = io.BytesIO()
-    Image.fromarray(panel).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    image = np.asarray(image, dtype=np.uint8)
+    gt_rgb = colorize(gt, info) if gt is not None else np.zeros_like(image)
+    write_panel(path, [image, gt_rgb, colorize(pred, info)])
 
 
 def safe_name(sample_id: str) -> str:

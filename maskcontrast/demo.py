@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from maskcontrast.data.io import read_index_png
+from maskcontrast.data.io import read_index_png, write_panel
 from maskcontrast.data.paths import data_root
 from maskcontrast.stages import REPO, StageFailed, StageRunner
 from maskcontrast.utils import atomic_write_bytes, setup_logging
@@ -204,13 +203,8 @@ def overlay_panels(demo: Demo, n: int) -> list[Path]:
             continue
         sample = ds.load(Path(name).stem.replace("__", "/"))
         gt = palette[sample.label] if sample.label is not None else np.zeros_like(sample.image)
-        parts = [sample.image, gt, palette[read_index_png(km)], palette[read_index_png(lin)]]
-        gap = np.full((sample.image.shape[0], 4, 3), 255, dtype=np.uint8)
-        panel = np.concatenate([parts[0], gap, parts[1], gap, parts[2], gap, parts[3]], axis=1)
-        buf = io.BytesIO()
-        Image.fromarray(panel).save(buf, format="PNG")
         target = out_dir / name
-        atomic_write_bytes(target, buf.getvalue())
+        write_panel(target, [sample.image, gt, palette[read_index_png(km)], palette[read_index_png(lin)]])
         written.append(target)
     return written
 

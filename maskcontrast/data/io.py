@@ -22,6 +22,7 @@ __all__ = [
     "read_index_png",
     "read_binary_mask",
     "write_mask",
+    "write_panel",
     "list_images",
     "read_skipped",
     "SKIPPED_LIST",
@@ -134,6 +135,18 @@ def write_mask(path: str | Path, mask: np.ndarray, palette: np.ndarray | None = 
         img.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
     buf = io.BytesIO()
     img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_panel(path: str | Path, parts: list[np.ndarray], gap: int = 4) -> None:
+    """Write ``H x W x 3`` uint8 pictures side by side, separated by ``gap`` white columns, as a PNG
+    (atomically). Used for ``image | ground truth | prediction`` panels."""
+    sep = np.full((parts[0].shape[0], gap, 3), 255, dtype=np.uint8)
+    row = [parts[0]]
+    for part in parts[1:]:
+        row += [sep, part]
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(row, axis=1)).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
 
 
