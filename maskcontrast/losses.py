@@ -2,11 +2,17 @@
 
 MaskContrast (Van Gansbeke et al., ICCV 2021), generalised to several objects per image:
 
+* :func:`upsampled_pixels`: the bilinearly upsampled embeddings at chosen pixels only (the
+  network's output stays at feature resolution; no full-resolution map, and no gradient buffer of
+  that size, is ever made).
 * :func:`mask_prototypes`: one prototype per (image, object id): the sum of the L2-normalised key
   embeddings inside the object's mask, L2-normalised again.
 * :func:`pixel_prototype_logits`: every query pixel that lies on an object which has a prototype
   is compared with all prototypes of the (global) batch and the memory bank, divided by T; its
   label is the index of its own prototype.
+* :func:`pixel_contrastive_loss`: the ENet-weighted cross-entropy of those logits, computed in
+  row chunks without ever holding the ``N x (P + K)`` logits (the same value and gradient as
+  :func:`weighted_cross_entropy` of :func:`pixel_prototype_logits`).
 * :func:`enet_class_weights`: ``w_c = 1 / log(1.02 + p_c)`` with ``p_c`` the share of class ``c``
   among the labels of the batch.
 * :func:`weighted_cross_entropy`: ``sum_i w_{y_i} CE_i / sum_i w_{y_i}``.
@@ -17,10 +23,15 @@ MoCo v2: :func:`info_nce_logits` and :func:`info_nce_loss`.
 
 Example::
 
-    protos, owner = mask_prototypes(F.normalize(key_emb, dim=1), key_mask)   # P x D, P x 2
-    q, pix_label = query_pixels(F.normalize(query_emb, dim=1), query_mask, owner)
-    logits = pixel_prototype_logits(q, protos, queue, temperature=0.5)       # N x (P + K)
-    loss = weighted_cross_entropy(logits, pix_label, enet_class_weights(pix_label, logits.shape[1]))
+    # key_emb, query_emb: B x D x h x w at feature resolution; masks: B x H x W at input resolution
+    protos, owner = mask_prototypes(key_emb, key_mask)                       # P x D, P x 2
+    q_raw, pix_label = query_pixels(query_emb, query_mask, owner)            # N x D, N
+    q = F.normalize(q_raw, dim=1)
+    weights = enet_class_weights(pix_label, len(protos) + len(queue))
+    loss = pixel_contrastive_loss(q, protos, queue, pix_label, 0.5, weights)
+    # the same, with the N x (P + K) logits held in memory:
+    logits = pixel_prototype_logits(q, protos, queue, temperature=0.5)
+    loss = weighted_cross_entropy(logits, pix_label, weights)
 """
 
 from __future__ import annotations
@@ -29,9 +40,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "upsampled_pixels",
     "mask_prototypes",
     "query_pixels",
     "pixel_prototype_logits",
+    "pixel_contrastive_loss",
     "enet_class_weights",
     "weighted_cross_entropy",
     "balanced_bce",
@@ -41,11 +54,66 @@ __all__ = [
 ]
 
 
+def _source_index(out_size: int, in_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear (``align_corners=False``) source rows of every output row: ``(i0, i1, lambda)``,
+    output = ``(1 - lambda) * in[i0] + lambda * in[i1]`` (torch's rule: ``src = (dst + 0.5) *
+    in / out - 0.5``, clamped at 0). Computed in float64."""
+    src = (torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5
+    src = src.clamp_(min=0.0)
+    i0 = src.long().clamp_(max=in_size - 1)
+    i1 = (i0 + 1).clamp_(max=in_size - 1)
+    return i0, i1, src - i0
+
+
+def upsampled_pixels(features: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """The bilinearly upsampled features at the selected pixels only.
+
+    Equal, up to float rounding, to
+    ``F.interpolate(features, select.shape[1:], mode="bilinear", align_corners=False)
+    .permute(0, 2, 3, 1)[select]``, without making the ``B x D x H x W`` map: the width is
+    upsampled first (``B x D x h x W``), then each selected pixel blends its two source rows.
+
+    Args:
+        features: ``B x D x h x w`` with ``h <= H`` and ``w <= W``.
+        select: ``B x H x W`` bool.
+
+    Returns:
+        ``N x D`` in (image, row, column) order, ``N = select.sum()``; differentiable in ``features``.
+
+    Example::
+
+        q = upsampled_pixels(out.embedding, mask > 0)      # the salient pixels at input resolution
+    """
+    if features.dim() != 4 or select.dim() != 3 or features.shape[0] != select.shape[0]:
+        raise ValueError(f"expected features B x D x h x w and a selection B x H x W, got "
+                         f"{tuple(features.shape)} and {tuple(select.shape)}")  # fmt: skip
+    b, d, h, w = features.shape
+    big_h, big_w = select.shape[1:]
+    if h > big_h or w > big_w:
+        raise ValueError(f"features of size {(h, w)} are larger than the mask size {(big_h, big_w)}; "
+                         "pass features at the mask's resolution or below")  # fmt: skip
+    if (h, w) == (big_h, big_w):
+        return features.permute(0, 2, 3, 1)[select]
+    rows = features if w == big_w else F.interpolate(features, size=(h, big_w), mode="bilinear", align_corners=False)
+    rows = rows.permute(0, 2, 3, 1).reshape(b * h * big_w, d)  # a view when channels_last
+    bi, yi, xi = torch.nonzero(select, as_tuple=True)
+    if h == big_h:
+        return rows.index_select(0, (bi * h + yi) * big_w + xi)
+    y0, y1, lam = _source_index(big_h, h, features.device)
+    base = bi * (h * big_w) + xi
+    top = rows.index_select(0, base + y0[yi] * big_w)
+    bottom = rows.index_select(0, base + y1[yi] * big_w)
+    return torch.lerp(top, bottom, lam[yi].to(rows.dtype).unsqueeze(1))
+
+
 def mask_prototypes(embedding: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One L2-normalised prototype per object of every image.
 
+    Every object pixel's embedding (bilinearly upsampled to the mask's size, at those pixels only,
+    when the embedding is smaller) is L2-normalised; a prototype is their sum, L2-normalised.
+
     Args:
-        embedding: ``B x D x H x W`` L2-normalised (over D) pixel embeddings.
+        embedding: ``B x D x h x w`` pixel embeddings, ``h <= H``, ``w <= W``.
         mask: ``B x H x W`` integer object ids, 0 = background, 1..n = objects.
 
     Returns:
@@ -55,22 +123,19 @@ def mask_prototypes(embedding: torch.Tensor, mask: torch.Tensor) -> tuple[torch.
 
     Example::
 
-        protos, owner = mask_prototypes(F.normalize(emb, dim=1), mask)
+        protos, owner = mask_prototypes(key_embedding, key_mask)
     """
     if embedding.dim() != 4 or mask.dim() != 3 or embedding.shape[0] != mask.shape[0]:
-        raise ValueError(f"expected embedding B x D x H x W and mask B x H x W, got {tuple(embedding.shape)} "
+        raise ValueError(f"expected embedding B x D x h x w and mask B x H x W, got {tuple(embedding.shape)} "
                          f"and {tuple(mask.shape)}")  # fmt: skip
-    if embedding.shape[2:] != mask.shape[1:]:
-        raise ValueError(f"embedding size {tuple(embedding.shape[2:])} != mask size {tuple(mask.shape[1:])}")
     b, d = embedding.shape[:2]
     mask = mask.long()
     n_ids = int(mask.max().item()) + 1 if mask.numel() else 1
     fg = mask > 0  # B x H x W
     seg = (mask + torch.arange(b, device=mask.device).view(b, 1, 1) * n_ids)[fg]  # N_fg global segment ids
-    emb = embedding.permute(0, 2, 3, 1)[fg]  # N_fg x D, gathered without copying the whole map
-    sums = embedding.new_zeros(b * n_ids, d).index_add_(0, seg, emb)
-    flat_seg = seg
-    counts = torch.bincount(flat_seg, minlength=b * n_ids)
+    emb = F.normalize(upsampled_pixels(embedding, fg), dim=1)  # N_fg x D
+    sums = emb.new_zeros(b * n_ids, d).index_add_(0, seg, emb)
+    counts = torch.bincount(seg, minlength=b * n_ids)
     present = torch.nonzero(counts > 0).squeeze(1)
     owner = torch.stack([present // n_ids, present % n_ids], dim=1)
     return F.normalize(sums[present], dim=1), owner
@@ -85,15 +150,17 @@ def query_pixels(
     (an object can leave the key view while it stays in the query view).
 
     Args:
-        embedding: ``B x D x H x W`` L2-normalised query embeddings.
+        embedding: ``B x D x h x w`` query embeddings, ``h <= H``, ``w <= W`` (bilinearly
+            upsampled to the mask's size at the chosen pixels only).
         mask: ``B x H x W`` object ids of the query view.
         owner: ``P x 2`` ``(image, object id)`` of every prototype, image indices global over ranks.
         image_offset: the global index of this process's first image (``rank * B`` under DDP).
 
     Returns:
-        ``(q, labels)``: ``N x D`` embeddings and ``N`` long indices into the prototypes.
+        ``(q, labels)``: ``N x D`` embeddings (not normalised) and ``N`` long indices into the
+        prototypes, in (image, row, column) order.
     """
-    b = embedding.shape[0]
+    b = mask.shape[0]
     mask = mask.long()
     n_ids = (
         int(max(int(mask.max().item()) if mask.numel() else 0, int(owner[:, 1].max().item()) if len(owner) else 0)) + 1
@@ -102,13 +169,9 @@ def query_pixels(
     local = (owner[:, 0] >= image_offset) & (owner[:, 0] < image_offset + b)
     idx = torch.nonzero(local).squeeze(1)
     lut[(owner[idx, 0] - image_offset) * n_ids + owner[idx, 1]] = idx
-    fg = mask > 0
-    labels = lut[(mask + torch.arange(b, device=mask.device).view(b, 1, 1) * n_ids)[fg]]  # N_fg
-    keep = labels >= 0
-    q = embedding.permute(0, 2, 3, 1)[fg]  # N_fg x D, gathered without copying the whole map
-    if not bool(keep.all()):
-        q, labels = q[keep], labels[keep]
-    return q, labels
+    pixel_label = lut[mask + torch.arange(b, device=mask.device).view(b, 1, 1) * n_ids]  # B x H x W, -1 = out
+    select = pixel_label >= 0
+    return upsampled_pixels(embedding, select), pixel_label[select]
 
 
 def pixel_prototype_logits(
@@ -129,6 +192,100 @@ def pixel_prototype_logits(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     keys = prototypes if queue is None or len(queue) == 0 else torch.cat([prototypes, queue.to(prototypes.dtype)])
     return query @ (keys.t() / temperature)  # scale the few keys, not the N x (P + K) logits
+
+
+class _PixelContrastiveCE(torch.autograd.Function):
+    """``sum_i r_i (logsumexp_j(q_i . k_j) - q_i . k_{y_i}) / sum_i r_i``, computed ``chunk`` rows at a
+    time: the forward keeps only the ``N`` log-sum-exps, the backward recomputes each chunk's logits
+    and turns them into ``r_i / R * (softmax - onehot)`` in place. Peak extra memory is
+    ``chunk x C`` instead of several ``N x C`` buffers, which on a CPU also saves the page faults
+    of allocating them every step."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor,  # type: ignore[override]
+                chunk: int) -> torch.Tensor:  # fmt: skip
+        n = q.shape[0]
+        kt = keys.t()
+        lse = q.new_empty(n)
+        for s in range(0, n, chunk):
+            torch.logsumexp(q[s : s + chunk] @ kt, dim=1, out=lse[s : s + chunk])
+        picked = (q * keys.index_select(0, labels)).sum(dim=1)
+        total = row_weights.sum()
+        ctx.save_for_backward(q, keys, labels, row_weights, lse, total)
+        ctx.chunk = chunk
+        return ((lse - picked) * row_weights).sum() / total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        q, keys, labels, row_weights, lse, total = ctx.saved_tensors
+        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        scale = row_weights * (grad / total)  # N
+        kt = keys.t()
+        grad_q = torch.empty_like(q) if need_q else None
+        grad_k = torch.zeros_like(keys) if need_k else None
+        for s in range(0, q.shape[0], ctx.chunk):
+            rows = slice(s, s + ctx.chunk)
+            g = torch.addmm(lse[rows].neg().unsqueeze(1), q[rows], kt).exp_()  # softmax of the chunk
+            g.mul_(scale[rows].unsqueeze(1))
+            if need_q:
+                torch.mm(g, keys, out=grad_q[rows])  # type: ignore[index]
+            if need_k:
+                grad_k.addmm_(g.t(), q[rows])  # type: ignore[union-attr]
+        # the one-hot part: - r_i / R at (i, y_i)
+        if need_q:
+            grad_q.sub_(keys.index_select(0, labels) * scale.unsqueeze(1))  # type: ignore[union-attr]
+        if need_k:
+            grad_k.index_add_(0, labels, q * scale.unsqueeze(1), alpha=-1.0)  # type: ignore[union-attr]
+        return grad_q, grad_k, None, None, None
+
+
+def pixel_contrastive_loss(
+    query: torch.Tensor,
+    prototypes: torch.Tensor,
+    queue: torch.Tensor | None,
+    labels: torch.Tensor,
+    temperature: float,
+    class_weights: torch.Tensor | None = None,
+    chunk_rows: int = 4096,
+) -> torch.Tensor:
+    """The MaskContrast pixel loss: class-weighted cross-entropy of every pixel against the batch
+    prototypes and the memory bank, without holding the ``N x (P + K)`` logits.
+
+    Same value and gradients as ``weighted_cross_entropy(pixel_prototype_logits(query, prototypes,
+    queue, temperature), labels, class_weights)``, computed in float32 (float64 stays float64).
+
+    Args:
+        query: ``N x D`` L2-normalised pixel embeddings.
+        prototypes: ``P x D`` and queue: ``K x D`` (or None) L2-normalised keys.
+        labels: ``N`` long in ``0..P-1``.
+        temperature: T > 0.
+        class_weights: ``P + K`` weights (e.g. :func:`enet_class_weights`) or None for a plain mean.
+        chunk_rows: pixels per chunk (memory ``chunk_rows x (P + K)``).
+
+    Returns:
+        A scalar; 0 (with a graph to ``query``) when ``N = 0``.
+
+    Example::
+
+        w = enet_class_weights(labels, len(protos) + len(queue))
+        loss = pixel_contrastive_loss(F.normalize(q, dim=1), protos, queue, labels, 0.5, w)
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if labels.numel() == 0:
+        return query.sum() * 0.0
+    if query.dtype in (torch.float16, torch.bfloat16):
+        query = query.float()
+    keys = prototypes if queue is None or len(queue) == 0 else torch.cat([prototypes, queue.to(prototypes.dtype)])
+    keys = keys.to(query.dtype) / temperature
+    if class_weights is not None and len(class_weights) != len(keys):
+        raise ValueError(f"class_weights has {len(class_weights)} entries for {len(keys)} prototypes + queue entries")
+    row_weights = (
+        torch.ones_like(labels, dtype=query.dtype) if class_weights is None else class_weights.to(query.dtype)[labels]
+    )
+    return _PixelContrastiveCE.apply(query, keys, labels, row_weights, int(chunk_rows))
 
 
 def enet_class_weights(labels: torch.Tensor, num_classes: int, c: float = 1.02) -> torch.Tensor:

@@ -16,10 +16,10 @@ from maskcontrast.losses import (
     balanced_bce,
     enet_class_weights,
     mask_prototypes,
+    pixel_contrastive_loss,
     pixel_prototype_logits,
     query_pixels,
     topk_accuracy,
-    weighted_cross_entropy,
 )
 from maskcontrast.models import CheckpointError, build_model, model_checkpoint
 from maskcontrast.momentum import (
@@ -35,11 +35,13 @@ from maskcontrast.objectives.base import Objective
 __all__ = ["MaskContrastObjective"]
 
 
-def _upsample(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """``B x C x h x w`` -> fp32 ``B x C x H x W``, bilinear (channels-last memory: the pixel rows of
-    ``C`` values that the loss gathers stay contiguous)."""
-    x = x.float().contiguous(memory_format=torch.channels_last)
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 (from autocast) -> fp32; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+#: pixels whose top-1/top-5 accuracy is logged each step (an evenly spaced subset; the metric only)
+ACCURACY_ROWS = 16384
 
 
 class MaskContrastObjective(Objective):
@@ -47,17 +49,22 @@ class MaskContrastObjective(Objective):
 
     ``forward(views)`` (views with object masks) does, per step:
 
-    1. query forward (with gradients): embeddings and saliency logits at input resolution;
+    1. query forward (with gradients) at feature resolution;
     2. key forward (no gradients) on the key views, shuffled across DDP ranks (shuffle-BN),
-       at feature resolution, unshuffled, then upsampled;
+       at feature resolution, unshuffled;
     3. one prototype per (image, object) of the key view (:func:`~maskcontrast.losses.mask_prototypes`),
        gathered from every rank;
     4. every query pixel on an object with a prototype is classified against all prototypes of
        the global batch and the memory bank (T = ``temperature``), cross-entropy with ENet class
-       weights; balanced BCE on the query saliency against the query mask;
+       weights; balanced BCE on the query saliency (upsampled to the input) against the query mask;
     5. this rank's prototypes are enqueued (after gathering).
 
     The trainer applies the momentum update (``momentum_pairs``) before each forward.
+
+    The embeddings are upsampled to the input size bilinearly, as in the paper, but only at the
+    object pixels that enter the loss (:func:`~maskcontrast.losses.upsampled_pixels`), and the
+    cross-entropy runs in row chunks (:func:`~maskcontrast.losses.pixel_contrastive_loss`); the
+    values are those of the full-resolution computation.
 
     Example::
 
@@ -107,18 +114,14 @@ class MaskContrastObjective(Objective):
             raise ValueError("MaskContrast needs views with object masks")
         b = views.batch_size
         size = views.query.shape[-2:]
-        # The network runs under the trainer's autocast; the bilinear upsampling to the input size and
-        # everything after it run in fp32 (bf16 interpolation is slow on CPUs and adds rounding).
+        # The networks run under the trainer's autocast; everything after them runs in fp32.
         out_q = self.query(views.query, upsample=False)
-        with torch.autocast(views.query.device.type, enabled=False):
-            q_emb = _upsample(out_q.embedding, size)
-            q_sal = _upsample(out_q.saliency, size) if out_q.saliency is not None else None
 
         with torch.no_grad():
             k_in, order = batch_shuffle(views.key)
             k_small = batch_unshuffle(self.key(k_in, upsample=False).embedding, order)
-            k_emb = _upsample(k_small, views.key.shape[-2:])
-            protos, owner = mask_prototypes(F.normalize(k_emb, dim=1), views.key_mask)
+            with torch.autocast(views.query.device.type, enabled=False):
+                protos, owner = mask_prototypes(_full_precision(k_small), views.key_mask)
             owner = owner.clone()
             owner[:, 0] += rank() * b
             all_protos = concat_all_gather(protos)
@@ -126,18 +129,26 @@ class MaskContrastObjective(Objective):
             queue = self.bank.queue.clone()
 
         with torch.autocast(views.query.device.type, enabled=False):  # the loss math stays fp32 under AMP
-            q_raw, labels = query_pixels(q_emb, views.query_mask, all_owner, image_offset=rank() * b)
-            q = F.normalize(q_raw.float(), dim=1)
-            logits = pixel_prototype_logits(q, all_protos, queue, self.temperature)
-            weights = enet_class_weights(labels, logits.shape[1]) if self.class_weighting == "enet" else None
-            loss_con = weighted_cross_entropy(logits, labels, weights)
+            q_raw, labels = query_pixels(
+                _full_precision(out_q.embedding), views.query_mask, all_owner, image_offset=rank() * b
+            )
+            q = F.normalize(q_raw, dim=1)
+            n_keys = len(all_protos) + len(queue)
+            weights = enet_class_weights(labels, n_keys) if self.class_weighting == "enet" else None
+            loss_con = pixel_contrastive_loss(q, all_protos, queue, labels, self.temperature, weights)
             loss = self.contrastive_weight * loss_con
             metrics = {"loss_contrastive": loss_con.detach()}
-            if q_sal is not None:
+            if out_q.saliency is not None:
+                q_sal = F.interpolate(
+                    _full_precision(out_q.saliency), size=tuple(size), mode="bilinear", align_corners=False
+                )
                 loss_sal = balanced_bce(q_sal, views.query_mask > 0)
                 loss = loss + self.saliency_weight * loss_sal  # also at weight 0: DDP wants every parameter used
                 metrics["loss_saliency"] = loss_sal.detach()
-        top1, top5 = topk_accuracy(logits.detach(), labels, (1, 5), max_rows=16384)
+            with torch.no_grad():
+                step = max(1, -(-len(labels) // ACCURACY_ROWS))
+                some = pixel_prototype_logits(q[::step], all_protos, queue, self.temperature)
+                top1, top5 = topk_accuracy(some, labels[::step], (1, 5))
         metrics.update(
             acc_top1=top1,
             acc_top5=top5,

@@ -12,9 +12,11 @@ from maskcontrast.losses import (
     info_nce_logits,
     info_nce_loss,
     mask_prototypes,
+    pixel_contrastive_loss,
     pixel_prototype_logits,
     query_pixels,
     topk_accuracy,
+    upsampled_pixels,
     weighted_cross_entropy,
 )
 
@@ -62,6 +64,77 @@ def test_binary_masks_give_one_prototype_per_image():
     assert owner.tolist() == [[0, 1], [1, 1], [2, 1]]
 
 
+@pytest.mark.parametrize("small,big", [((28, 28), (224, 224)), ((15, 11), (128, 100)), ((17, 9), (100, 9)),
+                                       ((6, 7), (6, 7)), ((6, 4), (6, 13)), ((1, 1), (5, 3))])  # fmt: skip
+def test_upsampled_pixels_equal_interpolate_at_the_chosen_pixels(small, big):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, *small, generator=g, dtype=torch.float64, requires_grad=True)
+    select = torch.rand(2, *big, generator=g) > 0.4
+    full = F.interpolate(x, size=big, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)[select]
+    ours = upsampled_pixels(x, select)
+    assert ours.shape == full.shape
+    assert torch.allclose(ours, full, atol=1e-12)
+    up = torch.randn(full.shape, generator=g, dtype=torch.float64)
+    (g_full,) = torch.autograd.grad((full * up).sum(), x)
+    (g_ours,) = torch.autograd.grad((ours * up).sum(), x)
+    assert torch.allclose(g_ours, g_full, atol=1e-12)
+    # float32 and channels_last input: the same up to float rounding
+    x32 = x.detach().float().contiguous(memory_format=torch.channels_last)
+    full32 = F.interpolate(x32, size=big, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)[select]
+    assert torch.allclose(upsampled_pixels(x32, select), full32, atol=1e-5)
+
+
+def test_upsampled_pixels_reject_bad_shapes():
+    with pytest.raises(ValueError, match="larger than the mask size"):
+        upsampled_pixels(torch.randn(1, 2, 8, 8), torch.ones(1, 4, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="B x D x h x w"):
+        upsampled_pixels(torch.randn(2, 8, 8), torch.ones(1, 4, 8, dtype=torch.bool))
+
+
+def test_prototypes_and_query_pixels_from_feature_resolution_equal_full_resolution():
+    """The objective passes embeddings at feature resolution; the result must be that of the paper's
+    computation on the bilinearly upsampled, L2-normalised full map."""
+    g = torch.Generator().manual_seed(4)
+    small = torch.randn(3, 5, 4, 5, generator=g, dtype=torch.float64)
+    _, mask = _random_case(seed=5, h=13, w=17)
+    full = F.interpolate(small, size=(13, 17), mode="bilinear", align_corners=False)
+    protos, owner = mask_prototypes(small, mask)
+    ref, ref_owner = ref_prototypes(F.normalize(full, dim=1), mask)
+    assert [tuple(x) for x in owner.tolist()] == ref_owner
+    assert torch.allclose(protos, ref, atol=1e-12)
+    q, labels = query_pixels(small, mask, owner)
+    q_full, labels_full = query_pixels(full, mask, owner)
+    assert torch.equal(labels, labels_full)
+    assert torch.allclose(q, q_full, atol=1e-12)
+
+
+def test_pixel_contrastive_loss_gradients_match_the_logits_path():
+    g = torch.Generator().manual_seed(1)
+    q = F.normalize(torch.randn(50, 6, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
+    protos = F.normalize(torch.randn(4, 6, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
+    queue = F.normalize(torch.randn(9, 6, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, 4, (50,), generator=g)
+    for w in (enet_class_weights(labels, 13).double(), None):
+        ref = weighted_cross_entropy(pixel_prototype_logits(q, protos, queue, 0.3), labels, w)
+        ref_grads = torch.autograd.grad(ref, (q, protos))
+        for chunk in (1, 16, 1000):
+            ours = pixel_contrastive_loss(q, protos, queue, labels, 0.3, w, chunk_rows=chunk)
+            assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+            for a, b in zip(torch.autograd.grad(ours, (q, protos)), ref_grads):
+                assert torch.allclose(a, b, atol=1e-12)
+    torch.autograd.gradcheck(lambda x, p: pixel_contrastive_loss(x, p, queue, labels, 0.3, chunk_rows=7), (q, protos))
+    # no queue, an empty batch, and bad arguments
+    assert pixel_contrastive_loss(q, protos, None, labels, 0.3).item() == pytest.approx(
+        F.cross_entropy(q @ protos.t() / 0.3, labels).item(), rel=1e-12
+    )
+    empty = pixel_contrastive_loss(q[:0], protos, queue, labels[:0], 0.3)
+    assert empty.item() == 0.0 and empty.requires_grad
+    with pytest.raises(ValueError, match="temperature"):
+        pixel_contrastive_loss(q, protos, queue, labels, 0.0)
+    with pytest.raises(ValueError, match="class_weights has 4 entries"):
+        pixel_contrastive_loss(q, protos, queue, labels, 0.3, torch.ones(4))
+
+
 def test_mask_prototypes_validate_shapes():
     with pytest.raises(ValueError, match="size"):
         mask_prototypes(torch.randn(2, 4, 5, 5), torch.zeros(2, 4, 4, dtype=torch.long))
@@ -106,6 +179,9 @@ def test_logits_labels_and_enet_loss_match_loop_reference():
         num += ref_w[y] * ce
         den += ref_w[y]
     assert loss.item() == pytest.approx(float(num / den), rel=1e-5)
+    for chunk in (1, 7, 4096):  # the chunked loss without the logits matrix
+        fused = pixel_contrastive_loss(q, protos, queue, labels, temperature, w, chunk_rows=chunk)
+        assert fused.item() == pytest.approx(float(num / den), rel=1e-6)  # w is float32
 
 
 def test_query_pixels_with_prototypes_of_other_ranks():
