@@ -51,7 +51,7 @@ from maskcontrast.data.views import EpochBatchSampler, PairedViewDataset, Views,
 from maskcontrast.models import read_checkpoint
 from maskcontrast.momentum import update_momentum
 from maskcontrast.objectives.base import Objective
-from maskcontrast.utils import atomic_save, get_device, peak_rss_mib
+from maskcontrast.utils import atomic_save, autocast_dtype, get_device, peak_rss_mib
 
 __all__ = [
     "train",
@@ -325,8 +325,7 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
         ConfigError, DataError: bad options or data (the message names them).
     """
     tcfg, ocfg = cfg.trainer, cfg.optim
-    if tcfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"trainer.precision must be fp32, bf16 or fp16, got {tcfg.precision!r}")
+    amp_dtype = autocast_dtype(tcfg.precision, choices=("fp32", "bf16", "fp16"), key="trainer.precision")
     if tcfg.epochs <= 0 and tcfg.max_steps <= 0:
         raise ConfigError("set trainer.epochs > 0 or trainer.max_steps > 0")
     lr_at(0, 1, ocfg.lr, ocfg.schedule)  # validates the schedule name
@@ -374,7 +373,6 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
         optimizer = torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, weight_decay=ocfg.weight_decay,
                                     nesterov=ocfg.nesterov)  # fmt: skip
         scaler = torch.amp.GradScaler(env.device.type, enabled=tcfg.precision == "fp16")
-        amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.precision]
         cfg_dict = config_to_dict(cfg)
 
         # everything is validated: only now touch the run folder (an --overwrite run that fails early loses nothing)

@@ -21,6 +21,8 @@ __all__ = [
     "atomic_save",
     "atomic_write_bytes",
     "peak_rss_mib",
+    "autocast_dtype",
+    "cpu_has_native_bf16",
 ]
 
 log = logging.getLogger("maskcontrast")
@@ -107,3 +109,48 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 def peak_rss_mib() -> float:
     """Peak resident set size of this process, in MiB (Linux: ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, from ``/proc/cpuinfo``)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(
+    precision: str,
+    device: torch.device | None = None,
+    choices: tuple[str, ...] = ("fp32", "bf16", "fp16", "auto"),
+    key: str = "precision",
+) -> torch.dtype | None:
+    """A precision setting -> the autocast dtype, or None for fp32.
+
+    ``auto`` picks bfloat16 where it is native (CUDA devices that support it; CPUs with
+    AVX512-BF16 or AMX), else fp32: emulated bfloat16 is slower than fp32.
+
+    Args:
+        precision: one of ``choices``.
+        device: needed for ``auto`` only.
+        choices: the values this setting accepts.
+        key: the setting's name, for the error message.
+
+    Raises:
+        ConfigError: ``precision`` is not one of ``choices``.
+    """
+    from maskcontrast.config import ConfigError
+
+    if precision not in choices or (precision != "auto" and precision not in _AUTOCAST_DTYPES):
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {precision!r}")
+    if precision != "auto":
+        return _AUTOCAST_DTYPES[precision]
+    if device is None:
+        raise ValueError("precision 'auto' needs the device")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None

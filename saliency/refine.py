@@ -73,7 +73,14 @@ from maskcontrast.data import DataError, build_dataset
 from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.models import ResNetBackbone, init_backbone, read_checkpoint
 from maskcontrast.models.checkpoint import CheckpointError
-from maskcontrast.utils import atomic_save, atomic_write_bytes, get_device, seed_everything, setup_logging
+from maskcontrast.utils import (
+    atomic_save,
+    atomic_write_bytes,
+    autocast_dtype,
+    get_device,
+    seed_everything,
+    setup_logging,
+)
 from saliency.common import check_image, resize_map
 from saliency.fusion import FusionConfig, fuse
 from saliency.generate import single_thread_env
@@ -86,7 +93,6 @@ __all__ = [
     "confident_bce",
     "update_targets",
     "target_diagnostics",
-    "resolve_precision",
     "train_refiner",
     "main",
 ]
@@ -94,6 +100,8 @@ __all__ = [
 log = logging.getLogger("saliency.refine")
 
 FORMAT = "maskcontrast-saliency-refiner"
+#: the refiner's precision settings (``auto``: bfloat16 where the device computes it natively)
+PRECISIONS = ("auto", "bf16", "fp32")
 FORMAT_VERSION = 2  # 2: stem_skip, fused_weight, unconfident_weight, precision (1 still loads)
 SUPPORTED_VERSIONS = (1, 2)
 # Version-1 checkpoints predate these keys; they load with the values that version-1 code used.
@@ -272,30 +280,6 @@ def target_diagnostics(
         "confident_agreement": float(agree.sum()) / max(1, int(conf.sum())),
         "unconfident_foreground": float((p & unconf).sum()) / max(1, int(unconf.sum())),
     }
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """``precision`` (``auto`` | ``bf16`` | ``fp32``) on ``device`` -> the autocast dtype, or None
-    for fp32. ``auto`` picks bfloat16 where it is native: CUDA devices that support it, and CPUs
-    with AVX512-BF16 or AMX (read from ``/proc/cpuinfo``); elsewhere fp32 (emulated bfloat16 is
-    slower than fp32)."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and _cpu_has_native_bf16() else None
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -522,7 +506,7 @@ def train_refiner(
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = get_device(cfg.device)
-    amp_dtype = resolve_precision(cfg.precision, device)
+    amp_dtype = autocast_dtype(cfg.precision, device, choices=PRECISIONS)
     log.info("device %s, precision %s", device, "bf16" if amp_dtype is not None else "fp32")
     start = time.perf_counter()
     data = _pseudo_labels([tuple(s) for s in sources], cfg, out / "pseudo_labels.pt")  # type: ignore[misc]
@@ -647,7 +631,7 @@ def _validate(cfg: Any) -> None:
         (0.0 <= cfg.target_anchor < 1.0, f"target_anchor must lie in [0, 1), got {cfg.target_anchor}"),
         (0.0 <= cfg.unconfident_weight <= 1.0, f"unconfident_weight must lie in [0, 1], got {cfg.unconfident_weight}"),
         (0.0 <= cfg.fused_weight <= 1.0, f"fused_weight must lie in [0, 1], got {cfg.fused_weight}"),
-        (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {cfg.precision!r}"),
+        (cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -705,7 +689,7 @@ class RefinerPredictor:
             raise CheckpointError(f"{path}: the weights do not fit the refiner network of its config ({err})") from err
         self.device = get_device(device)
         self.net.to(self.device, memory_format=torch.channels_last).eval()
-        self.dtype = resolve_precision(str(cfg.precision), self.device)
+        self.dtype = autocast_dtype(str(cfg.precision), self.device, choices=PRECISIONS)
         self.input_size = int(cfg.input_size)
         self.fused_weight = float(cfg.fused_weight if fused_weight is None else fused_weight)
         if not 0.0 <= self.fused_weight <= 1.0:

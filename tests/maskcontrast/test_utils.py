@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from maskcontrast.config import ConfigError
 from maskcontrast.utils import (
     atomic_save,
     atomic_write_bytes,
+    autocast_dtype,
     get_device,
     peak_rss_mib,
     seed_everything,
@@ -109,3 +111,20 @@ def test_setup_logging_follows_a_replaced_stderr(monkeypatch):
                 root.removeHandler(h)
         monkeypatch.undo()
         setup_logging()  # point any remaining handler of ours back at the real stderr
+
+
+def test_autocast_dtype():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32") is None
+    assert autocast_dtype("bf16") is torch.bfloat16
+    assert autocast_dtype("fp16", cpu) is torch.float16
+    assert autocast_dtype("auto", cpu) in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="needs the device"):
+        autocast_dtype("auto")
+    # each setting accepts its own values, and the error names the setting
+    with pytest.raises(ConfigError, match=r"trainer\.precision must be one of fp32, bf16, fp16, got 'auto'"):
+        autocast_dtype("auto", cpu, choices=("fp32", "bf16", "fp16"), key="trainer.precision")
+    with pytest.raises(ConfigError, match="precision must be one of auto, bf16, fp32, got 'fp16'"):
+        autocast_dtype("fp16", cpu, choices=("auto", "bf16", "fp32"))
+    with pytest.raises(ConfigError, match="got 'fp64'"):
+        autocast_dtype("fp64", cpu, choices=("fp64",))

@@ -21,7 +21,6 @@ from saliency.refine import (
     RefinerPredictor,
     confident_bce,
     main,
-    resolve_precision,
     target_diagnostics,
     train_refiner,
     update_targets,
@@ -77,15 +76,6 @@ def test_target_diagnostics_by_hand():
     assert d["unconfident_foreground"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shapes differ"):
         target_diagnostics(pred, fused[..., :2], conf)
-
-
-def test_resolve_precision():
-    cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) is None
-    assert resolve_precision("bf16", cpu) is torch.bfloat16
-    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
-    with pytest.raises(ConfigError, match="precision"):
-        resolve_precision("fp16", cpu)
 
 
 def test_update_targets_moving_average():
