@@ -7,17 +7,26 @@ For every (backbone, precision) it times, in a fresh subprocess (so peak RSS is 
   query forward, key forward (no grad), prototypes, logits against batch + memory bank, ENet
   cross-entropy + balanced BCE, backward, SGD step, enqueue.
 
-Data loading is excluded (it runs in DataLoader workers, overlapped with the step). Prints a
+Data loading is excluded (it runs in DataLoader workers, overlapped with the step). Bare and full
+steps alternate and each column is the median over the timed steps (this VM's speed drifts by
+10-20 % over minutes, which a bare-then-full order turned into ratio swings of +-0.3). Prints a
 Markdown table; results are preliminary when the machine is shared.
+
+``--loss-path`` times only the pixel loss (prototypes, pixel gathering, loss and its backward) at
+the same batch and size, as written (embeddings upsampled at the object pixels only, chunked
+cross-entropy) and as the paper's formulas read (full-resolution maps, the ``N x (P + K)`` logits
+matrix), from the same random feature-resolution embeddings.
 
     python bench/pretrain_speed.py                       # R50-OS8, R50-OS16, R18-OS8; 224 px; batch 8
     python bench/pretrain_speed.py --configs resnet18:8 --steps 5 --precisions fp32
+    python bench/pretrain_speed.py --loss-path --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -99,14 +108,20 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
         "batch": batch,
         "threads": torch.get_num_threads(),
     }
-    for name, fn in (("bare", lambda: bare_step(x)), ("full", full_step)):
-        for _ in range(warmup):
+    for _ in range(warmup):
+        bare_step(x)
+        full_step()
+    # bare and full steps alternate, so a drift in the machine's speed hits both alike; medians
+    samples: dict[str, list[tuple[float, float]]] = {"bare": [], "full": []}
+    for _ in range(steps):
+        for name, fn in (("bare", lambda: bare_step(x)), ("full", lambda: full_step(timed=True))):
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-        w0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            fn() if name == "bare" else full_step(timed=True)
-        res[f"{name}_wall_s"] = (time.perf_counter() - w0) / steps
-        res[f"{name}_cpu_s"] = (time.process_time() - c0) / steps
+            samples[name].append((time.perf_counter() - w0, time.process_time() - c0))
+    for name, pairs in samples.items():
+        res[f"{name}_wall_s"] = statistics.median(w for w, _ in pairs)
+        res[f"{name}_cpu_s"] = statistics.median(c for _, c in pairs)
+    res["ratio_per_pair"] = statistics.median(f[1] / b[1] for b, f in zip(samples["bare"], samples["full"]))
     res["parts_cpu_s"] = {k: v / steps for k, v in parts.items()}
     # the key forward alone (no grad), for the breakdown
     with torch.no_grad(), ctx():
@@ -115,6 +130,73 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
             obj.key(x, upsample=False)
         res["key_forward_cpu_s"] = (time.process_time() - c0) / steps
     res["peak_rss_mib"] = peak_rss_mib()
+    return res
+
+
+def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, dim: int = 32,
+              queue_size: int = 128) -> dict:  # fmt: skip
+    """CPU seconds of the pixel loss and its backward, ours vs the full-resolution formulation."""
+    import torch
+    import torch.nn.functional as F
+
+    from maskcontrast.losses import (
+        enet_class_weights,
+        mask_prototypes,
+        pixel_contrastive_loss,
+        pixel_prototype_logits,
+        query_pixels,
+        topk_accuracy,
+        weighted_cross_entropy,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    h = size // stride
+    q_small = torch.randn(batch, dim, h, h, generator=g).contiguous(memory_format=torch.channels_last)
+    k_small = torch.randn(batch, dim, h, h, generator=g).contiguous(memory_format=torch.channels_last)
+    q_small.requires_grad_(True)
+    queue = F.normalize(torch.randn(queue_size, dim, generator=g), dim=1)
+    mask = torch.zeros(batch, size, size, dtype=torch.long)  # the objects of the full-step benchmark
+    mask[:, size // 4 : 3 * size // 4, size // 5 : 4 * size // 5] = 1
+
+    def ours() -> float:
+        with torch.no_grad():
+            protos, owner = mask_prototypes(k_small, mask)
+        q_raw, labels = query_pixels(q_small, mask, owner)
+        q = F.normalize(q_raw, dim=1)
+        loss = pixel_contrastive_loss(
+            q, protos, queue, labels, 0.5, enet_class_weights(labels, len(protos) + queue_size)
+        )
+        with torch.no_grad():
+            step = max(1, -(-len(labels) // 16384))
+            topk_accuracy(pixel_prototype_logits(q[::step], protos, queue, 0.5), labels[::step])
+        loss.backward()
+        return loss.item()
+
+    def full_resolution() -> float:
+        def up(x):
+            return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+        with torch.no_grad():
+            protos, owner = mask_prototypes(F.normalize(up(k_small), dim=1), mask)
+        q_raw, labels = query_pixels(up(q_small), mask, owner)
+        logits = pixel_prototype_logits(F.normalize(q_raw, dim=1), protos, queue, 0.5)
+        loss = weighted_cross_entropy(logits, labels, enet_class_weights(labels, logits.shape[1]))
+        topk_accuracy(logits.detach(), labels, max_rows=16384)
+        loss.backward()
+        return loss.item()
+
+    res: dict = {"size": size, "batch": batch, "pixels": int((mask > 0).sum()), "keys": batch + queue_size,
+                 "threads": torch.get_num_threads()}  # fmt: skip
+    for name, fn in (("full_resolution", full_resolution), ("ours", ours)):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(steps):
+            c0 = time.process_time()
+            res[f"{name}_loss"] = fn()
+            times.append(time.process_time() - c0)
+            q_small.grad = None
+        res[f"{name}_cpu_s"] = statistics.median(times)
     return res
 
 
@@ -128,8 +210,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--json", default=None, help="also write the raw results to this JSON file")
+    p.add_argument("--loss-path", action="store_true", help="time only the pixel loss: ours vs full resolution")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.loss_path:
+        r = loss_path(args.size, args.batch, args.steps, args.warmup)
+        print(
+            f"\npixel loss + backward, batch {r['batch']}, {r['size']} px, {r['pixels']:,} object pixels x "
+            f"{r['keys']} keys, {r['threads']} threads, median of {args.steps} after {args.warmup} warm-up\n"
+        )
+        print("| formulation | CPU s | loss |\n|---|---:|---:|")
+        print(
+            f"| full-resolution maps + logits matrix | {r['full_resolution_cpu_s']:.3f} | {r['full_resolution_loss']:.6f} |"
+        )
+        print(f"| ours (object pixels only, chunked CE) | {r['ours_cpu_s']:.3f} | {r['ours_loss']:.6f} |")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(r, f, indent=1)
+        return 0
     if args.one:
         arch, os_, prec = args.one.split(":")
         print(json.dumps(run_one(arch, int(os_), prec, args.size, args.batch, args.steps, args.warmup, args.threads)))
@@ -146,14 +248,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"done {conf} {prec}", file=sys.stderr, flush=True)
-    print(f"\nbatch {args.batch}, {args.size} px, {args.steps} timed steps after {args.warmup} warm-up\n")
+    print(f"\nbatch {args.batch}, {args.size} px, medians of {args.steps} alternating bare/full steps after "
+          f"{args.warmup} warm-up\n")  # fmt: skip
     print(
-        "| backbone | precision | full step img/s (wall) | full step CPU s | bare fwd+bwd CPU s | ratio full/bare (CPU) "
+        "| backbone | precision | full step img/s (wall) | full step CPU s | bare fwd+bwd CPU s | ratio full/bare (CPU, median of pairs) "
         "| key fwd CPU s | augment CPU s | peak RSS MiB |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ratio = r["full_cpu_s"] / r["bare_cpu_s"]
+        ratio = r["ratio_per_pair"]
         print(
             f"| {r['arch']}-OS{r['os']} | {r['precision']} | {r['batch'] / r['full_wall_s']:.2f} | {r['full_cpu_s']:.2f} "
             f"| {r['bare_cpu_s']:.2f} | {ratio:.2f} | {r['key_forward_cpu_s']:.2f} | "
