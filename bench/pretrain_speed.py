@@ -142,10 +142,9 @@ def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, d
     from maskcontrast.losses import (
         enet_class_weights,
         mask_prototypes,
-        pixel_contrastive_loss,
+        maskcontrast_pixel_loss,
         pixel_prototype_logits,
         query_pixels,
-        topk_accuracy,
         weighted_cross_entropy,
     )
 
@@ -161,14 +160,7 @@ def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, d
     def ours() -> float:
         with torch.no_grad():
             protos, owner = mask_prototypes(k_small, mask)
-        q_raw, labels = query_pixels(q_small, mask, owner)
-        q = F.normalize(q_raw, dim=1)
-        loss = pixel_contrastive_loss(
-            q, protos, queue, labels, 0.5, enet_class_weights(labels, len(protos) + queue_size)
-        )
-        with torch.no_grad():
-            step = max(1, -(-len(labels) // 16384))
-            topk_accuracy(pixel_prototype_logits(q[::step], protos, queue, 0.5), labels[::step])
+        loss, _, _ = maskcontrast_pixel_loss(q_small, mask, protos, owner, queue, 0.5)
         loss.backward()
         return loss.item()
 
@@ -181,7 +173,6 @@ def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, d
         q_raw, labels = query_pixels(up(q_small), mask, owner)
         logits = pixel_prototype_logits(F.normalize(q_raw, dim=1), protos, queue, 0.5)
         loss = weighted_cross_entropy(logits, labels, enet_class_weights(labels, logits.shape[1]))
-        topk_accuracy(logits.detach(), labels, max_rows=16384)
         loss.backward()
         return loss.item()
 

@@ -45,6 +45,7 @@ __all__ = [
     "query_pixels",
     "pixel_prototype_logits",
     "pixel_contrastive_loss",
+    "maskcontrast_pixel_loss",
     "enet_class_weights",
     "weighted_cross_entropy",
     "balanced_bce",
@@ -286,6 +287,42 @@ def pixel_contrastive_loss(
         torch.ones_like(labels, dtype=query.dtype) if class_weights is None else class_weights.to(query.dtype)[labels]
     )
     return _PixelContrastiveCE.apply(query, keys, labels, row_weights, int(chunk_rows))
+
+
+def maskcontrast_pixel_loss(
+    query_embedding: torch.Tensor,
+    query_mask: torch.Tensor,
+    prototypes: torch.Tensor,
+    owner: torch.Tensor,
+    queue: torch.Tensor | None,
+    temperature: float,
+    class_weighting: str = "enet",
+    image_offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The MaskContrast contrastive term from the query embeddings and the (gathered) prototypes.
+
+    :func:`query_pixels`, L2 normalisation, :func:`enet_class_weights` (or none) and
+    :func:`pixel_contrastive_loss`, in that order.
+
+    Args:
+        query_embedding: ``B x D x h x w`` query embeddings (feature resolution or input resolution).
+        query_mask: ``B x H x W`` object ids of the query view.
+        prototypes: ``P x D`` and owner: ``P x 2`` from :func:`mask_prototypes` (gathered over ranks).
+        queue: ``K x D`` memory bank or None; temperature: T > 0.
+        class_weighting: ``"enet"`` or ``"none"``.
+        image_offset: the global index of this process's first image.
+
+    Returns:
+        ``(loss, q, labels)``: the scalar loss, the ``N x D`` normalised query pixels and their
+        ``N`` labels (for accuracy metrics).
+    """
+    if class_weighting not in ("enet", "none"):
+        raise ValueError(f"class_weighting must be 'enet' or 'none', got {class_weighting!r}")
+    q_raw, labels = query_pixels(query_embedding, query_mask, owner, image_offset=image_offset)
+    q = F.normalize(q_raw, dim=1)
+    n_keys = len(prototypes) + (0 if queue is None else len(queue))
+    weights = enet_class_weights(labels, n_keys) if class_weighting == "enet" else None
+    return pixel_contrastive_loss(q, prototypes, queue, labels, temperature, weights), q, labels
 
 
 def enet_class_weights(labels: torch.Tensor, num_classes: int, c: float = 1.02) -> torch.Tensor:

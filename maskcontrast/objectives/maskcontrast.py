@@ -14,11 +14,9 @@ from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig
 from maskcontrast.data.views import Views
 from maskcontrast.losses import (
     balanced_bce,
-    enet_class_weights,
     mask_prototypes,
-    pixel_contrastive_loss,
+    maskcontrast_pixel_loss,
     pixel_prototype_logits,
-    query_pixels,
     topk_accuracy,
 )
 from maskcontrast.models import CheckpointError, build_model, model_checkpoint
@@ -129,13 +127,10 @@ class MaskContrastObjective(Objective):
             queue = self.bank.queue.clone()
 
         with torch.autocast(views.query.device.type, enabled=False):  # the loss math stays fp32 under AMP
-            q_raw, labels = query_pixels(
-                _full_precision(out_q.embedding), views.query_mask, all_owner, image_offset=rank() * b
-            )
-            q = F.normalize(q_raw, dim=1)
-            n_keys = len(all_protos) + len(queue)
-            weights = enet_class_weights(labels, n_keys) if self.class_weighting == "enet" else None
-            loss_con = pixel_contrastive_loss(q, all_protos, queue, labels, self.temperature, weights)
+            loss_con, q, labels = maskcontrast_pixel_loss(
+                _full_precision(out_q.embedding), views.query_mask, all_protos, all_owner, queue,
+                self.temperature, self.class_weighting, image_offset=rank() * b,
+            )  # fmt: skip
             loss = self.contrastive_weight * loss_con
             metrics = {"loss_contrastive": loss_con.detach()}
             if out_q.saliency is not None:

@@ -12,6 +12,7 @@ from maskcontrast.losses import (
     info_nce_logits,
     info_nce_loss,
     mask_prototypes,
+    maskcontrast_pixel_loss,
     pixel_contrastive_loss,
     pixel_prototype_logits,
     query_pixels,
@@ -182,6 +183,11 @@ def test_logits_labels_and_enet_loss_match_loop_reference():
     for chunk in (1, 7, 4096):  # the chunked loss without the logits matrix
         fused = pixel_contrastive_loss(q, protos, queue, labels, temperature, w, chunk_rows=chunk)
         assert fused.item() == pytest.approx(float(num / den), rel=1e-6)  # w is float32
+    whole, q_norm, whole_labels = maskcontrast_pixel_loss(q_emb, q_mask, protos, owner, queue, temperature)
+    assert whole.item() == pytest.approx(float(num / den), rel=1e-6)
+    assert whole_labels.tolist() == ref_labels and torch.allclose(q_norm, q)
+    with pytest.raises(ValueError, match="class_weighting"):
+        maskcontrast_pixel_loss(q_emb, q_mask, protos, owner, queue, temperature, class_weighting="median")
 
 
 def test_query_pixels_with_prototypes_of_other_ranks():
