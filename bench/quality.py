@@ -84,8 +84,7 @@ class Quality:
         self.args = args
         self._argv = argv
         self.out = Path(args.out).expanduser().resolve()
-        data = data_root()
-        self.data = data.resolve() if data is not None else None
+        self.data = data_root()
         if self.data is None:
             raise SystemExit("bench/quality.py: set MASKCONTRAST_DATA to the shared data folder")
         self.out.mkdir(parents=True, exist_ok=True)

@@ -300,7 +300,9 @@ def write_report(demo: Demo) -> dict[str, Any]:
 
 def find_data(arg: str | None) -> Path | None:
     if arg:
-        path = Path(arg).expanduser()
+        path = (
+            Path(arg).expanduser().resolve()
+        )  # absolute, like data_root(): stage commands must not depend on the spelling
         return path if path.is_dir() else None
     root = data_root()
     if root is not None and (root / "msrc_v2").is_dir():

@@ -20,11 +20,12 @@ SHARED_LAYOUT: dict[str, tuple[str, str | None]] = {
 
 
 def data_root() -> Path | None:
-    """``$MASKCONTRAST_DATA`` as a path when it is set and exists, else None."""
+    """``$MASKCONTRAST_DATA`` as an absolute path when it is set and exists, else None (absolute,
+    so commands built from it, which resumable stages compare, do not depend on how it was spelled)."""
     value = os.environ.get("MASKCONTRAST_DATA")
     if not value:
         return None
-    path = Path(value).expanduser()
+    path = Path(value).expanduser().resolve()
     return path if path.is_dir() else None
 
 
