@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from maskcontrast.utils import atomic_write_bytes
@@ -96,7 +96,3 @@ class StageRunner:
     def finished(self) -> dict[str, dict]:
         """Every stage finished so far, in this run or an earlier one: name -> ``{"command", "seconds"}``."""
         return dict(self._finished)
-
-    def table(self) -> list[dict]:
-        """The records as plain dicts (for JSON reports)."""
-        return [{**asdict(r), "shell": r.shell} for r in self.records]
