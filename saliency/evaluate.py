@@ -42,7 +42,7 @@ from maskcontrast.data.io import read_index_png
 from maskcontrast.utils import atomic_write_bytes, setup_logging
 from saliency.metrics import SaliencyMetrics
 
-__all__ = ["evaluate_folders", "match_files", "main"]
+__all__ = ["evaluate_folders", "load_ground_truth", "match_files", "main"]
 
 log = logging.getLogger("saliency.evaluate")
 
@@ -110,6 +110,25 @@ def _gt_from_dataset(name: str, root: Path, split: str | None) -> dict[str, Grou
     return {sid: (lambda sid=sid: load(sid)) for sid in ds.ids}
 
 
+def load_ground_truth(
+    gt: str | Path, gt_dataset: str | None = None, split: str | None = None
+) -> dict[str, GroundTruth]:
+    """The ground truth that :func:`evaluate_folders` reads, as ``{id: load}``.
+
+    ``load()`` returns ``(mask, valid)``: ``H x W`` bool foreground and an ``H x W`` bool mask of
+    the pixels that count (None when all do). ``gt`` is a folder of binary masks (ids = relative
+    paths without extension) or, with ``gt_dataset``, the root of that ``maskcontrast.data``
+    reader (ids = its sample ids).
+
+    Example::
+
+        truths = load_ground_truth("$MASKCONTRAST_DATA/oxford_iiit_pet", "pet")
+        mask, valid = truths[some_id]()
+    """
+    root = Path(gt).expanduser()
+    return _gt_from_dataset(gt_dataset, root, split) if gt_dataset else _gt_from_folder(root)
+
+
 def evaluate_folders(
     pred: str | Path,
     gt: str | Path,
@@ -134,7 +153,7 @@ def evaluate_folders(
         raise ValueError(f"missing must be zero, skip or error, got {missing!r}")
     pred_dir, gt_root = Path(pred).expanduser(), Path(gt).expanduser()
     preds = _rel_ids(pred_dir)
-    truths = _gt_from_dataset(gt_dataset, gt_root, split) if gt_dataset else _gt_from_folder(gt_root)
+    truths = load_ground_truth(gt_root, gt_dataset, split)
     if not truths:
         raise ValueError(f"no ground-truth masks found under {gt_root}")
     matched = match_files(list(preds), list(truths))

@@ -48,7 +48,7 @@ from saliency.mbd import mbd_saliency
 from saliency.rbd import rbd_scores
 from saliency.spectral import spectral_residual_saliency
 
-__all__ = ["FusionConfig", "FusionResult", "fuse", "fuse_maps", "fused_saliency", "agreement_matrix"]
+__all__ = ["FusionConfig", "FusionResult", "fuse", "fuse_maps", "fuse_with", "fused_saliency", "agreement_matrix"]
 
 
 @dataclass
@@ -206,6 +206,45 @@ def fuse(image: np.ndarray, cfg: FusionConfig | None = None) -> FusionResult:
         agreement=agreement,
         flagged=agreement < cfg.flag_agreement,
     )
+
+
+def fuse_with(
+    result: FusionResult, extra: Mapping[str, np.ndarray], cfg: FusionConfig | None = None, prior: float = 1.0
+) -> np.ndarray:
+    """Fuse an image's classical maps again, together with more maps (e.g. a learned network's).
+
+    The extra maps join the methods of ``result`` as further estimators: same agreement
+    weighting, calibration and confidence rule (steps 2-3 of the module doc), each with the prior
+    weight ``prior``. A map that agrees with the others gains weight, one that contradicts them
+    loses it, image by image.
+
+    Args:
+        result: :func:`fuse`'s result for the image (its ``maps`` are at the working size).
+        extra: name -> ``H' x W'`` map in ``[0, 1]``, any size (resized to the working size and
+            min-max normalised); the names must differ from the methods' names.
+        cfg: the fusion settings ``result`` was made with.
+        prior: the prior weight of every extra map (> 0).
+
+    Returns:
+        ``H x W`` float32 soft map in ``[0, 1]``, the size of ``result.saliency``.
+
+    Example::
+
+        result = fuse(image, cfg)
+        soft = fuse_with(result, {"network": network_map}, cfg)
+    """
+    cfg = cfg or FusionConfig()
+    clash = set(extra) & set(result.maps)
+    if clash:
+        raise ValueError(f"extra maps {sorted(clash)} have the names of the fused methods; rename them")
+    if prior <= 0:
+        raise ValueError(f"prior must be > 0, got {prior}")
+    size = next(iter(result.maps.values())).shape
+    maps = dict(result.maps)
+    maps.update({name: normalize_map(resize_map(np.asarray(m, np.float32), size)) for name, m in extra.items()})
+    priors = {**cfg.priors, **{name: prior for name in extra}}
+    fused, _, _, _ = fuse_maps(maps, priors, cfg.temperature, cfg.enhance_b, cfg.margin, cfg.vote)
+    return np.clip(resize_map(fused, result.saliency.shape), 0.0, 1.0).astype(np.float32)
 
 
 def fused_saliency(image: np.ndarray, cfg: FusionConfig | None = None) -> np.ndarray:

@@ -11,14 +11,17 @@ Self-Supervision", NeurIPS 2019, simplified to one handcrafted source: our fusio
    ``unconfident_weight``), so that the network keeps its teacher's uncertainty there instead
    of guessing (a network trained on the confident pixels alone calls about half of the
    unconfident background foreground, which grows the objects; see docs/SALIENCY.md).
-3. After the round, predict every image (with a horizontal-flip average) and update the
+3. After the round, predict every image (with a horizontal-flip average); with ``align_mean``,
+   shift each prediction's logits so that its mean equals its fused map's (:func:`align_mean`:
+   the network otherwise calls more of each image foreground every round). Then update the
    per-image moving average ``a <- m a + (1 - m) p`` (``a`` starts as the fused map). The next
    round's targets are ``t = w * fused + (1 - w) * a`` (``w = target_anchor``; 0 gives the plain
    moving average); its confident pixels are those where ``|t - 0.5| >= margin``.
 4. Output (:class:`RefinerPredictor`): the network's flip-averaged map, resized to the image,
-   and, with ``fused_weight > 0``, averaged with the image's fused map:
-   ``(1 - fused_weight) * network + fused_weight * fused`` (a label-free ensemble of the
-   student and its teacher; the fusion then runs at inference too).
+   aligned to the fused map's mean with ``align_mean``, then combined with the classical maps
+   (the fusion runs at inference too): ``combine="fusion"`` adds it to the agreement-weighted
+   fusion as a fifth estimator (:func:`saliency.fusion.fuse_with`); ``combine="blend"`` averages
+   it with the fused map, ``(1 - fused_weight) * network + fused_weight * fused``.
 
 The network is a ResNet (``maskcontrast.models.ResNetBackbone``) with a light decoder that
 merges layer4 with the layer1/layer2 features (stride 4) and, with ``model.stem_skip``, with
@@ -82,7 +85,7 @@ from maskcontrast.utils import (
     setup_logging,
 )
 from saliency.common import check_image, resize_map
-from saliency.fusion import FusionConfig, fuse
+from saliency.fusion import FusionConfig, fuse, fuse_with
 from saliency.generate import single_thread_env
 
 __all__ = [
@@ -90,6 +93,7 @@ __all__ = [
     "RefineConfig",
     "RefinerNet",
     "RefinerPredictor",
+    "align_mean",
     "confident_bce",
     "update_targets",
     "target_diagnostics",
@@ -102,10 +106,16 @@ log = logging.getLogger("saliency.refine")
 FORMAT = "maskcontrast-saliency-refiner"
 #: the refiner's precision settings (``auto``: bfloat16 where the device computes it natively)
 PRECISIONS = ("auto", "bf16", "fp32")
-FORMAT_VERSION = 2  # 2: stem_skip, fused_weight, unconfident_weight, precision (1 still loads)
-SUPPORTED_VERSIONS = (1, 2)
-# Version-1 checkpoints predate these keys; they load with the values that version-1 code used.
-_LEGACY_V1 = {"model": {"stem_skip": False}, "fused_weight": 0.0, "unconfident_weight": 0.0, "precision": "fp32"}
+#: how the output combines the network's map with the classical ones (see RefineConfig.combine)
+COMBINES = ("fusion", "blend")
+FORMAT_VERSION = 3  # 2: stem_skip, fused_weight, unconfident_weight, precision; 3: align_mean, combine
+SUPPORTED_VERSIONS = (1, 2, 3)
+# Older checkpoints predate some keys; they load with the values that their version's code used.
+_LEGACY = {
+    1: {"model": {"stem_skip": False}, "fused_weight": 0.0, "unconfident_weight": 0.0, "precision": "fp32",
+        "align_mean": False, "combine": "blend"},
+    2: {"align_mean": False, "combine": "blend"},
+}  # fmt: skip
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -142,7 +152,9 @@ class RefineConfig:
     target_anchor: float = 0.5  # next targets: w * fused + (1 - w) * a (0: the average alone)
     margin: float = 0.25  # confident where |t - 0.5| >= margin (rounds after the first)
     unconfident_weight: float = 0.5  # loss weight of the unconfident pixels (soft targets); 0: confident only
-    fused_weight: float = 0.5  # output = (1 - w) * network + w * fused map (0: the network alone)
+    fused_weight: float = 0.5  # combine=blend: (1 - w) * network + w * fused map (0: the network alone)
+    align_mean: bool = True  # shift each prediction's logits so its mean equals its fused map's (stops drift)
+    combine: str = "fusion"  # fusion: the network joins the classical fusion as one more estimator | blend
     precision: str = "auto"  # auto (bf16 where native) | bf16 | fp32
     scale_min: float = 0.6  # random-resized-crop area range lower bound
     color_jitter: float = 0.2
@@ -280,6 +292,43 @@ def target_diagnostics(
         "confident_agreement": float(agree.sum()) / max(1, int(conf.sum())),
         "unconfident_foreground": float((p & unconf).sum()) / max(1, int(unconf.sum())),
     }
+
+
+def align_mean(probabilities: torch.Tensor, target_mean: torch.Tensor, iters: int = 40) -> torch.Tensor:
+    """Per-image distribution alignment: shift each map's logits by the one constant that makes
+    its mean equal ``target_mean`` (the idea of ReMixMatch's distribution alignment, Berthelot et
+    al., ICLR 2020, applied per image). The order of the pixels within an image is unchanged; only
+    how much of the image is called foreground moves. Self-training uses it to keep each image's
+    predicted foreground at its fused pseudo-label's, which stops the objects from growing round
+    after round.
+
+    Args:
+        probabilities: ``N x H x W`` maps in ``[0, 1]``.
+        target_mean: ``N`` wanted means in ``[0, 1]`` (clamped to ``[1e-4, 1 - 1e-4]``).
+        iters: bisection steps on the shift (40 reach float32 precision on ``[-30, 30]``).
+
+    Returns:
+        ``N x H x W`` float32 maps ``sigmoid(logit(p) + b_n)`` whose means equal ``target_mean``.
+
+    Example::
+
+        aligned = align_mean(predictions, fused.mean(dim=(1, 2)))
+    """
+    if probabilities.dim() != 3 or target_mean.shape != probabilities.shape[:1]:
+        raise ValueError(
+            f"want N x H x W maps and N means, got {tuple(probabilities.shape)} and {tuple(target_mean.shape)}"
+        )
+    out = torch.empty(probabilities.shape, dtype=torch.float32)
+    for i in range(0, len(probabilities), 64):  # chunks bound the memory of 1,000s of maps
+        z = torch.logit(probabilities[i : i + 64].float().clamp(1e-6, 1 - 1e-6))
+        goal = target_mean[i : i + 64].float().clamp(1e-4, 1 - 1e-4).view(-1, 1, 1)
+        lo, hi = torch.full_like(goal, -30.0), torch.full_like(goal, 30.0)
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            above = torch.sigmoid(z + mid).mean(dim=(1, 2), keepdim=True) > goal
+            hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+        out[i : i + 64] = torch.sigmoid(z + (lo + hi) / 2)
+    return out
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -582,6 +631,8 @@ def train_refiner(
                 preds = _predict_all(net, images, device, cfg.batch_size * 2, amp_dtype)
                 diag = target_diagnostics(preds, fused, fused_conf)
                 entry.update(diag)
+                if cfg.align_mean:  # the diagnostics above show the drift before the alignment
+                    preds = align_mean(preds, fused.mean(dim=(1, 2)))
                 average, targets, conf = update_targets(
                     average, preds, cfg.target_momentum, cfg.margin, fused, cfg.target_anchor
                 )
@@ -632,6 +683,7 @@ def _validate(cfg: Any) -> None:
         (0.0 <= cfg.unconfident_weight <= 1.0, f"unconfident_weight must lie in [0, 1], got {cfg.unconfident_weight}"),
         (0.0 <= cfg.fused_weight <= 1.0, f"fused_weight must lie in [0, 1], got {cfg.fused_weight}"),
         (cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
+        (cfg.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}, got {cfg.combine!r}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -647,10 +699,14 @@ class RefinerPredictor:
     """Load ``refiner.pt`` and predict.
 
     ``predictor(image)`` with an ``H x W x 3`` uint8 RGB image returns an ``H x W`` float32 map
-    in ``[0, 1]``: the flip-averaged network map, averaged with the fused map when the run's
-    ``fused_weight`` is > 0 (``fused_weight`` overrides it: 0 gives the network alone).
-    ``predictor.network(image)`` is the network's map alone. Version-1 checkpoints (written
-    before ``stem_skip`` and ``fused_weight`` existed) load and predict as before.
+    in ``[0, 1]``: the flip-averaged network map, shifted to the fused map's mean when the run's
+    ``align_mean`` is set, then combined with the classical maps as the run's ``combine`` says:
+    ``fusion`` fuses it with them as one more estimator (:func:`saliency.fusion.fuse_with`),
+    ``blend`` averages it with the fused map, ``(1 - fused_weight) * network + fused_weight *
+    fused`` (``combine="blend", fused_weight=0`` gives the network alone, still aligned; the
+    ``combine`` and ``fused_weight`` arguments override the run's). ``predictor.network(image)``
+    is the network's raw map. Checkpoints of versions 1 and 2 (written before some of these
+    keys existed) load and predict as before.
 
     Example::
 
@@ -658,7 +714,13 @@ class RefinerPredictor:
         soft = predict(image)                      # H x W float32 in [0, 1]
     """
 
-    def __init__(self, checkpoint: str | Path, device: str | None = None, fused_weight: float | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str | None = None,
+        fused_weight: float | None = None,
+        combine: str | None = None,
+    ) -> None:
         path = Path(checkpoint).expanduser()
         ckpt = read_checkpoint(path)
         if ckpt.get("format") != FORMAT:
@@ -674,8 +736,8 @@ class RefinerPredictor:
             )
         try:
             cfg = load_config(RefineConfig)
-            if version == 1:
-                cfg = OmegaConf.merge(cfg, _LEGACY_V1)
+            if version in _LEGACY:
+                cfg = OmegaConf.merge(cfg, _LEGACY[version])
             cfg = OmegaConf.merge(cfg, ckpt["config"])
             _validate(cfg)
         except Exception as err:
@@ -694,6 +756,10 @@ class RefinerPredictor:
         self.fused_weight = float(cfg.fused_weight if fused_weight is None else fused_weight)
         if not 0.0 <= self.fused_weight <= 1.0:
             raise ValueError(f"fused_weight must lie in [0, 1], got {self.fused_weight}")
+        self.align_mean = bool(cfg.align_mean)
+        self.combine = str(cfg.combine if combine is None else combine)
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {self.combine!r}")
         self.fusion = FusionConfig(**config_to_dict(cfg.fusion))
 
     @torch.no_grad()
@@ -708,9 +774,15 @@ class RefinerPredictor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         out = self.network(image)
-        if self.fused_weight > 0:
-            fused = fuse(image, self.fusion).saliency
-            out = (1.0 - self.fused_weight) * out + self.fused_weight * fused
+        if self.combine == "fusion" or self.fused_weight > 0 or self.align_mean:
+            result = fuse(image, self.fusion)
+            if self.align_mean:
+                goal = torch.tensor([float(result.saliency.mean())])
+                out = align_mean(torch.from_numpy(out)[None], goal)[0].numpy()
+            if self.combine == "fusion":
+                out = fuse_with(result, {"network": out}, self.fusion)
+            else:
+                out = (1.0 - self.fused_weight) * out + self.fused_weight * result.saliency
         return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from saliency.evaluate import evaluate_folders, main, match_files
+from saliency.evaluate import evaluate_folders, load_ground_truth, main, match_files
 
 
 def _gt(h=20, w=30):
@@ -64,6 +64,10 @@ def test_nested_ids_missing_and_resize(tmp_path):
     assert skipped["n_images"] == 2
     with pytest.raises(ValueError, match="no prediction"):
         evaluate_folders(pred_dir, gt_dir, missing="error")
+    truths = load_ground_truth(gt_dir)  # the same ground truth, for scripts
+    assert sorted(truths) == ["bear/00000", "cows/00000", "cows/00010"]
+    mask, valid = truths["cows/00010"]()
+    assert mask.dtype == bool and valid is None and (mask == g.astype(bool)).all()
 
 
 def test_no_match_is_an_error(tmp_path):

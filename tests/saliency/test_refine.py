@@ -11,7 +11,7 @@ from maskcontrast.config import ConfigError, config_to_dict, load_config
 from maskcontrast.data import build_dataset
 from maskcontrast.models.checkpoint import CheckpointError
 from maskcontrast.utils import atomic_save
-from saliency.fusion import FusionConfig, fuse
+from saliency.fusion import FusionConfig, fuse, fuse_with
 from saliency.generate import generate
 from saliency.refine import (
     FORMAT,
@@ -19,6 +19,7 @@ from saliency.refine import (
     RefinerNet,
     RefinerNetConfig,
     RefinerPredictor,
+    align_mean,
     confident_bce,
     main,
     target_diagnostics,
@@ -126,7 +127,7 @@ def test_predictor_refuses_other_checkpoints(tmp_path):
 def _v1_config() -> dict:
     """A refiner config as version 1 wrote it (no stem_skip, fused_weight, unconfident_weight, precision)."""
     cfg = config_to_dict(load_config(RefineConfig, TINY))
-    for key in ("fused_weight", "unconfident_weight", "precision"):
+    for key in ("fused_weight", "unconfident_weight", "precision", "align_mean", "combine"):
         del cfg[key]
     del cfg["model"]["stem_skip"]
     return cfg
@@ -151,10 +152,10 @@ def test_version_1_checkpoint_predicts_as_before(tmp_path, scene_factory):
 
 
 def test_predictor_ensembles_with_the_fused_map(tmp_path, scene_factory):
-    cfg = load_config(RefineConfig, TINY, ["precision=fp32", "fused_weight=0.5"])
+    cfg = load_config(RefineConfig, TINY, ["precision=fp32", "fused_weight=0.5", "align_mean=false", "combine=blend"])
     net = RefinerNet(RefinerNetConfig(decoder_channels=16)).eval()
     path = tmp_path / "r.pt"
-    atomic_save({"format": FORMAT, "format_version": 2, "config": config_to_dict(cfg), "model": net.state_dict()}, path)
+    atomic_save({"format": FORMAT, "format_version": 3, "config": config_to_dict(cfg), "model": net.state_dict()}, path)
     predict = RefinerPredictor(path, device="cpu")
     image, _ = scene_factory(72, 96, seed=3)
     alone = predict.network(image)
@@ -165,6 +166,60 @@ def test_predictor_ensembles_with_the_fused_map(tmp_path, scene_factory):
     np.testing.assert_allclose(RefinerPredictor(path, device="cpu", fused_weight=0.0)(image), alone, atol=1e-6)
     with pytest.raises(ValueError, match="fused_weight"):
         RefinerPredictor(path, fused_weight=2.0)
+
+
+def test_align_mean_matches_a_root_found_by_scipy():
+    from scipy.optimize import brentq
+    from scipy.special import expit, logit
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.rand(3, 9, 7, generator=gen) ** 3
+    p[2] = 0.5  # a constant map: the shift alone sets its value
+    goal = torch.tensor([0.3, 0.05, 0.8])
+    got = align_mean(p, goal)
+    assert got.shape == p.shape and got.dtype == torch.float32
+    for n in range(3):
+        z = logit(np.clip(p[n].double().numpy(), 1e-6, 1 - 1e-6))
+        b = brentq(lambda b, z=z, n=n: expit(z + b).mean() - goal[n].item(), -30, 30, xtol=1e-12)
+        np.testing.assert_allclose(got[n].numpy(), expit(z + b), atol=1e-5)
+        # the order of the pixels is kept: only the amount of foreground moves
+        order = np.argsort(p[n].flatten().numpy(), kind="stable")
+        assert (np.diff(got[n].flatten().numpy()[order]) >= -1e-7).all()
+    torch.testing.assert_close(got.mean(dim=(1, 2)), goal, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="N means"):
+        align_mean(p, goal[:2])
+
+
+def test_predictor_aligns_the_network_and_fuses_it(tmp_path, scene_factory):
+    cfg = load_config(RefineConfig, TINY, ["precision=fp32", "fused_weight=0.5", "combine=blend"])
+    assert cfg.align_mean  # the default
+    net = RefinerNet(RefinerNetConfig(decoder_channels=16)).eval()
+    path = tmp_path / "r.pt"
+    atomic_save({"format": FORMAT, "format_version": 3, "config": config_to_dict(cfg), "model": net.state_dict()}, path)
+    predict = RefinerPredictor(path, device="cpu")
+    image, _ = scene_factory(72, 96, seed=5)
+    fusion = FusionConfig(**config_to_dict(cfg.fusion))
+    result = fuse(image, fusion)
+    fused = result.saliency
+    aligned = align_mean(torch.from_numpy(predict.network(image))[None], torch.tensor([float(fused.mean())]))[0]
+    np.testing.assert_allclose(predict(image), 0.5 * aligned.numpy() + 0.5 * fused, atol=1e-5)
+    alone = RefinerPredictor(path, device="cpu", fused_weight=0.0)(image)
+    assert alone.mean() == pytest.approx(float(fused.mean()), abs=1e-4)
+    # combine=fusion (the default): the aligned map joins the classical fusion as an estimator
+    joined = RefinerPredictor(path, device="cpu", combine="fusion")(image)
+    np.testing.assert_allclose(joined, fuse_with(result, {"network": aligned.numpy()}, fusion), atol=1e-5)
+    assert load_config(RefineConfig).combine == "fusion"
+    with pytest.raises(ValueError, match="combine"):
+        RefinerPredictor(path, combine="mean")
+    with pytest.raises(ConfigError, match="combine"):
+        train_refiner([], "/nonexistent-out", load_config(RefineConfig, TINY, ["combine=mean"]))
+    # a version-2 checkpoint (written before align_mean existed) predicts as version-2 code did
+    v2 = config_to_dict(cfg)
+    del v2["align_mean"], v2["combine"]
+    atomic_save({"format": FORMAT, "format_version": 2, "config": v2, "model": net.state_dict()}, path)
+    old = RefinerPredictor(path, device="cpu")
+    assert not old.align_mean
+    np.testing.assert_allclose(old(image), 0.5 * old.network(image) + 0.5 * fused, atol=1e-5)
 
 
 @pytest.mark.data
@@ -182,6 +237,10 @@ def test_short_refine_run_on_real_images_lowers_its_loss(shared_root, tmp_path):
     assert all(0.0 < h["fused_foreground_share"] < 1.0 for h in ends)
     for name in ("refiner.pt", "last.pt", "pseudo_labels.pt", "config.yaml", "history.json"):
         assert (out / name).is_file()
+    # align_mean (the default): every image's moving average keeps its fused map's mean
+    fused = torch.load(out / "pseudo_labels.pt", weights_only=True)["targets"].float().mean(dim=(1, 2))
+    average = torch.load(out / "last.pt", weights_only=True)["average"].float().mean(dim=(1, 2))
+    torch.testing.assert_close(average, fused, atol=1.0, rtol=0)  # uint8 storage: within 1/255
 
     # a finished run is not overwritten; --resume finds nothing left to do
     with pytest.raises(FileExistsError, match="--resume"):
