@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CLASS_WEIGHTINGS",
+    "full_precision",
     "upsampled_pixels",
     "mask_prototypes",
     "query_pixels",
@@ -53,6 +55,16 @@ __all__ = [
     "info_nce_loss",
     "topk_accuracy",
 ]
+
+
+#: the class weightings of the MaskContrast pixel loss (:func:`maskcontrast_pixel_loss`)
+CLASS_WEIGHTINGS = ("enet", "none")
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 (e.g. from autocast) -> fp32; fp32 and fp64 stay as they are. The loss math
+    runs in at least fp32."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _source_index(out_size: int, in_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -277,8 +289,7 @@ def pixel_contrastive_loss(
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if labels.numel() == 0:
         return query.sum() * 0.0
-    if query.dtype in (torch.float16, torch.bfloat16):
-        query = query.float()
+    query = full_precision(query)
     keys = prototypes if queue is None or len(queue) == 0 else torch.cat([prototypes, queue.to(prototypes.dtype)])
     keys = keys.to(query.dtype) / temperature
     if class_weights is not None and len(class_weights) != len(keys):
@@ -316,8 +327,8 @@ def maskcontrast_pixel_loss(
         ``(loss, q, labels)``: the scalar loss, the ``N x D`` normalised query pixels and their
         ``N`` labels (for accuracy metrics).
     """
-    if class_weighting not in ("enet", "none"):
-        raise ValueError(f"class_weighting must be 'enet' or 'none', got {class_weighting!r}")
+    if class_weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got {class_weighting!r}")
     q_raw, labels = query_pixels(query_embedding, query_mask, owner, image_offset=image_offset)
     q = F.normalize(q_raw, dim=1)
     n_keys = len(prototypes) + (0 if queue is None else len(queue))
@@ -376,8 +387,7 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
     """
     if labels.numel() == 0:
         return logits.sum() * 0.0
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
+    logits = full_precision(logits)
     row_weights = torch.ones_like(labels, dtype=logits.dtype) if weights is None else weights.to(logits.dtype)[labels]
     return _WeightedCrossEntropy.apply(logits, labels, row_weights)
 

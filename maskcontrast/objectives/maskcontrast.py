@@ -13,7 +13,9 @@ from torch import nn
 from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig
 from maskcontrast.data.views import Views
 from maskcontrast.losses import (
+    CLASS_WEIGHTINGS,
     balanced_bce,
+    full_precision,
     mask_prototypes,
     maskcontrast_pixel_loss,
     pixel_prototype_logits,
@@ -31,11 +33,6 @@ from maskcontrast.momentum import (
 from maskcontrast.objectives.base import Objective
 
 __all__ = ["MaskContrastObjective"]
-
-
-def _full_precision(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 (from autocast) -> fp32; fp32 and fp64 stay as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 #: pixels whose top-1/top-5 accuracy is logged each step (an evenly spaced subset; the metric only)
@@ -74,8 +71,10 @@ class MaskContrastObjective(Objective):
 
     def __init__(self, model_cfg: ModelConfig | Any, cfg: MaskContrastObjectiveConfig | Any) -> None:
         super().__init__()
-        if cfg.class_weighting not in ("enet", "none"):
-            raise ValueError(f"objective.class_weighting must be 'enet' or 'none', got {cfg.class_weighting!r}")
+        if cfg.class_weighting not in CLASS_WEIGHTINGS:  # early, at config time
+            raise ValueError(
+                f"objective.class_weighting must be one of {CLASS_WEIGHTINGS}, got {cfg.class_weighting!r}"
+            )
         if cfg.temperature <= 0:
             raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
         self.model_config: dict = (
@@ -119,7 +118,7 @@ class MaskContrastObjective(Objective):
             k_in, order = batch_shuffle(views.key)
             k_small = batch_unshuffle(self.key(k_in, upsample=False).embedding, order)
             with torch.autocast(views.query.device.type, enabled=False):
-                protos, owner = mask_prototypes(_full_precision(k_small), views.key_mask)
+                protos, owner = mask_prototypes(full_precision(k_small), views.key_mask)
             owner = owner.clone()
             owner[:, 0] += rank() * b
             all_protos = concat_all_gather(protos)
@@ -128,14 +127,14 @@ class MaskContrastObjective(Objective):
 
         with torch.autocast(views.query.device.type, enabled=False):  # the loss math stays fp32 under AMP
             loss_con, q, labels = maskcontrast_pixel_loss(
-                _full_precision(out_q.embedding), views.query_mask, all_protos, all_owner, queue,
+                full_precision(out_q.embedding), views.query_mask, all_protos, all_owner, queue,
                 self.temperature, self.class_weighting, image_offset=rank() * b,
             )  # fmt: skip
             loss = self.contrastive_weight * loss_con
             metrics = {"loss_contrastive": loss_con.detach()}
             if out_q.saliency is not None:
                 q_sal = F.interpolate(
-                    _full_precision(out_q.saliency), size=tuple(size), mode="bilinear", align_corners=False
+                    full_precision(out_q.saliency), size=tuple(size), mode="bilinear", align_corners=False
                 )
                 loss_sal = balanced_bce(q_sal, views.query_mask > 0)
                 loss = loss + self.saliency_weight * loss_sal  # also at weight 0: DDP wants every parameter used
