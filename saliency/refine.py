@@ -742,6 +742,10 @@ class RefinerPredictor:
             _validate(cfg)
         except Exception as err:
             raise CheckpointError(f"{path}: invalid refiner config ({err})") from err
+        overrides = {k: v for k, v in (("fused_weight", fused_weight), ("combine", combine)) if v is not None}
+        if overrides:  # the caller's settings, checked like the run's (ConfigError, a ValueError)
+            cfg = OmegaConf.merge(cfg, overrides)
+            _validate(cfg)
         model_cfg = OmegaConf.to_object(cfg.model)
         model_cfg.init = "random"
         self.net = RefinerNet(model_cfg)
@@ -753,13 +757,9 @@ class RefinerPredictor:
         self.net.to(self.device, memory_format=torch.channels_last).eval()
         self.dtype = autocast_dtype(str(cfg.precision), self.device, choices=PRECISIONS)
         self.input_size = int(cfg.input_size)
-        self.fused_weight = float(cfg.fused_weight if fused_weight is None else fused_weight)
-        if not 0.0 <= self.fused_weight <= 1.0:
-            raise ValueError(f"fused_weight must lie in [0, 1], got {self.fused_weight}")
+        self.fused_weight = float(cfg.fused_weight)
         self.align_mean = bool(cfg.align_mean)
-        self.combine = str(cfg.combine if combine is None else combine)
-        if self.combine not in COMBINES:
-            raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {self.combine!r}")
+        self.combine = str(cfg.combine)
         self.fusion = FusionConfig(**config_to_dict(cfg.fusion))
 
     @torch.no_grad()
