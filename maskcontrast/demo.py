@@ -300,9 +300,8 @@ def write_report(demo: Demo) -> dict[str, Any]:
 
 def find_data(arg: str | None) -> Path | None:
     if arg:
-        path = (
-            Path(arg).expanduser().resolve()
-        )  # absolute, like data_root(): stage commands must not depend on the spelling
+        # absolute, like data_root(): the stage commands must not depend on how the path was spelled
+        path = Path(arg).expanduser().resolve()
         return path if path.is_dir() else None
     root = data_root()
     if root is not None and (root / "msrc_v2").is_dir():
