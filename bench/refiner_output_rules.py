@@ -8,6 +8,8 @@ How refiner version 3's output rule (``combine: fusion``) was chosen (docs/SALIE
   with ``align_mean``); ``C`` the aligned network joins the fusion as a fifth estimator
   (``combine: fusion``); ``D`` the aligned network averaged within the fusion's SLIC superpixels,
   then blended; ``E`` the Otsu-centred sigmoid (the fusion's calibration) of ``B``;
+* ``B`` and ``C`` are :meth:`saliency.refine.RefinerPredictor.output` with ``combine`` set, so
+  they follow the run's ``fused_weight`` and ``align_mean`` (0.5 and on in version 3);
 * selection half: the even positions of each set's sorted ground-truth ids; report half: the odd;
 * choice: on the selection half, the rule that beats the fusion on both max F-beta and MAE on
   the most sets; ties go to the larger mean over sets of (max F gain + MAE reduction).
@@ -44,7 +46,7 @@ from PIL import Image  # noqa: E402
 from maskcontrast.data import build_dataset  # noqa: E402
 from saliency.common import build_superpixel_graph, normalize_map, otsu_threshold, resize_map, to_lab, working_image  # noqa: E402
 from saliency.evaluate import load_ground_truth, match_files  # noqa: E402
-from saliency.fusion import fuse, fuse_with  # noqa: E402
+from saliency.fusion import fuse  # noqa: E402
 from saliency.metrics import SaliencyMetrics  # noqa: E402
 from saliency.refine import RefinerPredictor, align_mean  # noqa: E402
 
@@ -65,7 +67,7 @@ def candidate_maps(image: np.ndarray, predict: RefinerPredictor) -> dict[str, np
     fused = result.saliency
     net = predict.network(image)
     aligned = align_mean(torch.from_numpy(net)[None], torch.tensor([float(fused.mean())]))[0].numpy()
-    blend = 0.5 * aligned + 0.5 * fused
+    blend = predict.output(net, result, combine="blend")  # with the run's fused_weight (0.5) and align_mean
     small = working_image(image, cfg.max_side)
     lab, a_small = to_lab(small), resize_map(aligned, small.shape[:2])
     snapped = np.zeros_like(a_small)
@@ -78,7 +80,7 @@ def candidate_maps(image: np.ndarray, predict: RefinerPredictor) -> dict[str, np
         "fused": fused,
         "B0": 0.5 * net + 0.5 * fused,
         "B": blend,
-        "C": fuse_with(result, {"network": aligned}, cfg),
+        "C": predict.output(net, result, combine="fusion"),
         "D": 0.5 * resize_map(snapped / len(cfg.scales), fused.shape) + 0.5 * fused,
         "E": normalize_map(1.0 / (1.0 + np.exp(-cfg.enhance_b * (b - otsu_threshold(b))))),
     }

@@ -85,7 +85,7 @@ from maskcontrast.utils import (
     setup_logging,
 )
 from saliency.common import check_image, resize_map
-from saliency.fusion import FusionConfig, fuse, fuse_with
+from saliency.fusion import FusionConfig, FusionResult, fuse, fuse_with
 from saliency.generate import single_thread_env
 
 __all__ = [
@@ -775,14 +775,24 @@ class RefinerPredictor:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         out = self.network(image)
         if self.combine == "fusion" or self.fused_weight > 0 or self.align_mean:
-            result = fuse(image, self.fusion)
-            if self.align_mean:
-                goal = torch.tensor([float(result.saliency.mean())])
-                out = align_mean(torch.from_numpy(out)[None], goal)[0].numpy()
-            if self.combine == "fusion":
-                out = fuse_with(result, {"network": out}, self.fusion)
-            else:
-                out = (1.0 - self.fused_weight) * out + self.fused_weight * result.saliency
+            return self.output(out, fuse(image, self.fusion))
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+    def output(self, network_map: np.ndarray, result: FusionResult, combine: str | None = None) -> np.ndarray:
+        """The refined map from the network's map (:meth:`network`) and the image's fusion
+        (:func:`saliency.fusion.fuse` with ``self.fusion``): aligned with ``align_mean``, then
+        combined by ``combine`` (default: this predictor's). ``H x W`` float32 in ``[0, 1]``."""
+        combine = self.combine if combine is None else combine
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
+        out = network_map
+        if self.align_mean:
+            goal = torch.tensor([float(result.saliency.mean())])
+            out = align_mean(torch.from_numpy(out)[None], goal)[0].numpy()
+        if combine == "fusion":
+            out = fuse_with(result, {"network": out}, self.fusion)
+        else:
+            out = (1.0 - self.fused_weight) * out + self.fused_weight * result.saliency
         return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

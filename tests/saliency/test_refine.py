@@ -208,6 +208,10 @@ def test_predictor_aligns_the_network_and_fuses_it(tmp_path, scene_factory):
     # combine=fusion (the default): the aligned map joins the classical fusion as an estimator
     joined = RefinerPredictor(path, device="cpu", combine="fusion")(image)
     np.testing.assert_allclose(joined, fuse_with(result, {"network": aligned.numpy()}, fusion), atol=1e-5)
+    # output(): the same rules from a network map and a fusion already computed
+    np.testing.assert_allclose(predict.output(predict.network(image), result, combine="fusion"), joined, atol=1e-6)
+    with pytest.raises(ValueError, match="combine"):
+        predict.output(predict.network(image), result, combine="mean")
     assert load_config(RefineConfig).combine == "fusion"
     with pytest.raises(ValueError, match="combine"):
         RefinerPredictor(path, combine="mean")
