@@ -14,6 +14,9 @@ How refiner version 3's output rule (``combine: fusion``) was chosen (docs/SALIE
 * choice: on the selection half, the rule that beats the fusion on both max F-beta and MAE on
   the most sets; ties go to the larger mean over sets of (max F gain + MAE reduction).
 
+``--tta-scales 0.75,1,1.25`` overrides the run's multi-scale inference (``tta_scales``); that is how
+the multi-scale test in docs/SALIENCY.md was run (rule C against version 3's rule C).
+
 Sets are given as ``NAME=READER:ROOT:GT`` (GT a mask folder, or ``dataset`` to read the labels
 through the reader, as for the Pet trimaps). Two worker processes, one thread each.
 
@@ -54,10 +57,10 @@ RULES = ("fused", "B0", "B", "C", "D", "E")
 _STATE: dict = {}
 
 
-def _init(reader: str, root: str, checkpoint: str) -> None:
+def _init(reader: str, root: str, checkpoint: str, tta_scales: list[float] | None) -> None:
     torch.set_num_threads(1)
     _STATE["ds"] = build_dataset(reader, root)
-    _STATE["predict"] = RefinerPredictor(checkpoint, device="cpu")
+    _STATE["predict"] = RefinerPredictor(checkpoint, device="cpu", tta_scales=tta_scales)
 
 
 def candidate_maps(image: np.ndarray, predict: RefinerPredictor) -> dict[str, np.ndarray]:
@@ -92,7 +95,9 @@ def _work(sid: str) -> tuple[str, dict[str, np.ndarray]]:
     return sid, {k: np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for k, v in maps.items()}
 
 
-def score_set(reader: str, root: str, gt: str, checkpoint: str) -> dict[str, dict[str, float]]:
+def score_set(
+    reader: str, root: str, gt: str, checkpoint: str, tta_scales: list[float] | None = None
+) -> dict[str, dict[str, float]]:
     """``{"RULE|HALF": metrics}`` for HALF in ``all``, ``0`` (selection) and ``1`` (report)."""
     from multiprocessing import get_context
 
@@ -103,7 +108,7 @@ def score_set(reader: str, root: str, gt: str, checkpoint: str) -> dict[str, dic
     half = {g: i % 2 for i, g in enumerate(order)}
     by_sample = {sid: g for g, sid in matched.items()}
     meters = {(k, h): SaliencyMetrics() for k in RULES for h in ("all", 0, 1)}
-    with get_context("fork").Pool(2, initializer=_init, initargs=(reader, root, checkpoint)) as pool:
+    with get_context("fork").Pool(2, initializer=_init, initargs=(reader, root, checkpoint, tta_scales)) as pool:
         for sid, maps in pool.imap_unordered(_work, [matched[g] for g in order], chunksize=4):
             g = by_sample[sid]
             mask, valid = truths[g]()
@@ -134,12 +139,14 @@ def main() -> int:
     p.add_argument("--checkpoint", required=True, help="refiner.pt of a finished saliency.refine run")
     p.add_argument("--set", action="append", required=True, metavar="NAME=READER:ROOT:GT")
     p.add_argument("--json", help="write every rule's metrics per set and half to this file")
+    p.add_argument("--tta-scales", help="override the run's tta_scales, e.g. 0.75,1,1.25 (default: the run's)")
     args = p.parse_args()
+    scales = [float(x) for x in args.tta_scales.split(",")] if args.tta_scales else None
     results = {}
     for spec in args.set:
         name, _, rest = spec.partition("=")
         reader, root, gt = rest.split(":", 2)
-        results[name] = score_set(reader, root, gt, args.checkpoint)
+        results[name] = score_set(reader, root, gt, args.checkpoint, scales)
         for h in ("0", "1", "all"):
             for k in RULES:
                 r = results[name][f"{k}|{h}"]

@@ -155,6 +155,7 @@ class RefineConfig:
     fused_weight: float = 0.5  # combine=blend: (1 - w) * network + w * fused map (0: the network alone)
     align_mean: bool = True  # shift each prediction's logits so its mean equals its fused map's (stops drift)
     combine: str = "fusion"  # fusion: the network joins the classical fusion as one more estimator | blend
+    tta_scales: list[float] = field(default_factory=lambda: [1.0])  # inference: mean of the maps at these x input_size
     precision: str = "auto"  # auto (bf16 where native) | bf16 | fp32
     scale_min: float = 0.6  # random-resized-crop area range lower bound
     color_jitter: float = 0.2
@@ -684,6 +685,10 @@ def _validate(cfg: Any) -> None:
         (0.0 <= cfg.fused_weight <= 1.0, f"fused_weight must lie in [0, 1], got {cfg.fused_weight}"),
         (cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
         (cfg.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}, got {cfg.combine!r}"),
+        (
+            len(cfg.tta_scales) > 0 and all(0.1 <= x <= 4.0 for x in cfg.tta_scales),
+            f"tta_scales must be a non-empty list of factors in [0.1, 4], got {list(cfg.tta_scales)}",
+        ),
     ]
     for ok, msg in checks:
         if not ok:
@@ -705,8 +710,9 @@ class RefinerPredictor:
     ``blend`` averages it with the fused map, ``(1 - fused_weight) * network + fused_weight *
     fused`` (``combine="blend", fused_weight=0`` gives the network alone, still aligned; the
     ``combine`` and ``fused_weight`` arguments override the run's). ``predictor.network(image)``
-    is the network's raw map. Checkpoints of versions 1 and 2 (written before some of these
-    keys existed) load and predict as before.
+    is the network's raw map: flip-averaged, and averaged over the run's ``tta_scales`` (factors of
+    ``input_size``; the ``tta_scales`` argument overrides them). Checkpoints of versions 1 and 2
+    (written before some of these keys existed) load and predict as before.
 
     Example::
 
@@ -720,6 +726,7 @@ class RefinerPredictor:
         device: str | None = None,
         fused_weight: float | None = None,
         combine: str | None = None,
+        tta_scales: Sequence[float] | None = None,
     ) -> None:
         path = Path(checkpoint).expanduser()
         ckpt = read_checkpoint(path)
@@ -742,7 +749,8 @@ class RefinerPredictor:
             _validate(cfg)
         except Exception as err:
             raise CheckpointError(f"{path}: invalid refiner config ({err})") from err
-        overrides = {k: v for k, v in (("fused_weight", fused_weight), ("combine", combine)) if v is not None}
+        given = (("fused_weight", fused_weight), ("combine", combine), ("tta_scales", tta_scales))
+        overrides = {k: list(v) if k == "tta_scales" else v for k, v in given if v is not None}
         if overrides:  # the caller's settings, checked like the run's (ConfigError, a ValueError)
             cfg = OmegaConf.merge(cfg, overrides)
             _validate(cfg)
@@ -757,6 +765,7 @@ class RefinerPredictor:
         self.net.to(self.device, memory_format=torch.channels_last).eval()
         self.dtype = autocast_dtype(str(cfg.precision), self.device, choices=PRECISIONS)
         self.input_size = int(cfg.input_size)
+        self.tta_scales = [float(x) for x in cfg.tta_scales]
         self.fused_weight = float(cfg.fused_weight)
         self.align_mean = bool(cfg.align_mean)
         self.combine = str(cfg.combine)
@@ -764,13 +773,17 @@ class RefinerPredictor:
 
     @torch.no_grad()
     def network(self, image: np.ndarray) -> np.ndarray:
-        """The network's flip-averaged map of an ``H x W x 3`` uint8 image: ``H x W`` float32 in ``[0, 1]``."""
+        """The network's map of an ``H x W x 3`` uint8 image, flip-averaged and averaged over
+        ``tta_scales``: ``H x W`` float32 in ``[0, 1]``."""
         image = check_image(image)
         h, w = image.shape[:2]
-        s = self.input_size
-        small = np.array(Image.fromarray(image).resize((s, s), Image.BILINEAR, reducing_gap=2.0))
-        p = _flip_average(self.net, _normalize(torch.from_numpy(small)[None].to(self.device)), self.dtype)
-        return np.clip(resize_map(p[0, 0].cpu().numpy(), (h, w)), 0.0, 1.0)
+        out = np.zeros((h, w), np.float32)
+        for scale in self.tta_scales:
+            s = max(32, round(self.input_size * scale))
+            small = np.array(Image.fromarray(image).resize((s, s), Image.BILINEAR, reducing_gap=2.0))
+            p = _flip_average(self.net, _normalize(torch.from_numpy(small)[None].to(self.device)), self.dtype)
+            out += resize_map(p[0, 0].cpu().numpy(), (h, w))
+        return np.clip(out / len(self.tta_scales), 0.0, 1.0)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         out = self.network(image)

@@ -127,7 +127,7 @@ def test_predictor_refuses_other_checkpoints(tmp_path):
 def _v1_config() -> dict:
     """A refiner config as version 1 wrote it (no stem_skip, fused_weight, unconfident_weight, precision)."""
     cfg = config_to_dict(load_config(RefineConfig, TINY))
-    for key in ("fused_weight", "unconfident_weight", "precision", "align_mean", "combine"):
+    for key in ("fused_weight", "unconfident_weight", "precision", "align_mean", "combine", "tta_scales"):
         del cfg[key]
     del cfg["model"]["stem_skip"]
     return cfg
@@ -219,11 +219,34 @@ def test_predictor_aligns_the_network_and_fuses_it(tmp_path, scene_factory):
         train_refiner([], "/nonexistent-out", load_config(RefineConfig, TINY, ["combine=mean"]))
     # a version-2 checkpoint (written before align_mean existed) predicts as version-2 code did
     v2 = config_to_dict(cfg)
-    del v2["align_mean"], v2["combine"]
+    del v2["align_mean"], v2["combine"], v2["tta_scales"]
     atomic_save({"format": FORMAT, "format_version": 2, "config": v2, "model": net.state_dict()}, path)
     old = RefinerPredictor(path, device="cpu")
     assert not old.align_mean
     np.testing.assert_allclose(old(image), 0.5 * old.network(image) + 0.5 * fused, atol=1e-5)
+
+
+def test_predictor_averages_the_maps_of_its_tta_scales(tmp_path, scene_factory):
+    net = RefinerNet(RefinerNetConfig(decoder_channels=16)).eval()
+
+    def predictor(input_size: int, **kw) -> RefinerPredictor:
+        over = ["precision=fp32", f"input_size={input_size}"]
+        cfg = config_to_dict(load_config(RefineConfig, TINY, over))
+        path = tmp_path / f"r{input_size}.pt"
+        atomic_save({"format": FORMAT, "format_version": 3, "config": cfg, "model": net.state_dict()}, path)
+        return RefinerPredictor(path, device="cpu", **kw)
+
+    image, _ = scene_factory(60, 90, seed=7)
+    assert predictor(64).tta_scales == [1.0]  # the default: one scale, version 3's maps
+    # the same weights at 0.5 x 64 and 1 x 64 px: the map at scales [0.5, 1] is their mean
+    want = (predictor(32).network(image) + predictor(64).network(image)) / 2
+    got = predictor(64, tta_scales=(0.5, 1.0)).network(image)
+    assert got.shape == (60, 90) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    with pytest.raises(ValueError, match="tta_scales"):
+        predictor(64, tta_scales=[])
+    with pytest.raises(ValueError, match="tta_scales"):
+        predictor(64, tta_scales=[0.0])
 
 
 @pytest.mark.data
