@@ -281,11 +281,11 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
     from pydensecrf.utils import unary_from_softmax
 
     c, h, w = probs.shape
-    crf = dcrf.DenseCRF2D(w, h, c)
+    crf = dcrf.DenseCRF2D(w, h, c)  # its buffers must be writeable: the image is copied (datasets give read-only ones)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
     crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
     crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=cfg.bilateral_compat)  # fmt: skip
+                             rgbim=np.array(image, dtype=np.uint8, order="C"), compat=cfg.bilateral_compat)  # fmt: skip
     q = np.asarray(crf.inference(cfg.iterations)).reshape(c, h, w)
     return q.argmax(0)
 
