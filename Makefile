@@ -23,6 +23,9 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23.2"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	@# the independent saliency-metric implementation that tests/saliency/test_metrics.py checks
+	@# ours against; --no-deps: its pins (scikit-image<0.26, opencv<5) would downgrade ours
+	$(PY) -m pip install --quiet --no-deps "pysodmetrics==1.6.2"
 	@touch $(STAMP)
 
 install: $(STAMP)

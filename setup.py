@@ -36,7 +36,8 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4"],
+        # opencv-python-headless: needed by pysodmetrics, which the Makefile installs with --no-deps
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4", "opencv-python-headless>=4.7"],
         # faiss-gpu replaces faiss-cpu on CUDA machines (see README, "GPU"); it is not
         # listed as a requirement because its wheels exist only for some CUDA versions.
         "gpu": [],
