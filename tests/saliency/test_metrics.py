@@ -86,6 +86,7 @@ def test_bad_inputs():
         SaliencyMetrics().compute()
 
 
+@pytest.mark.filterwarnings("ignore:This class will be removed:UserWarning")  # its Fmeasure, deprecated for V2
 def test_agrees_with_pysodmetrics_when_installed():
     sod = pytest.importorskip("py_sod_metrics")
     rng = np.random.default_rng(0)
