@@ -100,3 +100,25 @@ def test_wrong_layouts_are_clear_errors(tmp_path):
     torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, tmp_path / "tv.pt")
     with pytest.raises(CheckpointError, match="not a maskcontrast checkpoint"):
         model_from_checkpoint(tmp_path / "tv.pt")
+
+
+def test_init_torchvision_reads_torchs_download_cache_and_explains_a_failed_download(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    from maskcontrast.models import init_backbone
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    net = torchvision.models.resnet18()
+    torch.save(net.state_dict(), tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1])
+    bb = ResNetBackbone("resnet18", 8)
+    assert init_backbone(bb, "torchvision") == "torchvision"  # from the cache, no download
+    assert torch.equal(bb.conv1.weight, net.conv1.weight)
+
+    def offline(*args, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CheckpointError, match="download them elsewhere"):
+        init_backbone(ResNetBackbone("resnet34", 8), "torchvision")
