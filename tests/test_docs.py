@@ -5,7 +5,8 @@ block is parsed by that module's own argument parser: an unknown or renamed flag
 required argument or a bad choice fails here. Where the module takes ``--config`` and
 ``key=value`` overrides, the config is also resolved against its schema, so a renamed config key
 or a missing YAML file fails too. Shell variables (``$D``, ``~``) are left unexpanded: nothing is
-read or run.
+read or run. ``python bench/<script>.py ...`` lines are parsed too: the script runs as ``__main__`` and is
+stopped right after its ``parse_args``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMAND = re.compile(
     r"(?:^|\s)(?:\S*python3?|torchrun(?:\s+--?[\w-]+(?:[= ]\S+)?)*)\s+-m\s+((?:maskcontrast|saliency|eval)[\w.]*)(.*)"
 )
+BENCH = re.compile(r"(?:^|\s)\S*python3?\s+(bench/\w+\.py)(.*)")
 SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "2>", "2>&1", "&"}
 
 
@@ -47,7 +49,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
             text, buf = buf, ""
             if text.startswith("#"):
                 continue
-            m = COMMAND.search(text)
+            m = COMMAND.search(text) or BENCH.search(text)
             if m is None:
                 continue
             argv = []
@@ -59,7 +61,9 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
     return found
 
 
-COMMANDS = documented_commands()
+ALL = documented_commands()
+COMMANDS = [c for c in ALL if not c[1].startswith("bench/")]
+BENCH_COMMANDS = [c for c in ALL if c[1].startswith("bench/")]
 
 
 def _schema(module: str):
@@ -125,3 +129,40 @@ def test_documented_command_parses(where, module, argv, monkeypatch):
     schema = _schema(module)
     if schema is not None and (getattr(args, "config", None) or getattr(args, "overrides", None)):
         load_config(schema, args.config, args.overrides)  # ConfigError names the unknown key or file
+
+
+class _Parsed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where,script,argv", BENCH_COMMANDS, ids=[f"{w}:{m}" for w, m, _ in BENCH_COMMANDS])
+def test_documented_bench_command_parses(where, script, argv, monkeypatch):
+    import argparse
+    import importlib.util
+    import os
+    import sys
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    saved_env, saved_path = dict(os.environ), list(sys.path)  # the scripts set thread variables and sys.path
+    try:
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        monkeypatch.setattr(sys, "argv", [script, *argv])
+        # run as the script would run (__name__ == "__main__"), up to its parse_args
+        spec = importlib.util.spec_from_file_location("__main__", ROOT / script)
+        with pytest.raises(_Parsed):
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    except SystemExit:
+        pytest.fail(f"{where}: python {script} {shlex.join(argv)} does not parse (see the usage above)")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+
+
+def test_the_docs_show_bench_commands():
+    assert {m for _, m, _ in BENCH_COMMANDS} >= {"bench/quality.py", "bench/saliency_speed.py",
+                                                  "bench/refiner_output_rules.py"}  # fmt: skip
