@@ -281,9 +281,10 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
     from pydensecrf.utils import unary_from_softmax
 
     c, h, w = probs.shape
-    crf = dcrf.DenseCRF2D(w, h, c)  # its buffers must be writeable: the image is copied (datasets give read-only ones)
+    crf = dcrf.DenseCRF2D(w, h, c)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
     crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
+    # pydensecrf needs a writeable buffer: the image is copied (datasets give read-only arrays)
     crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb,
                              rgbim=np.array(image, dtype=np.uint8, order="C"), compat=cfg.bilateral_compat)  # fmt: skip
     q = np.asarray(crf.inference(cfg.iterations)).reshape(c, h, w)
