@@ -669,6 +669,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         write_json(args.json, result)
     log.info("linear probe: mIoU %.2f %%, pixel accuracy %.2f %% (%d val images)", 100 * result["miou"],
              100 * result["pixel_acc"], len(val_ds))  # fmt: skip
+    if result.get("crf_scores"):
+        log.info("with dense CRF: mIoU %.2f %%, pixel accuracy %.2f %%", 100 * result["crf_scores"]["miou"],
+                 100 * result["crf_scores"]["pixel_acc"])  # fmt: skip
     print(f"wrote results to {out / 'results.json'}" + (f" and {args.json}" if args.json else ""))
     return result
 

@@ -123,6 +123,9 @@ def test_probe_fits_real_labelled_set_well_above_chance(shared_root, maskcontras
     chance = _trivial_background_miou(val_ids, root)
     assert result["miou"] > chance + 0.12, (result["miou"], chance)
     assert result["crf"] in ("applied",) or result["crf"].startswith("skipped: pydensecrf is not importable")
+    if result["crf"] == "applied":  # where pydensecrf2 is built: both scores are there
+        assert 0.0 < result["crf_scores"]["miou"] <= 1.0 and set(result["crf_scores"]["per_class"]) == {
+            "background", "horse"}  # fmt: skip
     saved = json.loads((out / "results.json").read_text())
     assert saved["miou"] == pytest.approx(result["miou"])
     assert len(list((out / "vis").glob("*.png"))) == 2
