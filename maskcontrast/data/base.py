@@ -73,8 +73,8 @@ def ensure_dataset_folder(root: str | Path, reader: str) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(
-            f"{reader}: dataset folder not found: {path}; pass --root DIR "
-            "(or set MASKCONTRAST_DATA for the shared copies)",
+            f"{reader}: dataset folder not found: {path}; give an existing folder (--root or --images on "
+            "the command line, data.sources[].root in a training config; MASKCONTRAST_DATA for the shared copies)",
             path=str(path),
         )
     return path
