@@ -6,15 +6,16 @@ so ``model.backbone.init=<run_dir>/last.pt`` starts a MaskContrast pretraining f
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from omegaconf import DictConfig
 
 from maskcontrast.config import MocoConfig
 from maskcontrast.objectives import MocoObjective
-from maskcontrast.train import cli_main
+from maskcontrast.train import cli_main, training_parser
 
-__all__ = ["main", "build_objective"]
+__all__ = ["main", "build_parser", "build_objective"]
 
 
 def build_objective(cfg: DictConfig) -> MocoObjective:
@@ -22,17 +23,23 @@ def build_objective(cfg: DictConfig) -> MocoObjective:
     return MocoObjective(cfg.model, cfg.objective)
 
 
+#: the command line: ``build_parser()`` and ``main()`` share it
+CLI = {
+    "prog": "python -m maskcontrast.moco",
+    "description": "MoCo v2 self-supervised pretraining of a ResNet (the initialisation of MaskContrast) on any "
+    "image collection; labels and masks are not used. last.pt is in the official MoCo checkpoint layout.",
+    "schema": MocoConfig,
+    "docs": "docs/MOCO.md",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m maskcontrast.moco``."""
+    return training_parser(**CLI)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(
-        argv,
-        prog="python -m maskcontrast.moco",
-        description="MoCo v2 self-supervised pretraining of a ResNet (the initialisation of MaskContrast) on any "
-        "image collection; labels and masks are not used. last.pt is in the official MoCo checkpoint layout.",
-        schema=MocoConfig,
-        build_objective=build_objective,
-        stage="moco",
-        docs="docs/MOCO.md",
-    )
+    return cli_main(argv, **CLI, build_objective=build_objective, stage="moco")
 
 
 if __name__ == "__main__":

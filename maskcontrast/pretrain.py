@@ -6,15 +6,16 @@ MaskContrast pretraining (see docs/PRETRAIN.md). Multi-process: ``torchrun --npr
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from omegaconf import DictConfig
 
 from maskcontrast.config import PretrainConfig
 from maskcontrast.objectives import MaskContrastObjective
-from maskcontrast.train import cli_main
+from maskcontrast.train import cli_main, training_parser
 
-__all__ = ["main", "build_objective"]
+__all__ = ["main", "build_parser", "build_objective"]
 
 
 def build_objective(cfg: DictConfig) -> MaskContrastObjective:
@@ -22,18 +23,24 @@ def build_objective(cfg: DictConfig) -> MaskContrastObjective:
     return MaskContrastObjective(cfg.model, cfg.objective)
 
 
+#: the command line: ``build_parser()`` and ``main()`` share it
+CLI = {
+    "prog": "python -m maskcontrast.pretrain",
+    "description": "MaskContrast pretraining: contrast pixel embeddings with object-mask prototypes of a "
+    "momentum key network (Van Gansbeke et al., ICCV 2021). Writes config.yaml, train.log, TensorBoard "
+    "events and last.pt into trainer.run_dir; trainer.resume=auto continues a stopped run.",
+    "schema": PretrainConfig,
+    "docs": "docs/PRETRAIN.md",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m maskcontrast.pretrain``."""
+    return training_parser(**CLI)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(
-        argv,
-        prog="python -m maskcontrast.pretrain",
-        description="MaskContrast pretraining: contrast pixel embeddings with object-mask prototypes of a "
-        "momentum key network (Van Gansbeke et al., ICCV 2021). Writes config.yaml, train.log, TensorBoard "
-        "events and last.pt into trainer.run_dir; trainer.resume=auto continues a stopped run.",
-        schema=PretrainConfig,
-        build_objective=build_objective,
-        stage="pretrain",
-        docs="docs/PRETRAIN.md",
-    )
+    return cli_main(argv, **CLI, build_objective=build_objective, stage="pretrain")
 
 
 if __name__ == "__main__":

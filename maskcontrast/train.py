@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -561,23 +562,11 @@ def schema_keys(schema: Any) -> list[str]:
     return flat
 
 
-def cli_main(
-    argv: list[str] | None,
-    *,
-    prog: str,
-    description: str,
-    schema: Any,
-    build_objective: Callable[[DictConfig], Objective],
-    stage: str,
-    docs: str,
-) -> int:
-    """The shared command line of ``maskcontrast.pretrain`` and ``maskcontrast.moco``."""
-    import argparse
-    import sys
-
-    from maskcontrast.config import add_config_arguments, load_config, resolve_config
-    from maskcontrast.models import CheckpointError
-    from maskcontrast.utils import setup_logging
+def training_parser(*, prog: str, description: str, schema: Any, docs: str) -> argparse.ArgumentParser:
+    """The argument parser of ``maskcontrast.pretrain`` and ``maskcontrast.moco``: ``--config``,
+    ``key=value`` overrides of ``schema`` (listed in the epilog), ``--overwrite``, ``--resume``,
+    ``--print-config``."""
+    from maskcontrast.config import add_config_arguments
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -591,6 +580,27 @@ def cli_main(
                         help="start afresh even if trainer.run_dir holds a run (its checkpoints are deleted)")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="same as trainer.resume=auto: continue from last.pt")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def cli_main(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    schema: Any,
+    build_objective: Callable[[DictConfig], Objective],
+    stage: str,
+    docs: str,
+) -> int:
+    """The shared command line of ``maskcontrast.pretrain`` and ``maskcontrast.moco``."""
+    import sys
+
+    from maskcontrast.config import load_config, resolve_config
+    from maskcontrast.models import CheckpointError
+    from maskcontrast.utils import setup_logging
+
+    parser = training_parser(prog=prog, description=description, schema=schema, docs=docs)
     args = parser.parse_intermixed_args(argv)  # options may come between key=value overrides
     setup_logging()
     overrides = list(args.overrides)

@@ -90,16 +90,6 @@ def _schema(module: str):
 
 
 def _parser(module: str):
-    if module in ("maskcontrast.pretrain", "maskcontrast.moco"):
-        import argparse
-
-        from maskcontrast.config import add_config_arguments
-
-        p = argparse.ArgumentParser(prog=module)  # the flags of maskcontrast.train.cli_main
-        add_config_arguments(p)
-        for flag in ("--overwrite", "--resume", "--print-config"):
-            p.add_argument(flag, action="store_true")
-        return p
     import importlib
 
     return importlib.import_module(module).build_parser()
