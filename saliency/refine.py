@@ -750,7 +750,7 @@ class RefinerPredictor:
         except Exception as err:
             raise CheckpointError(f"{path}: invalid refiner config ({err})") from err
         given = (("fused_weight", fused_weight), ("combine", combine), ("tta_scales", tta_scales))
-        overrides = {k: list(v) if k == "tta_scales" else v for k, v in given if v is not None}
+        overrides = {k: v for k, v in given if v is not None}
         if overrides:  # the caller's settings, checked like the run's (ConfigError, a ValueError)
             cfg = OmegaConf.merge(cfg, overrides)
             _validate(cfg)
