@@ -1,7 +1,18 @@
 """The main job, end to end: ``python -m maskcontrast.demo`` (``make demo``; ``make demo FAST=1``).
 
-On the MSRC-v2 copy found through ``$MASKCONTRAST_DATA`` (or ``--data DIR``) it runs, each stage
-through the same command line a user would type:
+Its data is MSRC-v2, found in this order:
+
+* ``--data DIR`` (either layout: the official ``Images/*.bmp`` + colour ``GroundTruth/*_GT.bmp``,
+  or the shared copy's PNGs);
+* ``$MASKCONTRAST_DATA/msrc_v2``;
+* ``<cache>/msrc_v2``, where ``<cache>`` is ``$MASKCONTRAST_CACHE`` or ``~/.cache/maskcontrast``;
+  when it is not there yet, the official archive is downloaded into it (resumable, MD5-checked,
+  extracted atomically; :func:`maskcontrast.data.download.download_msrc`).
+  ``$MASKCONTRAST_MSRC_URL`` (one or more URLs, separated by spaces) replaces the mirrors and
+  ``$MASKCONTRAST_MSRC_MD5`` the digest. Without network it stops with one message that names the
+  URLs it tried and the alternatives, and leaves nothing half-written.
+
+On that data it runs, each stage through the same command line a user would type:
 
 1. ``saliency.generate``: unsupervised object masks (fused classical estimators);
 2. ``maskcontrast.moco``: a MoCo v2 initialisation on the images (labels unused);
@@ -23,6 +34,7 @@ import argparse
 import io
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -32,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from maskcontrast.data.download import MSRC_RESOURCES, ChecksumMismatch, DownloadError, download_msrc, mismatch_hint
 from maskcontrast.data.io import read_index_png, write_panel
 from maskcontrast.data.paths import data_root
 from maskcontrast.stages import REPO, StageFailed, StageRunner
@@ -41,12 +54,17 @@ log = logging.getLogger("maskcontrast.demo")
 
 CONFIGS = REPO / "configs"
 
-NO_DATA_MESSAGE = """\
-maskcontrast.demo: no demo data found.
-The demo runs on MSRC-v2 (Images/*.png, GroundTruth/*_GT.png). Either
-  * set MASKCONTRAST_DATA to a folder that holds msrc_v2/ (e.g. export MASKCONTRAST_DATA=../shared/data), or
-  * pass --data DIR pointing at an MSRC-v2 copy.
-For your own images, run the stages yourself: README.md, "Your own data"."""
+#: environment variables of the data fallback
+CACHE_ENV, URL_ENV, MD5_ENV = "MASKCONTRAST_CACHE", "MASKCONTRAST_MSRC_URL", "MASKCONTRAST_MSRC_MD5"
+
+ALTERNATIVES = """\
+Alternatives:
+  * pass --data DIR: an MSRC-v2 copy (Images/ + GroundTruth/, official BMP or shared PNG layout);
+  * set MASKCONTRAST_DATA to a folder that holds msrc_v2/;
+  * download it on a machine with network: python -m maskcontrast.data.download msrc --root DIR
+    (then --data DIR/msrc_v2), or put msrc_objcategimagedatabase_v2.zip into {downloads}/
+    and run the demo again (it is checked and used);
+  * MASKCONTRAST_MSRC_URL=URL to use a mirror (MASKCONTRAST_MSRC_MD5=HEX for its digest)."""
 
 
 @dataclass(frozen=True)
@@ -61,14 +79,25 @@ class Budget:
     linear_epochs: int
     kmeans_seeds: int
     overlays: int
+    #: eval.linear image size (base_size, eval_size, crop_size; None: the config's 160)
+    linear_size: int | None = None
+    #: eval.kmeans --fit-pixels of the pixel protocol (None: its default)
+    fit_pixels: int | None = None
+
+    def settings(self) -> dict[str, int]:
+        """The fields that are set (what ``demo.json`` compares on a re-run)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-#: measured on a 2-core CPU: default 33 min (limit 45), FAST 8 min (limit 10) (docs/BENCHMARKS.md, "Main job")
+#: measured on a 2-core CPU: default 33 min (limit 45), FAST 8 min (limit 10) (docs/BENCHMARKS.md, "Main job");
+#: tiny: a couple of steps per stage, for tests and smoke checks of the plumbing (its numbers mean nothing)
 PRESETS = {
     "default": Budget(moco_steps=120, moco_batch=64, pretrain_steps=300, pretrain_batch=16, image_size=128,
                       linear_epochs=10, kmeans_seeds=5, overlays=6),
     "fast": Budget(moco_steps=20, moco_batch=32, pretrain_steps=40, pretrain_batch=8, image_size=96,
                    linear_epochs=3, kmeans_seeds=2, overlays=4),
+    "tiny": Budget(moco_steps=2, moco_batch=8, pretrain_steps=2, pretrain_batch=4, image_size=64,
+                   linear_epochs=1, kmeans_seeds=1, overlays=1, linear_size=64, fit_pixels=5000),
 }  # fmt: skip
 
 
@@ -134,14 +163,17 @@ class Demo:
         ckpt = str(self.pretrain_dir / "last.pt")
         common = ["--checkpoint", ckpt, "--dataset", "msrc", "--root", str(self.data), "--no-progress"]
         linear = self.eval_dir / "linear"
+        linear_size = [] if b.linear_size is None else [
+            f"base_size={b.linear_size}", f"eval_size={b.linear_size}", f"augment.crop_size={b.linear_size}"]  # fmt: skip
         self.run("linear", ["eval.linear", "--config", str(CONFIGS / "eval" / "linear_cpu.yaml"), *common,
                             "--out", str(linear), "--vis", str(b.overlays), f"epochs={b.linear_epochs}",
-                            f"data.split_seed={self.seed}"], done=linear / "results.json")  # fmt: skip
+                            f"data.split_seed={self.seed}", *linear_size], done=linear / "results.json")  # fmt: skip
         for protocol in ("prototype", "pixel"):
             js = self.eval_dir / f"kmeans_{protocol}.json"
+            fit = ["--fit-pixels", str(b.fit_pixels)] if protocol == "pixel" and b.fit_pixels is not None else []
             self.run(f"kmeans-{protocol}", ["eval.kmeans", *common, "--protocol", protocol, "--k", "21",
                                             "--seeds", str(b.kmeans_seeds), "--json", str(js), "--vis", str(b.overlays),
-                                            "--vis-ids", str(linear / "split_val.txt"), "--overwrite"], done=js)  # fmt: skip
+                                            "--vis-ids", str(linear / "split_val.txt"), "--overwrite", *fit], done=js)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,6 +331,7 @@ def write_report(demo: Demo) -> dict[str, Any]:
 
 
 def find_data(arg: str | None) -> Path | None:
+    """``--data`` when given, else ``$MASKCONTRAST_DATA/msrc_v2``; None when neither is there."""
     if arg:
         # absolute, like data_root(): the stage commands must not depend on how the path was spelled
         path = Path(arg).expanduser().resolve()
@@ -309,6 +342,80 @@ def find_data(arg: str | None) -> Path | None:
     return None
 
 
+def cache_dir() -> Path:
+    """``$MASKCONTRAST_CACHE`` or ``~/.cache/maskcontrast`` (absolute)."""
+    value = os.environ.get(CACHE_ENV)
+    return Path(value or "~/.cache/maskcontrast").expanduser().resolve()
+
+
+def msrc_sources() -> tuple[list[str] | None, str | None]:
+    """The mirrors and digest from ``$MASKCONTRAST_MSRC_URL`` (space-separated) and
+    ``$MASKCONTRAST_MSRC_MD5``; None where unset (the official ones are used)."""
+    urls = os.environ.get(URL_ENV, "").split()
+    md5 = os.environ.get(MD5_ENV, "").strip()
+    return (urls or None), (md5 or None)
+
+
+def _remove_new_empty_dirs(dirs: list[Path], existed: set[Path]) -> None:
+    for d in dirs:  # deepest first
+        if d not in existed and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def fetch_demo_data(cache: Path, progress: bool | None = True) -> Path:
+    """``<cache>/msrc_v2``, downloading the official MSRC-v2 archive when it is not there.
+
+    Raises:
+        SystemExit: the download failed (no network, a checksum mismatch, a bad archive); the
+            message names the URLs tried and the alternatives. Folders this call created are
+            removed again when they are empty; a partial download stays as ``<archive>.part``
+            (the next run resumes it) and is named in the message.
+    """
+    folder = cache / MSRC_RESOURCES[0].dest
+    if (folder / MSRC_RESOURCES[0].marker).is_dir():
+        log.info("demo data: MSRC-v2 in the cache %s", folder)
+        return folder
+    urls, md5 = msrc_sources()
+    try:
+        urls_tried = list(urls or MSRC_RESOURCES[0].urls)
+        downloads = cache / "downloads"
+        created = [downloads, *[p for p in (cache, *cache.parents) if not p.exists()]]
+        existed = {p for p in created if p.exists()}
+        log.info("no demo data found: downloading MSRC-v2 into %s (from %s)", cache, " or ".join(urls_tried))
+        try:
+            return download_msrc(cache, urls=urls, md5=md5, progress=progress)
+        finally:
+            _remove_new_empty_dirs(created, existed)
+    except ValueError as err:  # a malformed MASKCONTRAST_MSRC_MD5
+        raise SystemExit(f"maskcontrast.demo: {MD5_ENV}: {err}") from err
+    except ChecksumMismatch as err:
+        print(
+            "maskcontrast.demo: no demo data found, and the downloaded MSRC-v2 archive failed its check:\n"
+            f"  {err}\n{mismatch_hint(err, MD5_ENV + '={actual}')}\n"
+            f"{ALTERNATIVES.format(downloads=cache / 'downloads')}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from err
+    except DownloadError as err:
+        archive = cache / "downloads" / MSRC_RESOURCES[0].filename
+        part = archive.with_name(archive.name + ".part")
+        left = (
+            [p for p in sorted(archive.parent.glob(archive.name + ".*")) if p != part]
+            if archive.parent.is_dir()
+            else []
+        )
+        if part.is_file():
+            kept = f"{part.stat().st_size} bytes are kept in {part}; running again resumes there."
+        elif left:
+            kept = f"Nothing was extracted; left for inspection: {', '.join(map(str, left))}."
+        else:
+            kept = f"Nothing was written under {cache}."
+        tried = "\n".join(f"  {u}" for u in (err.urls or urls_tried))
+        print(f"maskcontrast.demo: no demo data found, and downloading MSRC-v2 failed.\nTried, in order:\n{tried}\n"
+              f"Error: {err}\n{kept}\n{ALTERNATIVES.format(downloads=cache / 'downloads')}", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2) from err
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m maskcontrast.demo",
@@ -317,8 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="runs/demo", help="output folder (report in <out>/report)")
-    p.add_argument("--data", default=None, help="MSRC-v2 folder (default: $MASKCONTRAST_DATA/msrc_v2)")
-    p.add_argument("--fast", action="store_true", help="the ~8 minute preset (shorter stages, smaller images)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="MSRC-v2 folder (default: $MASKCONTRAST_DATA/msrc_v2, else $MASKCONTRAST_CACHE/msrc_v2 with "
+        "MASKCONTRAST_CACHE=~/.cache/maskcontrast by default, downloaded there when missing)",
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--fast", action="store_true", help="the ~8 minute preset (shorter stages, smaller images)")
+    size.add_argument(
+        "--tiny", action="store_true", help="a couple of steps per stage: checks the plumbing, numbers mean nothing"
+    )
     p.add_argument("--moco-steps", type=int, default=None, help="override the preset's MoCo steps")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's MaskContrast steps")
     p.add_argument("--seed", type=int, default=0, help="training and split seed")
@@ -330,19 +446,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     setup_logging()
-    data = find_data(args.data)
-    if data is None:
-        print(NO_DATA_MESSAGE, file=sys.stderr)
-        raise SystemExit(2)
     if not CONFIGS.is_dir():
         raise SystemExit(f"maskcontrast.demo: config folder {CONFIGS} not found; run the demo from a source checkout")
-    preset = PRESETS["fast" if args.fast else "default"]
+    data = find_data(args.data)
+    if data is None and args.data:
+        raise SystemExit(f"maskcontrast.demo: --data {args.data}: folder not found")
+    if data is None:
+        data = fetch_demo_data(cache_dir())
+    log.info("demo data: %s", data)
+    preset = PRESETS["tiny" if args.tiny else "fast" if args.fast else "default"]
     budget = Budget(**{**preset.__dict__,
                        **({"moco_steps": args.moco_steps} if args.moco_steps is not None else {}),
                        **({"pretrain_steps": args.pretrain_steps} if args.pretrain_steps is not None else {})})  # fmt: skip
     out = Path(args.out).expanduser().resolve()
     marker = out / "demo.json"
-    settings = {"data": str(data), "budget": budget.__dict__, "seed": args.seed}
+    settings = {"data": str(data), "budget": budget.settings(), "seed": args.seed}
     if out.exists() and any(out.iterdir()):
         if args.overwrite:
             shutil.rmtree(out)

@@ -1,17 +1,18 @@
 """maskcontrast.data.download against a loopback HTTP server (Range support, dropped connections).
 
-Nothing here reaches the internet: every URL points at 127.0.0.1.
+Nothing here reaches the internet: every URL points at 127.0.0.1 (the ``server`` fixture of
+tests/maskcontrast/conftest.py). The MSRC tests build official-layout archives (BMP images,
+colour-coded ``_GT.bmp``) from shared images and skip without MASKCONTRAST_DATA; the Pet tests
+use small generated tar.gz archives.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import re
+import logging
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -20,70 +21,22 @@ from PIL import Image
 
 from maskcontrast.data import build_dataset
 from maskcontrast.data.download import (
+    MSRC_MD5,
+    PET_RESOURCES,
     VOC_RESOURCES,
+    ChecksumMismatch,
     DownloadError,
     Resource,
+    check_msrc_folder,
+    download_msrc,
+    download_pet,
     download_voc,
     extract_atomic,
     fetch,
     main,
+    select_resources,
 )
-
-
-class Server:
-    """Serves ``files`` (URL path -> bytes) with HTTP Range support and fault injection."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        self.drop_after: dict[str, int] = {}  # path -> bytes sent before the connection is cut (once)
-        self.honour_range = True
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                rng = self.headers.get("Range")
-                server.requests.append((self.path, rng))
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start, status = 0, 200
-                if rng and server.honour_range:
-                    start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    status = 206
-                body = data[start:]
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.end_headers()
-                cut = server.drop_after.pop(self.path, None)
-                self.wfile.write(body if cut is None else body[:cut])  # HTTP/1.0: the connection closes after
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+from maskcontrast.data.msrc import msrc_layout
 
 
 def md5(data: bytes) -> str:
@@ -256,7 +209,7 @@ def tiny_voc_archives() -> tuple[bytes, bytes]:
     return tar, zipped
 
 
-def loopback_resources(server: Server, tar: bytes, zipped: bytes) -> tuple[Resource, Resource]:
+def loopback_resources(server, tar: bytes, zipped: bytes) -> tuple[Resource, Resource]:
     server.files["/VOCtrainval.tar"] = tar
     server.files["/SegmentationClassAug.zip"] = zipped
     voc, aug = VOC_RESOURCES
@@ -312,3 +265,196 @@ def test_download_checksum_mismatch_leaves_no_data(server, tmp_path, caplog):
         download_voc(tmp_path, only=["aug"], resources=resources, aug_sha256="f" * 64, progress=False)
     assert not (tmp_path / "VOCdevkit").exists()
     assert (tmp_path / "downloads" / "SegmentationClassAug.zip.bad").is_file()
+
+
+# -- --url / --md5 / --only ---------------------------------------------------------------------------------
+
+
+def test_select_resources_urls_md5_and_only():
+    (msrc,) = select_resources(download_msrc.__kwdefaults__["resources"], urls=["http://a/x.zip", "http://b/x.zip"])
+    assert msrc.urls == ("http://a/x.zip", "http://b/x.zip") and msrc.md5 == MSRC_MD5  # mirrors replaced, md5 kept
+    (images,) = select_resources(PET_RESOURCES, ["images"], md5="A" * 32)
+    assert images.md5 == "a" * 32 and images.urls == PET_RESOURCES[0].urls
+    with pytest.raises(ValueError, match=r"apply to one archive.*--only \(images or annotations\)"):
+        select_resources(PET_RESOURCES, urls=["http://a/x"])
+    with pytest.raises(ValueError, match="32 hex digits"):
+        select_resources(PET_RESOURCES, ["images"], md5="abc")
+    with pytest.raises(ValueError, match="unknown resource"):
+        select_resources(PET_RESOURCES, ["nope"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["voc", "--url", "http://127.0.0.1:9/x.tar"], "name one with --only"),
+        (["msrc", "--only", "aug"], "single archive"),
+        (["pet", "--only", "aug"], "pet has the parts"),
+        (["msrc", "--md5", "xyz"], "32 hex digits"),
+        (["pet", "--aug-sha256", "0" * 64], "--aug-sha256 is for voc"),
+    ],
+)
+def test_cli_refuses_bad_combinations(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as err:
+        main([*argv, "--root", str(tmp_path)])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+# -- MSRC-v2, official layout ----------------------------------------------------------------------------
+
+
+def test_msrc_resume_after_dropped_connection(server, tmp_path, msrc_official_zip, shared_root, caplog):
+    archive = msrc_official_zip(6)
+    server.files["/msrc.zip"] = archive
+    server.drop_after["/msrc.zip"] = len(archive) // 3
+    argv = ["msrc", "--root", str(tmp_path), "--url", server.url("/msrc.zip"), "--md5", md5(archive)]
+    assert main([*argv, "--retries", "0", "--no-progress"]) == 1  # the connection drops, nothing is retried
+    part = tmp_path / "downloads" / "msrc_objcategimagedatabase_v2.zip.part"
+    assert part.stat().st_size == len(archive) // 3 and not (tmp_path / "msrc_v2").exists()
+    assert "run again to resume" in caplog.text
+    assert main([*argv, "--no-progress"]) == 0  # resumes where it stopped
+    assert server.requests[-1] == ("/msrc.zip", f"bytes={len(archive) // 3}-")
+    root = tmp_path / "msrc_v2"
+    assert msrc_layout(root) == "official" and len(list((root / "Images").glob("*.bmp"))) == 6
+    assert not any((tmp_path / "downloads").iterdir())  # archive deleted after extraction
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "msrc_v2"]  # no temporary folder left
+    ds = build_dataset("msrc", root)
+    shared = build_dataset("msrc", shared_root("msrc"), ids=ds.ids)
+    for sid in ds.ids:  # the BMPs decode to the shared pixels and labels
+        a, b = ds.load(sid), shared.load(sid)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+    # idempotent, without network
+    n = len(server.requests)
+    assert download_msrc(tmp_path, urls=["http://127.0.0.1:9/none.zip"], progress=False) == root
+    assert len(server.requests) == n
+
+
+def test_msrc_md5_mismatch_is_refused_then_accepted_with_md5(server, tmp_path, msrc_official_zip, caplog):
+    archive = msrc_official_zip(4)
+    server.files["/msrc.zip"] = archive
+    argv = ["msrc", "--root", str(tmp_path), "--url", server.url("/msrc.zip"), "--no-progress"]
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 1  # checked against the official MD5
+    actual = md5(archive)
+    msg = caplog.text
+    assert f"expected {MSRC_MD5}, got {actual}" in msg  # both digests
+    assert f"--md5 {actual}" in msg  # how to override
+    bad = tmp_path / "downloads" / "msrc_objcategimagedatabase_v2.zip.bad"
+    assert bad.is_file() and str(bad) in msg and not (tmp_path / "msrc_v2").exists()
+    # accepting it: the file moved aside is used, no second download; 4 images are fine with --md5
+    n = len(server.requests)
+    assert main([*argv, "--md5", actual]) == 0
+    assert len(server.requests) == n and not bad.exists()
+    assert len(build_dataset("msrc", tmp_path / "msrc_v2")) == 4
+
+
+def test_msrc_fetch_raises_checksum_mismatch_with_digests(server, tmp_path):
+    server.files["/m.zip"] = PAYLOAD
+    with pytest.raises(ChecksumMismatch) as err:
+        fetch(server.url("/m.zip"), tmp_path / "m.zip", md5=MSRC_MD5, retries=0, progress=False)
+    assert (err.value.expected, err.value.actual, err.value.bad) == (MSRC_MD5, md5(PAYLOAD), tmp_path / "m.zip.bad")
+
+
+def test_msrc_content_checks_leave_nothing_in_place(server, tmp_path, msrc_official_zip):
+    every = msrc_official_zip(3)
+    with zipfile.ZipFile(io.BytesIO(every)) as zf:
+        sid = Path(next(n for n in zf.namelist() if n.endswith("_GT.bmp"))).name.removesuffix("_GT.bmp")
+    broken = msrc_official_zip(3, drop_gt=[sid])
+    server.files["/broken.zip"] = broken
+    with pytest.raises(DownloadError, match=rf"1 of 3 images have no GroundTruth.*{sid}"):
+        download_msrc(tmp_path, urls=[server.url("/broken.zip")], md5=md5(broken), progress=False)
+    assert not (tmp_path / "msrc_v2").exists() and not [p for p in tmp_path.iterdir() if ".extract-" in p.name]
+    # the bad archive is moved aside, so that the next run does not find and use it again
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["msrc_objcategimagedatabase_v2.zip.rejected"]
+    # the official archive must hold 591 images (here forced, since only the official MD5 implies it)
+    server.files["/three.zip"] = every
+    with pytest.raises(DownloadError, match="holds 3 images, the official release 591"):
+        download_msrc(tmp_path, urls=[server.url("/three.zip")], md5=md5(every), expected_images=591, progress=False)
+    assert not (tmp_path / "msrc_v2").exists()
+
+
+def test_check_msrc_folder_without_images(tmp_path):
+    (tmp_path / "Images").mkdir()
+    with pytest.raises(DownloadError, match=r"no Images/\*\.bmp"):
+        check_msrc_folder(tmp_path)
+
+
+def test_extract_locates_the_content_folder(tmp_path):
+    (tmp_path / "a.zip").write_bytes(make_zip({"Some Name/Images/x.bmp": b"i", "Some Name/GroundTruth/x_GT.bmp": b"g",
+                                               "readme.txt": b"r"}))  # fmt: skip
+    dest = extract_atomic(tmp_path / "a.zip", tmp_path / "out", locate=("Images", "GroundTruth"))
+    assert sorted(p.name for p in dest.iterdir()) == ["GroundTruth", "Images"]
+    with pytest.raises(DownloadError, match=r"expected a folder holding \['Images', 'Labels'\]"):
+        extract_atomic(tmp_path / "a.zip", tmp_path / "out2", locate=("Images", "Labels"))
+    assert not (tmp_path / "out2").exists()
+
+
+# -- Oxford-IIIT Pet ---------------------------------------------------------------------------------------
+
+
+def make_targz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def tiny_pet_archives() -> tuple[bytes, bytes]:
+    """The two official archives' layout (``images/``, ``annotations/``) for 3 pets."""
+    names = ["Abyssinian_1", "Bengal_2", "american_bulldog_3"]
+    trimap = np.full((8, 10), 2, np.uint8)
+    trimap[2:6, 3:7] = 1
+    trimap[2, 3] = 3
+    buf = io.BytesIO()
+    Image.fromarray(trimap).save(buf, format="PNG")
+    listing = b"".join(f"{n} {i + 1} {1 + (n[0].islower())} 1\n".encode() for i, n in enumerate(names))
+    images = make_targz({f"images/{n}.jpg": _jpg() for n in names})
+    annotations = make_targz(
+        {f"annotations/trimaps/{n}.png": buf.getvalue() for n in names}
+        | {"annotations/list.txt": listing, "annotations/trainval.txt": listing[: listing.index(b"\n") + 1],
+           "annotations/test.txt": listing[listing.index(b"\n") + 1 :], "annotations/README": b"readme"}
+    )  # fmt: skip
+    return images, annotations
+
+
+def test_download_pet_layout_the_reader_reads(server, tmp_path):
+    images, annotations = tiny_pet_archives()
+    server.files["/images.tar.gz"], server.files["/annotations.tar.gz"] = images, annotations
+    server.drop_after["/annotations.tar.gz"] = len(annotations) // 2
+    resources = [
+        Resource(r.name, (server.url(f"/{r.filename}"),), r.filename, r.dest, r.subdir, r.marker, md5=md5(data))
+        for r, data in zip(PET_RESOURCES, (images, annotations))
+    ]
+    out = download_pet(tmp_path, resources=resources, retries=1, backoff_s=0, progress=False)
+    assert out == tmp_path / "oxford-iiit-pet"
+    assert sorted(p.name for p in out.iterdir()) == ["annotations", "images"]  # torchvision's layout
+    assert ("/annotations.tar.gz", f"bytes={len(annotations) // 2}-") in server.requests  # resumed
+    for root in (tmp_path, out):  # the reader takes the install root or the dataset folder
+        ds = build_dataset("pet", root, target="species")
+        assert ds.ids == ["Abyssinian_1", "Bengal_2", "american_bulldog_3"]
+        label = ds.load("american_bulldog_3").label
+        assert (label[2:6, 4:7] == 2).all() and label[2, 3] == 255 and (label[0] == 0).all()
+    assert build_dataset("pet", tmp_path, "trainval").ids == ["Abyssinian_1"]
+    n = len(server.requests)
+    download_pet(tmp_path, resources=resources, progress=False)  # idempotent
+    assert len(server.requests) == n
+
+
+def test_download_pet_cli_one_part_with_url_and_md5(server, tmp_path, caplog):
+    _, annotations = tiny_pet_archives()
+    server.files["/mirror/annotations.tar.gz"] = annotations
+    base = ["pet", "--root", str(tmp_path), "--only", "annotations", "--no-progress"]
+    with caplog.at_level(logging.ERROR):
+        assert main([*base, "--url", server.url("/mirror/annotations.tar.gz")]) == 1  # torchvision's md5 differs
+    assert "expected 95a8c909bbe2e81eed6a22bccdf3f68f" in caplog.text and f"--md5 {md5(annotations)}" in caplog.text
+    assert main([*base, "--url", server.url("/mirror/annotations.tar.gz"), "--md5", md5(annotations)]) == 0
+    assert (tmp_path / "oxford-iiit-pet" / "annotations" / "trimaps" / "Bengal_2.png").is_file()
+    assert not (tmp_path / "oxford-iiit-pet" / "images").exists()
+    # an archive without the expected folder content is refused before anything is moved into place
+    server.files["/empty.tar.gz"] = make_targz({"images/readme.txt": b"no pictures"})
+    assert main(["pet", "--root", str(tmp_path), "--only", "images", "--url", server.url("/empty.tar.gz"),
+                 "--md5", md5(server.files["/empty.tar.gz"]), "--no-progress"]) == 1  # fmt: skip
+    assert "no images (*.jpg)" in caplog.text and not (tmp_path / "oxford-iiit-pet" / "images").exists()
