@@ -167,6 +167,12 @@ def check_sample(ds: SegmentationDataset, sample_id: str) -> tuple[list[str], bo
     return problems, has_label
 
 
+def _layout_notes(ds: SegmentationDataset) -> list[str]:
+    """The layout a reader found, for readers that read more than one (``layout_note``, e.g. MSRC-v2)."""
+    note = getattr(ds, "layout_note", None)
+    return [note] if note else []
+
+
 def _mask_notes(ds: SegmentationDataset) -> list[str]:
     """Counts of external object masks (``--masks``) and of ids skipped on purpose."""
     if ds.mask_dir is None:
@@ -238,7 +244,7 @@ def check_dataset(
         classes=list(ds.info.classes),
         problems=problems,
         root=str(ds.root),
-        notes=_mask_notes(ds),
+        notes=[*_layout_notes(ds), *_mask_notes(ds)],
     )
 
 
