@@ -168,8 +168,11 @@ class MSRCv2(SegmentationDataset):
         """Raw MSRC class indices (0..23) of either kind of file: an index (``P``/``L``) PNG as it is,
         anything else (the official ``_GT.bmp``, an RGB PNG) through the colour table."""
         if path.suffix.lower() == ".png":
-            with Image.open(path) as im:
-                mode = im.mode
+            try:
+                with Image.open(path) as im:
+                    mode = im.mode
+            except (OSError, ValueError, SyntaxError):
+                mode = "P"  # unreadable: read_index_png raises the DataError that names the file
             if mode in ("P", "L"):
                 return read_index_png(path)
         rgb = read_image(path)

@@ -22,6 +22,7 @@ from PIL import Image
 from maskcontrast.data import build_dataset
 from maskcontrast.data.download import (
     MSRC_MD5,
+    MSRC_RESOURCES,
     PET_RESOURCES,
     VOC_RESOURCES,
     ChecksumMismatch,
@@ -271,7 +272,7 @@ def test_download_checksum_mismatch_leaves_no_data(server, tmp_path, caplog):
 
 
 def test_select_resources_urls_md5_and_only():
-    (msrc,) = select_resources(download_msrc.__kwdefaults__["resources"], urls=["http://a/x.zip", "http://b/x.zip"])
+    (msrc,) = select_resources(MSRC_RESOURCES, urls=["http://a/x.zip", "http://b/x.zip"])
     assert msrc.urls == ("http://a/x.zip", "http://b/x.zip") and msrc.md5 == MSRC_MD5  # mirrors replaced, md5 kept
     (images,) = select_resources(PET_RESOURCES, ["images"], md5="A" * 32)
     assert images.md5 == "a" * 32 and images.urls == PET_RESOURCES[0].urls
