@@ -254,8 +254,8 @@ def _verify(path: Path, md5: str | None, sha256: str | None) -> None:
     bad = path.with_name(name + ".bad")
     os.replace(path, bad)
     raise ChecksumMismatch(
-        f"{name}: {algorithm} checksum mismatch (expected {expected}, got {actual}); the file was moved to "
-        f"{bad} (delete it and run again to download afresh)",
+        f"{name}: {algorithm} checksum mismatch (expected {expected}, got {actual}); the file "
+        f"({bad.stat().st_size} bytes) was moved to {bad} (delete it and run again to download afresh)",
         algorithm=algorithm,
         expected=expected,
         actual=actual,
@@ -268,6 +268,11 @@ _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
 
 class _Incomplete(ConnectionError):
     """The server closed the connection before the announced length."""
+
+
+class _NotTheFile(Exception):
+    """The server answered with a web page instead of the file (e.g. a retired URL redirected to a
+    landing page): the next mirror is tried, nothing is written."""
 
 
 def _content_range_start(value: str | None) -> tuple[int | None, int | None]:
@@ -303,6 +308,9 @@ def _stream_once(url: str, part: Path, timeout: float, progress: bool, desc: str
         raise
     with resp:
         status = resp.status
+        content_type = (resp.headers.get("Content-Type") or "").lower()
+        if content_type.startswith(("text/html", "application/xhtml")):
+            raise _NotTheFile(f"{resp.geturl()}: the server sent a web page ({content_type}), not the file")
         if status == 206:
             start, total = _content_range_start(resp.headers.get("Content-Range"))
             if start != offset:
@@ -387,6 +395,9 @@ def fetch(
                 errors.append(f"{url}: HTTP {err.code} {err.reason}")
                 if err.code < 500:
                     break  # 404 & co: this mirror will not get better
+            except _NotTheFile as err:
+                errors.append(str(err))
+                break
             except _RETRYABLE as err:
                 errors.append(f"{url}: {err}")
             if attempt < retries:

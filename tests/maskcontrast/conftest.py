@@ -29,6 +29,7 @@ class LoopbackServer:
         self.requests: list[tuple[str, str | None]] = []
         self.drop_after: dict[str, int] = {}  # path -> bytes sent before the connection is cut (once)
         self.honour_range = True
+        self.content_types: dict[str, str] = {}  # path -> Content-Type (default application/octet-stream)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,6 +52,7 @@ class LoopbackServer:
                     status = 206
                 body = data[start:]
                 self.send_response(status)
+                self.send_header("Content-Type", server.content_types.get(self.path, "application/octet-stream"))
                 self.send_header("Content-Length", str(len(body)))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

@@ -94,6 +94,18 @@ def test_checksum_mismatch_is_an_error_and_moves_the_file_aside(server, tmp_path
     assert (tmp_path / "a.bin.bad").read_bytes() == PAYLOAD
 
 
+def test_a_web_page_instead_of_the_file_tries_the_next_mirror(server, tmp_path):
+    server.files["/good.bin"] = PAYLOAD
+    server.files["/retired.zip"] = b"<html>this page has moved</html>"
+    server.content_types["/retired.zip"] = "text/html; charset=utf-8"
+    urls = [server.url("/retired.zip"), server.url("/good.bin")]
+    assert fetch(urls, tmp_path / "x.bin", md5=md5(PAYLOAD), retries=2, progress=False).read_bytes() == PAYLOAD
+    assert [p for p, _ in server.requests] == ["/retired.zip", "/good.bin"]  # a page is not retried
+    with pytest.raises(DownloadError, match=r"retired\.zip: the server sent a web page \(text/html"):
+        fetch(urls[:1], tmp_path / "y.bin", retries=0, progress=False)
+    assert not list(tmp_path.glob("y.bin*"))  # nothing written
+
+
 def test_mirrors_and_http_errors(server, tmp_path):
     server.files["/good.bin"] = PAYLOAD
     dest = fetch([server.url("/missing.bin"), server.url("/good.bin")], tmp_path / "x.bin", retries=0, progress=False)
