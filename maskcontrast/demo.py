@@ -422,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="The main job end to end on MSRC-v2: saliency masks -> MoCo -> MaskContrast -> K-means "
         "(prototype + pixel protocols) and linear probe -> report folder. Resumable.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Environment: MASKCONTRAST_DATA (a folder holding msrc_v2/), MASKCONTRAST_CACHE (where MSRC-v2 is "
+        "downloaded when no data is found), MASKCONTRAST_MSRC_URL (mirrors for that download, separated by spaces) "
+        "and MASKCONTRAST_MSRC_MD5 (their digest). docs/DATA.md, 'Where make demo gets its data'.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (report in <out>/report)")
     p.add_argument(
