@@ -52,7 +52,7 @@ class MaskContrastObjective(Objective):
     4. every query pixel on an object with a prototype is classified against all prototypes of
        the global batch and the memory bank (T = ``temperature``), cross-entropy with ENet class
        weights; balanced BCE on the query saliency (upsampled to the input) against the query mask;
-    5. this rank's prototypes are enqueued (after gathering).
+    5. the gathered prototypes of every rank are enqueued.
 
     The trainer applies the momentum update (``momentum_pairs``) before each forward.
 
@@ -84,11 +84,10 @@ class MaskContrastObjective(Objective):
         )
         self.query = build_model(model_cfg)
         self.freeze_early = bool(cfg.freeze_early_layers)
-        if self.freeze_early:
-            for m in self.query.backbone.stem_and_early_layers():
-                for p in m.parameters():
-                    p.requires_grad_(False)
         self.key = make_momentum_copy(self.query)
+        for m in self.early_layer_modules():  # frozen: no gradients here, eval mode in train()
+            for p in m.parameters():
+                p.requires_grad_(False)
         self.bank = MemoryBank(cfg.queue_size, self.query.embed_dim)
         self.momentum = float(cfg.momentum)
         self.temperature = float(cfg.temperature)
@@ -149,7 +148,7 @@ class MaskContrastObjective(Objective):
             prototypes=torch.tensor(float(len(all_protos))),
             pixels=torch.tensor(float(len(labels))),
         )
-        self.bank.enqueue(protos)
+        self.bank.enqueue(all_protos, gather=False)  # already gathered above: one collective per step
         return loss, metrics
 
     def checkpoint(self) -> dict[str, Any]:

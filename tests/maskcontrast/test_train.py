@@ -125,6 +125,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_failed_start_is_rerun_nan_is_logged_and_stale_temporaries_go(data, tmp_path):
+    """A run that stopped before its first checkpoint is re-run without --overwrite; the NaN stop
+    is in train.log; --resume removes the temporary file of a save killed midway."""
+    run = tmp_path / "run"
+    cfg = tiny_cfg(data, run, "trainer.max_steps=2")
+
+    class NanAtOnce(MaskContrastObjective):
+        def forward(self, views):
+            loss, metrics = super().forward(views)
+            return loss * float("nan"), metrics
+
+    with pytest.raises(NonFiniteLossError, match="No checkpoint"):
+        train(cfg, lambda: NanAtOnce(cfg.model, cfg.objective), "pretrain")
+    assert not (run / "last.pt").exists()
+    assert "the loss became nan at step 0" in (run / "train.log").read_text()
+    assert train(cfg, build(cfg), "pretrain").steps == 2  # same folder, no --overwrite
+    (run / ".last.pt.k1ll3d.tmp").write_bytes(b"partial checkpoint")
+    more = tiny_cfg(data, run, "trainer.max_steps=3", "trainer.resume=auto")
+    assert train(more, build(more), "pretrain").steps == 3
+    assert not list(run.glob(".*.tmp"))
+
+
 def test_bf16_channels_last_and_frozen_early_layers(data, tmp_path):
     cfg = tiny_cfg(data, tmp_path / "amp", "trainer.max_steps=1", "trainer.precision=bf16",
                    "trainer.channels_last=true", "objective.freeze_early_layers=true")  # fmt: skip
