@@ -4,7 +4,6 @@ streaming over a dataset, memory-bounded pixel embeddings, resumable caches, JSO
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -23,7 +22,8 @@ from maskcontrast.api import FeatureModel, FeatureOutput, load_model, upsample_s
 from maskcontrast.data import DataError, DatasetInfo, Sample, SegmentationDataset, build_dataset, write_mask
 from maskcontrast.data.io import write_panel
 from maskcontrast.data.paths import SHARED_LAYOUT, shared_dataset_root
-from maskcontrast.utils import atomic_save, atomic_write_bytes
+from maskcontrast.runs import ChangedIdentityError, identity_digest, load_state, remove_stale_temporaries, save_state
+from maskcontrast.utils import atomic_write_bytes
 
 __all__ = [
     "add_model_arguments",
@@ -440,15 +440,12 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     return f"{p}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class StreamCache:
     """Resume a per-image pass: ``(done, state)`` saved atomically every ``every`` images.
 
     ``settings`` (a JSON-able dict) must match the cached one; otherwise loading fails with a
-    message naming the file and the keys that differ. ``path=None`` disables caching.
+    message naming the file and the keys that differ (:class:`maskcontrast.runs.ChangedIdentityError`,
+    a ``ValueError``). Temporary files of a save killed midway are removed. ``path=None`` disables caching.
 
     Example::
 
@@ -464,13 +461,16 @@ class StreamCache:
         self.every = max(1, every)
 
     def load(self) -> tuple[int, dict[str, Any] | None]:
-        if self.path is None or not self.path.is_file():
+        if self.path is None:
             return 0, None
-        data = torch.load(self.path, map_location="cpu", weights_only=True)
+        remove_stale_temporaries(self.path.parent)
+        if not self.path.is_file():
+            return 0, None
+        data = load_state(self.path)
         old = data.get("settings", {})
-        if _digest(old) != _digest(self.settings):
+        if identity_digest(old) != identity_digest(self.settings):
             diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
-            raise ValueError(
+            raise ChangedIdentityError(
                 f"cache {self.path} was written with different settings ({', '.join(diff)}); "
                 "use another cache folder, or delete this one"
             )
@@ -482,7 +482,7 @@ class StreamCache:
 
     def save(self, done: int, state: dict[str, Any]) -> None:
         if self.path is not None:
-            atomic_save({"settings": self.settings, "done": done, "state": state}, self.path)
+            save_state(self.path, {"settings": self.settings, "done": done, "state": state})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,10 +30,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -64,7 +62,16 @@ from eval.metrics import confusion_matrix, segmentation_scores
 from maskcontrast.api import FeatureModel, target_size, to_image_tensor
 from maskcontrast.config import ConfigError, add_config_arguments, config_to_dict, load_config, save_config
 from maskcontrast.data import DataError, Sample, SegmentationDataset
-from maskcontrast.utils import atomic_save, peak_rss_mib, seed_everything, setup_logging
+from maskcontrast.runs import (
+    RunLayout,
+    claim_run_folder,
+    load_state,
+    open_tensorboard,
+    optim_state,
+    restore_optim_state,
+    save_state,
+)
+from maskcontrast.utils import peak_rss_mib, seed_everything, setup_logging
 
 __all__ = [
     "LinearDataConfig",
@@ -334,7 +341,7 @@ def cache_features(
                     if tuple(lab.shape) != in_hw:
                         lab = F.interpolate(lab[None, None].float(), size=in_hw, mode="nearest")[0, 0].to(torch.int16)
                     entry["label"] = lab
-                atomic_save(entry, _cache_file(folder, s.id))
+                save_state(_cache_file(folder, s.id), entry)
             bar.update(len(samples))
 
 
@@ -454,7 +461,6 @@ def run_linear_probe(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the probe (resuming from ``out_dir/state.pt``) and evaluate it. Returns the results."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     if not isinstance(cfg, LinearConfig):
@@ -475,10 +481,9 @@ def run_linear_probe(
     state_path = out_dir / "state.pt"
     start_epoch = 0
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_state(state_path)
         probe.load_state_dict(state["probe"])
-        optim.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        restore_optim_state(state, optim, sched)
         start_epoch = int(state["epoch"])
         log.info("resuming from %s after epoch %d", state_path, start_epoch)
     train_cache = out_dir / "features" / "train" if cfg.cache_features else None
@@ -487,7 +492,7 @@ def run_linear_probe(
     if train_cache is not None and start_epoch < cfg.epochs:
         cache_features(model, train_ds, train_cache, cfg.base_size, with_label=True, workers=workers,
                        progress=progress)  # fmt: skip
-    writer = SummaryWriter(str(out_dir / "tb"))
+    writer = open_tensorboard(out_dir / "tb")
     history = []
     for epoch in range(start_epoch, cfg.epochs):
         probe.train()
@@ -520,8 +525,7 @@ def run_linear_probe(
         writer.add_scalar("linear/lr", optim.param_groups[0]["lr"], epoch + 1)
         log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, mean_loss)
         history.append({"epoch": epoch + 1, "loss": mean_loss})
-        atomic_save({"probe": probe.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                     "epoch": epoch + 1}, state_path)  # fmt: skip
+        save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch + 1})
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
             if val_cache is not None:
                 cache_features(model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers,
@@ -586,28 +590,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: what a linear-probe run writes in ``--out`` (its identity is ``run.json``; ``results.json`` marks it finished)
+RUN_LAYOUT = RunLayout(
+    "linear-probe run",
+    owned=("state.pt", "results.json", "run.json", "config.yaml", "split_train.txt", "split_val.txt", "features",
+           "vis", "tb"),
+    state=("state.pt",),
+    identity_file="run.json",
+    finished="results.json",
+    writer="eval.linear",
+)  # fmt: skip
+
+
 def _prepare_run_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    run_file = out / "run.json"
-    if out.exists() and any(out.iterdir()):
-        previous = json.loads(run_file.read_text()) if run_file.is_file() else None
-        finished = (out / "results.json").is_file()
-        same = previous == jsonable(identity)
-        if not overwrite:
-            if previous is None:
-                raise FileExistsError(f"{out} is not empty and holds no linear-probe run; choose another --out")
-            if finished:
-                raise FileExistsError(f"{out} holds a finished run (results.json); pass --overwrite to redo it")
-            if not same:
-                diff = sorted(k for k in set(previous) | set(identity) if previous.get(k) != jsonable(identity).get(k))
-                raise FileExistsError(f"{out} holds a run with other settings ({', '.join(diff)}); pass --overwrite "
-                                      "to discard it or choose another --out")  # fmt: skip
-        else:
-            for name in ("state.pt", "results.json", "run.json", "config.yaml", "split_train.txt", "split_val.txt"):
-                (out / name).unlink(missing_ok=True)
-            for name in ("features", "vis", "tb"):
-                shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, identity)
+    """Claim ``out`` for this run (:func:`maskcontrast.runs.claim_run_folder`): the same identity
+    resumes, another is refused, a finished run needs ``--overwrite``."""
+    claim_run_folder(out, RUN_LAYOUT, identity=jsonable(identity), resume=True, overwrite=overwrite).prepare()
 
 
 def _datasets(

@@ -65,6 +65,7 @@ __all__ = [
     "optim_state",
     "restore_optim_state",
     "run_log",
+    "open_tensorboard",
     "tensorboard",
 ]
 
@@ -273,19 +274,22 @@ def claim_run_folder(
     if layout.identity_file is not None:
         id_path = path / layout.identity_file
         if not id_path.is_file():
-            if not state and not owned:
+            if not owned:
                 raise RunFolderError(
                     f"{path} is not empty and has no {layout.identity_file}, so it was not written by "
                     f"{layout.writer}; choose an empty folder or pass {layout.overwrite_hint}"
                 )
-            if state and not resume:
+            if state:
                 names = ", ".join(p.name for p in state[:4])
-                raise RunFolderError(f"{path} already holds a {layout.what} ({names}); {hints}")
+                raise RunFolderError(
+                    f"{path} holds saved progress ({names}) but no {layout.identity_file}, so its settings are "
+                    f"unknown; pass {layout.overwrite_hint} to start afresh or choose another folder"
+                )
         else:
             claim.previous = read_identity(id_path)
             if layout.finished is not None and (path / layout.finished).is_file():
                 raise RunFolderError(
-                    f"{path} holds a finished {layout.what} ({layout.finished}); pass {layout.overwrite_hint} "
+                    f"{path} holds a finished run ({layout.what}: {layout.finished}); pass {layout.overwrite_hint} "
                     "to redo it or choose another folder"
                 )
             if ident is not None:
@@ -450,18 +454,30 @@ def run_log(path: str | Path | None) -> Iterator[logging.Handler | None]:
         handler.close()
 
 
+class _NoWriter:
+    """Stands in for a ``SummaryWriter`` when TensorBoard cannot start: every call does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def open_tensorboard(folder: str | Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``folder``; when TensorBoard cannot start, a warning and
+    a writer whose calls do nothing (TensorBoard is optional at run time). Close it when done."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(folder))
+    except Exception as err:
+        log.warning("TensorBoard logging disabled (%s)", err)
+        return _NoWriter()
+
+
 @contextmanager
 def tensorboard(folder: str | Path | None) -> Iterator[Any]:
-    """A TensorBoard ``SummaryWriter`` on ``folder`` (None when ``folder`` is None or TensorBoard
-    cannot start: a warning, not an error), closed when the block ends."""
-    writer = None
-    if folder is not None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(folder))
-        except Exception as err:  # tensorboard is optional at run time
-            log.warning("TensorBoard logging disabled (%s)", err)
+    """:func:`open_tensorboard` on ``folder`` (None: no logging, the block gets None), closed when
+    the block ends."""
+    writer = None if folder is None else open_tensorboard(folder)
     try:
         yield writer
     finally:

@@ -76,8 +76,20 @@ from maskcontrast.data import DataError, build_dataset
 from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.models import ResNetBackbone, init_backbone, read_checkpoint
 from maskcontrast.models.checkpoint import CheckpointError
+from maskcontrast.runs import (
+    RunLayout,
+    capture_rng_state,
+    claim_run_folder,
+    identity_diff,
+    load_state,
+    optim_state,
+    read_identity,
+    restore_optim_state,
+    restore_rng_state,
+    save_state,
+    tensorboard,
+)
 from maskcontrast.utils import (
-    atomic_save,
     atomic_write_bytes,
     autocast_dtype,
     get_device,
@@ -116,6 +128,9 @@ _LEGACY = {
         "align_mean": False, "combine": "blend"},
     2: {"align_mean": False, "combine": "blend"},
 }  # fmt: skip
+#: what a refiner run writes in its folder (``pseudo_labels.pt`` is a keyed cache that an overwrite keeps)
+RUN_LAYOUT = RunLayout("refiner run", owned=("last.pt", "refiner.pt", "history.json"), state=("last.pt", "refiner.pt"),
+                       writer="saliency.refine")  # fmt: skip
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -481,7 +496,7 @@ def _pseudo_labels(sources: list[tuple[str, str]], cfg: RefineConfig, cache: Pat
         "targets": torch.from_numpy(np.stack(targets)),
         "confidence": torch.from_numpy(np.stack(confs).astype(bool)),
     }
-    atomic_save(data, cache)
+    save_state(cache, data)
     return data
 
 
@@ -537,20 +552,13 @@ def train_refiner(
     _validate(cfg)
     out = Path(out).expanduser()
     last, final = out / "last.pt", out / "refiner.pt"
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            log.warning("--overwrite: replacing the run in %s", out)
-            for p in (last, final, out / "history.json"):
-                p.unlink(missing_ok=True)
-        elif not resume:
-            raise FileExistsError(
-                f"{out} is not empty; pass --resume to continue that run or --overwrite to replace it"
-            )
-        elif (out / "config.yaml").is_file():
-            old = OmegaConf.load(out / "config.yaml")
-            if OmegaConf.to_container(old) != OmegaConf.to_container(cfg):
-                raise ConfigError(f"{out}/config.yaml differs from this run's config; resume with the same settings")
-    out.mkdir(parents=True, exist_ok=True)
+    claim = claim_run_folder(out, RUN_LAYOUT, resume=resume, overwrite=overwrite)
+    if claim.resume and (out / "config.yaml").is_file():
+        diff = identity_diff(read_identity(out / "config.yaml"), OmegaConf.to_container(cfg))
+        if diff:
+            raise ConfigError(f"{out}/config.yaml differs from this run's config ({'; '.join(diff[:4])}); resume "
+                              "with the same settings")  # fmt: skip
+    claim.prepare()
     save_config(cfg, out / "config.yaml")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -579,90 +587,80 @@ def train_refiner(
     )
     history: list[dict[str, Any]] = []
     first_round, first_epoch = 0, 0
-    if resume and last.is_file():
-        state = read_checkpoint(last)
+    if claim.resume and last.is_file():
+        state = load_state(last)
         net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        restore_optim_state(state, opt, sched)
         targets, conf = state["targets"].float() / 255.0, state["confidence"].bool()
         average = state["average"].float() / 255.0 if "average" in state else targets.clone()
         first_round, first_epoch = int(state["round"]), int(state["epoch"])
         history = list(state["history"])
-        torch.set_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
         log.info("resumed %s at round %d, epoch %d", last, first_round + 1, first_epoch + 1)
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * first_round + first_epoch)
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer: Any = SummaryWriter(str(out / "tb"))
-    except Exception as err:  # tensorboard is optional at run time
-        log.warning("TensorBoard logging disabled (%s)", err)
-        writer = None
     train_start = time.perf_counter()
-    for rnd in range(first_round, cfg.rounds):
-        for epoch in range(first_epoch if rnd == first_round else 0, cfg.epochs_per_round):
-            perm = torch.randperm(n, generator=gen)
-            losses = []
-            bar = tqdm(range(steps_per_epoch), desc=f"round {rnd + 1}/{cfg.rounds} epoch {epoch + 1}/{cfg.epochs_per_round}", unit="step", leave=False)  # fmt: skip
-            for step in bar:
-                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                x = _normalize(images[idx].to(device))
-                t = targets[idx].unsqueeze(1).to(device)
-                c = conf[idx].unsqueeze(1).to(device)
-                x, t, c = _augment(x, t, c, cfg, gen)
-                with _autocast(device, amp_dtype):
-                    logits = net(x.contiguous(memory_format=torch.channels_last))
-                loss = confident_bce(logits, t, c, cfg.unconfident_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            entry = {"round": rnd + 1, "epoch": epoch + 1, "loss": float(np.mean(losses)),
-                     "confident_fraction": float(conf.float().mean()), "seconds": time.perf_counter() - train_start}  # fmt: skip
-            history.append(entry)
-            log.info("round %d epoch %d: loss %.4f (confident pixels %.1f%%)", rnd + 1, epoch + 1, entry["loss"],
-                     100 * entry["confident_fraction"])  # fmt: skip
-            if writer is not None:
-                writer.add_scalar("refine/loss", entry["loss"], len(history))
-                writer.add_scalar("refine/confident_fraction", entry["confident_fraction"], len(history))
-            next_round, next_epoch = (rnd, epoch + 1) if epoch + 1 < cfg.epochs_per_round else (rnd + 1, 0)
-            if next_epoch == 0:  # end of the round: new targets from the moving average
-                preds = _predict_all(net, images, device, cfg.batch_size * 2, amp_dtype)
-                diag = target_diagnostics(preds, fused, fused_conf)
-                entry.update(diag)
-                if cfg.align_mean:  # the diagnostics above show the drift before the alignment
-                    preds = align_mean(preds, fused.mean(dim=(1, 2)))
-                average, targets, conf = update_targets(
-                    average, preds, cfg.target_momentum, cfg.margin, fused, cfg.target_anchor
-                )
-                log.info("round %d done: predicted foreground %.3f (fused %.3f), agreement with the fused label on its "
-                         "confident pixels %.3f, unconfident pixels called foreground %.3f; next targets: %.1f%% of "
-                         "pixels confident", rnd + 1, diag["foreground_share"], diag["fused_foreground_share"],
-                         diag["confident_agreement"], diag["unconfident_foreground"], 100 * float(conf.float().mean()))  # fmt: skip
+    with tensorboard(out / "tb") as writer:
+        for rnd in range(first_round, cfg.rounds):
+            for epoch in range(first_epoch if rnd == first_round else 0, cfg.epochs_per_round):
+                perm = torch.randperm(n, generator=gen)
+                losses = []
+                bar = tqdm(range(steps_per_epoch), desc=f"round {rnd + 1}/{cfg.rounds} epoch {epoch + 1}/{cfg.epochs_per_round}", unit="step", leave=False)  # fmt: skip
+                for step in bar:
+                    idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    x = _normalize(images[idx].to(device))
+                    t = targets[idx].unsqueeze(1).to(device)
+                    c = conf[idx].unsqueeze(1).to(device)
+                    x, t, c = _augment(x, t, c, cfg, gen)
+                    with _autocast(device, amp_dtype):
+                        logits = net(x.contiguous(memory_format=torch.channels_last))
+                    loss = confident_bce(logits, t, c, cfg.unconfident_weight)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    losses.append(loss.item())
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                entry = {"round": rnd + 1, "epoch": epoch + 1, "loss": float(np.mean(losses)),
+                         "confident_fraction": float(conf.float().mean()), "seconds": time.perf_counter() - train_start}  # fmt: skip
+                history.append(entry)
+                log.info("round %d epoch %d: loss %.4f (confident pixels %.1f%%)", rnd + 1, epoch + 1, entry["loss"],
+                         100 * entry["confident_fraction"])  # fmt: skip
                 if writer is not None:
-                    for k, v in diag.items():
-                        writer.add_scalar(f"refine/{k}", v, rnd + 1)
-            atomic_save(
-                {
-                    "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "targets": torch.round(targets * 255).to(torch.uint8),
-                    "average": torch.round(average * 255).to(torch.uint8),
-                    "confidence": conf,
-                    "round": next_round,
-                    "epoch": next_epoch,
-                    "history": history,
-                    "rng": torch.get_rng_state(),
-                },
-                last,
-            )
-    if writer is not None:
-        writer.close()
+                    writer.add_scalar("refine/loss", entry["loss"], len(history))
+                    writer.add_scalar("refine/confident_fraction", entry["confident_fraction"], len(history))
+                next_round, next_epoch = (rnd, epoch + 1) if epoch + 1 < cfg.epochs_per_round else (rnd + 1, 0)
+                if next_epoch == 0:  # end of the round: new targets from the moving average
+                    preds = _predict_all(net, images, device, cfg.batch_size * 2, amp_dtype)
+                    diag = target_diagnostics(preds, fused, fused_conf)
+                    entry.update(diag)
+                    if cfg.align_mean:  # the diagnostics above show the drift before the alignment
+                        preds = align_mean(preds, fused.mean(dim=(1, 2)))
+                    average, targets, conf = update_targets(
+                        average, preds, cfg.target_momentum, cfg.margin, fused, cfg.target_anchor
+                    )
+                    log.info("round %d done: predicted foreground %.3f (fused %.3f), agreement with the fused label on its "
+                             "confident pixels %.3f, unconfident pixels called foreground %.3f; next targets: %.1f%% of "
+                             "pixels confident", rnd + 1, diag["foreground_share"], diag["fused_foreground_share"],
+                             diag["confident_agreement"], diag["unconfident_foreground"], 100 * float(conf.float().mean()))  # fmt: skip
+                    if writer is not None:
+                        for k, v in diag.items():
+                            writer.add_scalar(f"refine/{k}", v, rnd + 1)
+                save_state(
+                    last,
+                    {
+                        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                        **optim_state(opt, sched),
+                        "targets": torch.round(targets * 255).to(torch.uint8),
+                        "average": torch.round(average * 255).to(torch.uint8),
+                        "confidence": conf,
+                        "round": next_round,
+                        "epoch": next_epoch,
+                        "history": history,
+                        "rng": capture_rng_state(),
+                    },
+                )
     seconds = time.perf_counter() - start
-    atomic_save(_final_checkpoint(net, cfg, history=history, n_images=n), final)
+    save_state(final, _final_checkpoint(net, cfg, history=history, n_images=n))
     summary = {"checkpoint": str(final), "history": history, "seconds": seconds, "pseudo_label_seconds": pseudo_seconds,
                "train_seconds": time.perf_counter() - train_start, "n_images": n}  # fmt: skip
     atomic_write_bytes(out / "history.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -854,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, root in sources:
             build_dataset(name, root)  # fail early on a bad source
         summary = train_refiner(sources, args.out, cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, DataError, FileExistsError, CheckpointError, ValueError) as err:
+    except (ConfigError, DataError, OSError, CheckpointError, ValueError) as err:
         log.error("%s", err)
         return 2
     log.info("trained on %d images in %.0f s (pseudo-labels %.0f s, training %.0f s)", summary["n_images"],
