@@ -605,6 +605,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     quiet_faiss()
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.k is not None and args.k < 2:  # checked before any model is loaded or image is run
+        raise ValueError(f"--k must be >= 2 (clusters, background included for the prototype protocol), got {args.k}")
     ensure_new_file(args.json, args.overwrite)
     vis_dir = None
     if args.vis > 0:
@@ -622,6 +624,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if info.num_classes == 0:
         raise ValueError(f"dataset '{args.dataset}' has no labels; K-means evaluation needs ground truth")
     k = args.k if args.k is not None else info.num_classes
+    if args.protocol == "prototype" and k - 1 > len(ds):
+        raise ValueError(f"--k {k} needs at least {k - 1} images (one prototype per image), and {args.dataset} "
+                         f"has {len(ds)} here; use a smaller --k or more images")  # fmt: skip
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     km = {"niter": args.niter, "nredo": args.nredo, "backend": args.backend}
     settings = {

@@ -312,7 +312,8 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
     )
     sampler = ViewSampler(cfg.augment, cfg.data.image_size).to(env.device)
     spe = len(dataset) // ocfg.batch_size
-    total = int(tcfg.max_steps) if tcfg.max_steps > 0 else int(tcfg.epochs) * spe
+    budget = int(tcfg.max_steps or 0)
+    total = budget if budget > 0 else int(tcfg.epochs) * spe
     objective.train()  # the objective keeps its frozen layers (if any) in eval mode
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, weight_decay=ocfg.weight_decay,
@@ -511,7 +512,7 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
     """
     tcfg, ocfg = cfg.trainer, cfg.optim
     autocast_dtype(tcfg.precision, choices=("fp32", "bf16", "fp16"), key="trainer.precision")
-    if tcfg.epochs <= 0 and tcfg.max_steps <= 0:
+    if tcfg.epochs <= 0 and not (tcfg.max_steps or 0) > 0:
         raise ConfigError("set trainer.epochs > 0 or trainer.max_steps > 0")
     lr_at(0, 1, ocfg.lr, ocfg.schedule)  # validates the schedule name
     env = setup_distributed(tcfg.device)

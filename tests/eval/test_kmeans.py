@@ -166,3 +166,9 @@ def test_cli_pixel_protocol_on_msrc(shared_root, maskcontrast_ckpt, tmp_path):
     assert first["miou_mean"] == pytest.approx(again["miou_mean"])
     assert first["matching"] == "auto" and len(first["per_class"]) == 21
     assert (tmp_path / "cache" / "pixel_pass2.pt").is_file()
+
+
+def test_cli_checks_k_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="--k must be >= 2"):
+        main(["--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "weizmann", "--root", str(tmp_path),
+              "--k", "1"])  # fmt: skip
