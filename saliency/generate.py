@@ -32,12 +32,10 @@ import argparse
 import dataclasses
 import json
 import logging
-import multiprocessing as mp
 import os
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,7 @@ from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.data.io import SKIPPED_LIST, read_skipped
 from maskcontrast.runs import RunFolderError, RunLayout, claim_run_folder
 from maskcontrast.utils import atomic_write_bytes, setup_logging
+from saliency.common import pool_map, single_thread_env
 from saliency.fusion import FusionConfig
 from saliency.methods import METHODS, build_estimator, estimator_params
 from saliency.postprocess import postprocess
@@ -66,7 +65,6 @@ FLAGGED = "flagged.txt"
 FORMAT = "maskcontrast-saliency-masks"
 FORMAT_VERSION = 1
 _RETRY_PREFIXES = ("unreadable", "error")
-_BLAS_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 #: ``--out`` holds outputs that this run must not silently overwrite (the run layer's error)
@@ -123,14 +121,7 @@ def _prepare_out(out: Path, manifest: dict, overwrite: bool) -> bool:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(spec: dict[str, Any], single_thread: bool) -> None:
-    if single_thread:
-        for var in _BLAS_VARS:
-            os.environ[var] = "1"
-        if "torch" in sys.modules or spec["method"] == "refined":
-            import torch
-
-            torch.set_num_threads(1)
+def _init_worker(spec: dict[str, Any]) -> None:
     ds = build_dataset(spec["dataset"], spec["root"], spec["split"], **spec["dataset_kwargs"])
     fusion = FusionConfig(**spec["fusion"]) if spec["fusion"] is not None else None
     _STATE.update(
@@ -163,22 +154,6 @@ def _work(sample_id: str) -> tuple[str, str, dict[str, Any]]:
         return sample_id, "written", info
     except Exception as err:  # keep going; the id is recorded and retried on the next run
         return sample_id, "error", {"reason": f"error: {type(err).__name__}: {err}"}
-
-
-@contextmanager
-def single_thread_env(enabled: bool):
-    saved = {v: os.environ.get(v) for v in _BLAS_VARS}
-    if enabled:
-        for v in _BLAS_VARS:
-            os.environ[v] = "1"
-    try:
-        yield
-    finally:
-        for v, old in saved.items():
-            if old is None:
-                os.environ.pop(v, None)
-            else:
-                os.environ[v] = old
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,18 +268,9 @@ def generate(
             _append_line(flagged_path, f"{sid}\t{info['agreement']:.3f}")
 
     bar = tqdm(total=len(todo), desc=f"saliency {method}", unit="img", disable=not progress or not todo)
-    if workers <= 1:
-        _init_worker(spec, single_thread=False)
-        for sid in todo:
-            handle(*_work(sid))
-            bar.update()
-    else:
-        with single_thread_env(True):
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(spec, True)) as pool:
-                for result in pool.imap_unordered(_work, todo, chunksize=1):
-                    handle(*result)
-                    bar.update()
+    for result in pool_map(_work, todo, workers=workers, initializer=_init_worker, initargs=(spec,), ordered=False):
+        handle(*result)
+        bar.update()
     bar.close()
     seconds = time.perf_counter() - start
     manifest["counts"] = counts
