@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from maskcontrast.api import FeatureModel, FeatureOutput, load_model, upsample_saliency
 from maskcontrast.data import DataError, DatasetInfo, Sample, SegmentationDataset, build_dataset, write_mask
 from maskcontrast.data.io import write_panel
 from maskcontrast.data.paths import SHARED_LAYOUT, shared_dataset_root
+from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels
 from maskcontrast.runs import ChangedIdentityError, identity_digest, load_state, remove_stale_temporaries, save_state
 from maskcontrast.utils import atomic_write_bytes
 
@@ -49,9 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: bytes of one upsampled channel chunk (keeps high-dimensional baselines memory-bounded)
-CHUNK_BYTES = 1 << 27
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,95 +334,6 @@ def iter_model_outputs(
 # ----------------------------------------------------------------------------------------------
 # Memory-bounded pixel embeddings at label resolution
 # ----------------------------------------------------------------------------------------------
-
-
-def _channel_chunks(emb: torch.Tensor, size: tuple[int, int]) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(channels, c x H*W upsampled chunk)`` of a ``1 x D x h x w`` embedding."""
-    d = emb.shape[1]
-    step = max(1, min(d, CHUNK_BYTES // max(1, 4 * size[0] * size[1])))
-    for c0 in range(0, d, step):
-        part = emb[:, c0 : c0 + step].float()
-        if tuple(part.shape[-2:]) != tuple(size):
-            part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
-        yield slice(c0, c0 + part.shape[1]), part[0].reshape(part.shape[1], -1)
-
-
-def _chunks(emb: torch.Tensor, size: tuple[int, int]) -> list[tuple[slice, torch.Tensor]] | None:
-    """All upsampled chunks at once when they fit in one chunk (the common 32-d case), else None."""
-    if emb.shape[1] * size[0] * size[1] * 4 <= CHUNK_BYTES:
-        return list(_channel_chunks(emb, size))
-    return None
-
-
-def _inverse_norms(chunks: Any) -> torch.Tensor:
-    sq = None
-    for _, chunk in chunks:
-        s = chunk.square().sum(0)
-        sq = s if sq is None else sq + s
-    assert sq is not None
-    return sq.sqrt().clamp_min(1e-12).reciprocal()
-
-
-def normalised_pixels(
-    emb: torch.Tensor,
-    size: tuple[int, int],
-    index: torch.Tensor | None = None,
-    proj: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """L2-normalised embeddings of pixels at resolution ``size``, optionally projected.
-
-    Equals ``upsample_embedding(emb, size)`` (bilinear, then unit norm) flattened to ``H*W x D``,
-    restricted to the flat pixel ``index``, then ``(x - mean) @ W`` when ``proj = (mean, W)``,
-    but computed in channel chunks so that high-dimensional baselines (2048-d) stay within
-    ~128 MiB per chunk.
-
-    Args:
-        emb: ``1 x D x h x w`` raw embeddings. size: ``(H, W)``.
-        index: ``(N,)`` int64 flat pixel indices (None: all ``H*W``).
-        proj: ``mean (D,)``, ``W (D x d)``.
-
-    Returns:
-        ``N x D`` (or ``N x d``) float32.
-    """
-    cached = _chunks(emb, size)
-    inv = _inverse_norms(cached if cached is not None else _channel_chunks(emb, size))
-    if index is not None:
-        inv = inv[index]
-    parts = []
-    out = None
-    for sl, chunk in cached if cached is not None else _channel_chunks(emb, size):
-        part = (chunk if index is None else chunk[:, index]) * inv  # c x N
-        if proj is not None:
-            y = part.T @ proj[1][sl].float()
-            out = y if out is None else out + y
-        else:
-            parts.append(part.T)
-    if proj is None:
-        return torch.cat(parts, 1).contiguous()
-    assert out is not None
-    return (out - proj[0].float() @ proj[1].float()).contiguous()
-
-
-def masked_mean_embedding(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-    """The prototype of a mask: mean of the unit embeddings inside it, re-normalised.
-
-    Args:
-        emb: ``1 x D x h x w`` raw embeddings; mask: ``H x W`` bool at the evaluation resolution.
-
-    Returns:
-        ``(D,)`` unit vector, or None for an empty mask.
-    """
-    flat = mask.reshape(-1)
-    if not bool(flat.any()):
-        return None
-    index = flat.nonzero().squeeze(1)
-    size = (int(mask.shape[0]), int(mask.shape[1]))
-    cached = _chunks(emb, size)
-    inv = _inverse_norms(cached if cached is not None else _channel_chunks(emb, size))[index]
-    parts = [
-        (chunk[:, index] * inv).sum(1) for _, chunk in (cached if cached is not None else _channel_chunks(emb, size))
-    ]
-    return F.normalize(torch.cat(parts), dim=0)
 
 
 # ----------------------------------------------------------------------------------------------

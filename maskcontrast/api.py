@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskcontrast.embeddings import upsample_embedding
 from maskcontrast.models import (
     CheckpointError,
     MaskContrastModel,
@@ -198,13 +199,6 @@ def target_size(hw: tuple[int, int], size: int | Sequence[int] | None, stride: i
             raise ValueError(f"size must be an int or (H, W) with positive values, got {size}")
         th, tw = float(size[0]), float(size[1])
     return max(stride, math.floor(th / stride + 0.5) * stride), max(stride, math.floor(tw / stride + 0.5) * stride)
-
-
-def upsample_embedding(emb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``B x D x h x w`` raw embeddings -> ``B x D x H x W`` L2-normalised (bilinear, then normalise)."""
-    if tuple(emb.shape[-2:]) != tuple(size):
-        emb = F.interpolate(emb.float(), size=size, mode="bilinear", align_corners=False)
-    return F.normalize(emb.float(), dim=1)
 
 
 def upsample_saliency(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

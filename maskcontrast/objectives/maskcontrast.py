@@ -12,11 +12,11 @@ from torch import nn
 
 from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig
 from maskcontrast.data.views import Views
+from maskcontrast.embeddings import mask_prototypes
 from maskcontrast.losses import (
     CLASS_WEIGHTINGS,
     balanced_bce,
     full_precision,
-    mask_prototypes,
     maskcontrast_pixel_loss,
     pixel_prototype_logits,
     topk_accuracy,
@@ -47,7 +47,7 @@ class MaskContrastObjective(Objective):
     1. query forward (with gradients) at feature resolution;
     2. key forward (no gradients) on the key views, shuffled across DDP ranks (shuffle-BN),
        at feature resolution, unshuffled;
-    3. one prototype per (image, object) of the key view (:func:`~maskcontrast.losses.mask_prototypes`),
+    3. one prototype per (image, object) of the key view (:func:`~maskcontrast.embeddings.mask_prototypes`),
        gathered from every rank;
     4. every query pixel on an object with a prototype is classified against all prototypes of
        the global batch and the memory bank (T = ``temperature``), cross-entropy with ENet class
@@ -57,7 +57,7 @@ class MaskContrastObjective(Objective):
     The trainer applies the momentum update (``momentum_pairs``) before each forward.
 
     The embeddings are upsampled to the input size bilinearly, as in the paper, but only at the
-    object pixels that enter the loss (:func:`~maskcontrast.losses.upsampled_pixels`), and the
+    object pixels that enter the loss (:func:`~maskcontrast.embeddings.upsampled_pixels`), and the
     cross-entropy runs in row chunks (:func:`~maskcontrast.losses.pixel_contrastive_loss`); the
     values are those of the full-resolution computation.
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from eval import common
 from eval.common import SaliencySource, StreamCache, masked_mean_embedding, normalised_pixels
 from eval.kmeans import (
     kmeans,
@@ -16,6 +15,7 @@ from eval.kmeans import (
     run_prototype_protocol,
 )
 from eval.metrics import confusion_matrix
+from maskcontrast import embeddings
 from maskcontrast.api import upsample_embedding
 
 
@@ -63,7 +63,7 @@ def test_pca_whitening_gives_identity_covariance():
 @pytest.mark.parametrize("chunk_bytes", [None, 4 * 30 * 40 * 3])
 def test_chunked_pixels_equal_direct_computation(monkeypatch, chunk_bytes):
     if chunk_bytes is not None:
-        monkeypatch.setattr(common, "CHUNK_BYTES", chunk_bytes)  # forces 3-channel chunks
+        monkeypatch.setattr(embeddings, "CHUNK_BYTES", chunk_bytes)  # forces 3-channel chunks
     torch.manual_seed(0)
     emb = torch.randn(1, 10, 5, 7)
     direct = upsample_embedding(emb, (30, 40))[0].reshape(10, -1).T

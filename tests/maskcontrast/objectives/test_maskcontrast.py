@@ -6,13 +6,12 @@ import torch.nn.functional as F
 
 from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig, load_config
 from maskcontrast.data.views import Views
+from maskcontrast.embeddings import mask_prototypes
 from maskcontrast.losses import (
     balanced_bce,
     enet_class_weights,
-    mask_prototypes,
     pixel_prototype_logits,
     query_pixels,
-    weighted_cross_entropy,
 )
 from maskcontrast.objectives import MaskContrastObjective
 
@@ -61,7 +60,7 @@ def test_loss_and_gradients_equal_the_full_resolution_computation(class_weightin
     q, labels = query_pixels(F.normalize(out.embedding, dim=1), views.query_mask, owner)
     logits = pixel_prototype_logits(q, protos, queue, 0.5)
     w = enet_class_weights(labels, logits.shape[1]) if class_weighting == "enet" else None
-    loss_con = weighted_cross_entropy(logits, labels, w)
+    loss_con = F.cross_entropy(logits, labels, weight=None if w is None else w.to(logits.dtype))  # weighted mean
     ref = loss_con + balanced_bce(out.saliency, views.query_mask > 0)
     ref_grads = torch.autograd.grad(ref, list(obj.query.parameters()))
 
