@@ -40,29 +40,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.common import (
-    SaliencySource,
-    StreamCache,
+from eval.arguments import (
     add_dataset_arguments,
     add_model_arguments,
     add_saliency_arguments,
-    checkpoint_fingerprint,
     dataset_from_args,
-    ensure_new_file,
-    iter_model_outputs,
-    masked_mean_embedding,
     model_from_args,
-    normalised_pixels,
     parse_key_values,
-    quiet_faiss,
-    safe_name,
-    save_panel,
-    write_json,
 )
+from eval.caches import StreamCache, checkpoint_fingerprint
 from eval.metrics import apply_mapping, confusion_matrix, map_confusion, match_clusters, segmentation_scores
+from eval.outputs import ensure_new_file, quiet_faiss, safe_name, save_panel, write_json
+from eval.saliency_source import SaliencySource
+from eval.stream import iter_model_outputs
 from maskcontrast.api import FeatureModel
 from maskcontrast.data import DataError, SegmentationDataset
 from maskcontrast.data.base import read_id_list
+from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels
 from maskcontrast.utils import peak_rss_mib, setup_logging
 
 __all__ = [

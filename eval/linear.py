@@ -46,19 +46,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eval.common import (
-    checkpoint_fingerprint,
-    collate_samples,
-    dataset_from_args,
-    jsonable,
-    model_from_args,
-    parse_key_values,
-    resolve_split,
-    safe_name,
-    save_panel,
-    write_json,
-)
+from eval.arguments import dataset_from_args, model_from_args, parse_key_values
+from eval.caches import checkpoint_fingerprint
 from eval.metrics import confusion_matrix, segmentation_scores
+from eval.outputs import jsonable, safe_name, save_panel, write_json
+from eval.splits import resolve_split
+from eval.stream import collate_samples
 from maskcontrast.api import FeatureModel, target_size, to_image_tensor
 from maskcontrast.config import ConfigError, add_config_arguments, config_to_dict, load_config, save_config
 from maskcontrast.data import DataError, Sample, SegmentationDataset
@@ -570,7 +563,7 @@ def run_linear_probe(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from eval.common import add_dataset_arguments, add_model_arguments
+    from eval.arguments import add_dataset_arguments, add_model_arguments
 
     p = argparse.ArgumentParser(
         prog="python -m eval.linear",
