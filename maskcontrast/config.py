@@ -351,6 +351,8 @@ class OptimConfig:
     schedule: str = bounded("poly", choices=("poly", "cosine", "constant"))
     poly_power: float = bounded(0.9, gt=0.0)
     warmup_steps: int = bounded(0, ge=0)  # linear warm-up from 0
+    # step: the schedule moves every step; epoch: it holds for a whole epoch (the official poly schedule)
+    schedule_unit: str = bounded("step", choices=("step", "epoch"))
 
 
 @dataclass
@@ -384,6 +386,9 @@ class MaskContrastObjectiveConfig:
     saliency_weight: float = bounded(1.0, ge=0.0)
     class_weighting: str = bounded("enet", choices=("enet", "none"))  # enet: 1 / log(1.02 + p), p per batch
     freeze_early_layers: bool = False  # freeze conv1 .. layer2 (the supervised-saliency recipe)
+    # negatives of a pixel under DDP: global (the prototypes of every process + the queue) or local
+    # (its own process's prototypes + the queue, as the official code); the queue always gets every process's
+    negatives: str = bounded("global", choices=("global", "local"))
 
 
 @dataclass

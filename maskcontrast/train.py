@@ -71,6 +71,7 @@ __all__ = [
     "RunDirError",
     "NonFiniteLossError",
     "lr_at",
+    "schedule_step",
     "build_sources",
     "build_view_dataset",
     "DistEnv",
@@ -133,6 +134,15 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "poly", p
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * t))
     return base_lr
+
+
+def schedule_step(step: int, steps_per_epoch: int, unit: str = "step") -> int:
+    """The step the learning-rate schedule sees: ``step`` itself (``unit="step"``), or the first step
+    of its epoch (``unit="epoch"``: the rate holds for a whole epoch, as the official poly schedule,
+    ``base * (1 - epoch / epochs)^power``)."""
+    if unit not in ("step", "epoch"):
+        raise ValueError(f"optim.schedule_unit must be step or epoch, got {unit!r}")
+    return step if unit == "step" else (step // max(steps_per_epoch, 1)) * max(steps_per_epoch, 1)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -387,7 +397,8 @@ def train_step(
     """
     tcfg, ocfg = s.cfg.trainer, s.cfg.optim
     torch.manual_seed(_step_seed(tcfg.seed, step, s.env.rank))
-    lr = lr_at(step, s.total_steps, ocfg.lr, ocfg.schedule, ocfg.poly_power, ocfg.warmup_steps)
+    lr = lr_at(schedule_step(step, s.steps_per_epoch, ocfg.schedule_unit), s.total_steps, ocfg.lr, ocfg.schedule,
+               ocfg.poly_power, ocfg.warmup_steps)  # fmt: skip
     for g in s.optimizer.param_groups:
         g["lr"] = lr
     views: Views = s.sampler(batch)

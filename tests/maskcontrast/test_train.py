@@ -235,3 +235,16 @@ def test_contrastive_loss_goes_down_on_pet_trimaps(shared_root, tmp_path):
     train(cfg, lambda: Recording(cfg.model, cfg.objective), "pretrain")
     first, last = np.mean(losses[2:8]), np.mean(losses[-6:])  # from step 2 on the queue holds real prototypes
     assert last < first - 0.05, f"contrastive loss did not go down: {first:.3f} -> {last:.3f} ({losses})"
+
+
+def test_schedule_unit_epoch_holds_the_rate_for_an_epoch(data, tmp_path):
+    from maskcontrast.train import schedule_step
+
+    assert [schedule_step(s, 3, "epoch") for s in range(7)] == [0, 0, 0, 3, 3, 3, 6]
+    assert [schedule_step(s, 3, "step") for s in range(4)] == [0, 1, 2, 3]
+    # 12 images, batch 4: 3 steps per epoch; the 5th step (index 4) is in epoch 1
+    cfg = tiny_cfg(data, tmp_path / "ep", "trainer.max_steps=5", "optim.schedule_unit=epoch")
+    res = train(cfg, build(cfg), "pretrain")
+    assert res.metrics["lr"] == pytest.approx(lr_at(3, 5, cfg.optim.lr, "poly", 0.9))
+    with pytest.raises(ConfigError, match=r"optim\.schedule_unit"):
+        tiny_cfg(data, tmp_path / "x", "optim.schedule_unit=iteration")
