@@ -53,7 +53,7 @@ from eval.outputs import jsonable, safe_name, save_panel, write_json
 from eval.splits import resolve_split
 from eval.stream import collate_samples
 from maskcontrast.api import FeatureModel, target_size, to_image_tensor
-from maskcontrast.config import ConfigError, add_config_arguments, config_to_dict, load_config, save_config
+from maskcontrast.config import ConfigError, add_config_arguments, bounded, config_to_dict, load_config, save_config
 from maskcontrast.data import DataError, Sample, SegmentationDataset
 from maskcontrast.runs import (
     RunLayout,
@@ -101,31 +101,31 @@ class LinearDataConfig:
 
     train_split: str | None = "train_aug"  # null: seeded split of the dataset's default split
     val_split: str | None = "val"
-    val_fraction: float = 0.2  # seeded split only
+    val_fraction: float = bounded(0.2, gt=0.0, lt=1.0)  # seeded split only
     split_seed: int = 0  # seeded split only
     split_dir: str | None = None  # reuse split_train.txt / split_val.txt from this folder
-    train_limit: int | None = None  # first N training images (quick runs)
-    val_limit: int | None = None
+    train_limit: int | None = bounded(None, ge=1)  # first N training images (quick runs)
+    val_limit: int | None = bounded(None, ge=1)
 
 
 @dataclass
 class AugmentConfig:
     """Random flip, rotation, scale and crop (applied to images, or to cached features)."""
 
-    crop_size: int = 512
-    scale_min: float = 0.75
-    scale_max: float = 1.25
-    rotate_degrees: float = 5.0
+    crop_size: int = bounded(512, ge=1)
+    scale_min: float = bounded(0.75, gt=0.0)
+    scale_max: float = bounded(1.25, gt=0.0)
+    rotate_degrees: float = bounded(5.0, ge=0.0)
     flip: bool = True
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = bounded(0.1, gt=0.0)
+    momentum: float = bounded(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = bounded(1e-4, ge=0.0)
     milestones: list[int] = field(default_factory=lambda: [25])  # epochs at which lr *= gamma
-    gamma: float = 0.1
+    gamma: float = bounded(0.1, gt=0.0)
 
 
 @dataclass
@@ -133,7 +133,7 @@ class CRFConfig:
     """Dense CRF post-processing (needs ``pip install pydensecrf2``; skipped with a message otherwise)."""
 
     enabled: bool = False
-    iterations: int = 5
+    iterations: int = bounded(5, ge=1)
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
     bilateral_sxy: float = 80.0
@@ -149,12 +149,14 @@ class LinearConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
-    batch_size: int = 16
-    epochs: int = 60
-    base_size: int | None = None  # resize training images (shorter side) before augmentation; null = native
-    eval_size: int | None = None  # network input (shorter side) for validation; null = native
+    batch_size: int = bounded(16, ge=1)
+    epochs: int = bounded(60, ge=0)
+    base_size: int | None = bounded(
+        None, ge=1
+    )  # resize training images (shorter side) before augmentation; null = native
+    eval_size: int | None = bounded(None, ge=1)  # network input (shorter side) for validation; null = native
     cache_features: bool = False  # run the frozen network once; augment the cached features
-    eval_every: int = 0  # also evaluate every N epochs (0: only at the end)
+    eval_every: int = bounded(0, ge=0)  # also evaluate every N epochs (0: only at the end)
     seed: int = 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from maskcontrast.config import ConfigError
+from maskcontrast.config import ConfigError, bounded
 from saliency.fusion import FusionConfig
 
 FORMAT = "maskcontrast-saliency-refiner"
@@ -22,8 +22,8 @@ class RefinerNetConfig:
     """The refiner network: a torchvision ResNet trunk and a light decoder."""
 
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101
-    output_stride: int = 32  # 8, 16 or 32 (32: no dilation, the cheapest)
-    decoder_channels: int = 64
+    output_stride: int = bounded(32, choices=(8, 16, 32))  # 8, 16 or 32 (32: no dilation, the cheapest)
+    decoder_channels: int = bounded(64, ge=8)
     stem_skip: bool = True  # also merge the stem's features at stride 2 (sharper boundaries)
     init: str = "random"  # random | torchvision | path to a MoCo / torchvision / maskcontrast checkpoint
 
@@ -34,26 +34,34 @@ class RefineConfig:
 
     model: RefinerNetConfig = field(default_factory=RefinerNetConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
-    input_size: int = 192
-    rounds: int = 3
-    epochs_per_round: int = 3
-    batch_size: int = 16
-    lr: float = 1e-3  # AdamW, cosine over all rounds
-    weight_decay: float = 1e-4
-    target_momentum: float = 0.5  # moving average of predictions: a <- m a + (1 - m) prediction
-    target_anchor: float = 0.5  # next targets: w * fused + (1 - w) * a (0: the average alone)
-    margin: float = 0.25  # confident where |t - 0.5| >= margin (rounds after the first)
-    unconfident_weight: float = 0.5  # loss weight of the unconfident pixels (soft targets); 0: confident only
-    fused_weight: float = 0.5  # combine=blend: (1 - w) * network + w * fused map (0: the network alone)
+    input_size: int = bounded(192, ge=32)
+    rounds: int = bounded(3, ge=1)
+    epochs_per_round: int = bounded(3, ge=1)
+    batch_size: int = bounded(16, ge=2)
+    lr: float = bounded(1e-3, gt=0.0)  # AdamW, cosine over all rounds
+    weight_decay: float = bounded(1e-4, ge=0.0)
+    target_momentum: float = bounded(
+        0.5, ge=0.0, lt=1.0
+    )  # moving average of predictions: a <- m a + (1 - m) prediction
+    target_anchor: float = bounded(0.5, ge=0.0, lt=1.0)  # next targets: w * fused + (1 - w) * a (0: the average alone)
+    margin: float = bounded(0.25, ge=0.0, lt=0.5)  # confident where |t - 0.5| >= margin (rounds after the first)
+    unconfident_weight: float = bounded(
+        0.5, ge=0.0, le=1.0
+    )  # loss weight of the unconfident pixels (soft targets); 0: confident only
+    fused_weight: float = bounded(
+        0.5, ge=0.0, le=1.0
+    )  # combine=blend: (1 - w) * network + w * fused map (0: the network alone)
     align_mean: bool = True  # shift each prediction's logits so its mean equals its fused map's (stops drift)
-    combine: str = "fusion"  # fusion: the network joins the classical fusion as one more estimator | blend
+    combine: str = bounded(
+        "fusion", choices=("fusion", "blend")
+    )  # fusion: the network joins the classical fusion as one more estimator | blend
     tta_scales: list[float] = field(default_factory=lambda: [1.0])  # inference: mean of the maps at these x input_size
-    precision: str = "auto"  # auto (bf16 where native) | bf16 | fp32
-    scale_min: float = 0.6  # random-resized-crop area range lower bound
-    color_jitter: float = 0.2
-    max_images: int = 0  # 0: all images
-    workers: int = 2  # processes for the pseudo-labels
-    threads: int = 0  # torch threads (0: torch's default)
+    precision: str = bounded("auto", choices=("auto", "bf16", "fp32"))  # auto (bf16 where native) | bf16 | fp32
+    scale_min: float = bounded(0.6, gt=0.0, le=1.0)  # random-resized-crop area range lower bound
+    color_jitter: float = bounded(0.2, ge=0.0)
+    max_images: int = bounded(0, ge=0)  # 0: all images
+    workers: int = bounded(2, ge=0)  # processes for the pseudo-labels
+    threads: int = bounded(0, ge=0)  # torch threads (0: torch's default)
     device: str = "auto"
     seed: int = 0
 
