@@ -253,10 +253,10 @@ def claim_training_run(tcfg: Any) -> tuple[RunClaim, Path | None]:
     explicit = resume not in ("none", "auto", "")
     if explicit and not Path(resume).expanduser().is_file():
         raise RunDirError(f"trainer.resume={resume}: file not found")
+    # resume=auto with a last.pt wins over overwrite (as before): nothing written is lost
+    overwrite = bool(tcfg.overwrite) and not (resume == "auto" and (run_dir / "last.pt").is_file())
     try:
-        claim = claim_run_folder(
-            run_dir, RUN_LAYOUT, resume=resume == "auto" or explicit, overwrite=bool(tcfg.overwrite)
-        )
+        claim = claim_run_folder(run_dir, RUN_LAYOUT, resume=resume == "auto" or explicit, overwrite=overwrite)
     except RunFolderError as err:
         raise RunDirError(str(err)) from err
     if explicit:
