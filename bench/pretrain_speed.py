@@ -139,13 +139,12 @@ def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, d
     import torch
     import torch.nn.functional as F
 
+    from maskcontrast.embeddings import mask_prototypes
     from maskcontrast.losses import (
         enet_class_weights,
-        mask_prototypes,
         maskcontrast_pixel_loss,
         pixel_prototype_logits,
         query_pixels,
-        weighted_cross_entropy,
     )
 
     g = torch.Generator().manual_seed(0)
@@ -172,7 +171,7 @@ def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, d
             protos, owner = mask_prototypes(F.normalize(up(k_small), dim=1), mask)
         q_raw, labels = query_pixels(up(q_small), mask, owner)
         logits = pixel_prototype_logits(F.normalize(q_raw, dim=1), protos, queue, 0.5)
-        loss = weighted_cross_entropy(logits, labels, enet_class_weights(labels, logits.shape[1]))
+        loss = F.cross_entropy(logits, labels, weight=enet_class_weights(labels, logits.shape[1]))
         loss.backward()
         return loss.item()
 

@@ -87,7 +87,9 @@ def time_fn(fn, images: list[np.ndarray]) -> dict[str, float]:
 
 def bench_refiner(config: str, images: list[np.ndarray], tmp: Path) -> dict[str, dict[str, float]]:
     from maskcontrast.utils import atomic_save
-    from saliency.refine import RefineConfig, RefinerNet, RefinerPredictor, _final_checkpoint, _normalize, confident_bce
+    from saliency.refine import RefineConfig, RefinerNet, RefinerPredictor, confident_bce
+    from saliency.refine.network import normalize as _normalize
+    from saliency.refine.training import _final_checkpoint
 
     cfg = load_config(RefineConfig, config)
     net = RefinerNet(OmegaConf.to_object(cfg.model))

@@ -40,29 +40,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.common import (
-    SaliencySource,
-    StreamCache,
+from eval.arguments import (
     add_dataset_arguments,
     add_model_arguments,
     add_saliency_arguments,
-    checkpoint_fingerprint,
     dataset_from_args,
-    ensure_new_file,
-    iter_model_outputs,
-    masked_mean_embedding,
     model_from_args,
-    normalised_pixels,
     parse_key_values,
-    quiet_faiss,
-    safe_name,
-    save_panel,
-    write_json,
 )
+from eval.caches import StreamCache, checkpoint_fingerprint
 from eval.metrics import apply_mapping, confusion_matrix, map_confusion, match_clusters, segmentation_scores
+from eval.outputs import ensure_new_file, quiet_faiss, safe_name, save_panel, write_json
+from eval.saliency_source import SaliencySource
+from eval.stream import iter_model_outputs
 from maskcontrast.api import FeatureModel
 from maskcontrast.data import DataError, SegmentationDataset
 from maskcontrast.data.base import read_id_list
+from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels
 from maskcontrast.utils import peak_rss_mib, setup_logging
 
 __all__ = [
@@ -77,6 +71,9 @@ __all__ = [
     "prototype_pass",
     "run_prototype_protocol",
     "run_pixel_protocol",
+    "PrototypeProtocol",
+    "PixelProtocol",
+    "PROTOCOLS",
     "main",
 ]
 
@@ -503,52 +500,140 @@ def _array_digest(arrays: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def write_vis(
-    vis_dir: Path,
-    n: int,
-    model: FeatureModel,
-    ds: SegmentationDataset,
-    mapping: np.ndarray,
-    *,
-    protocol: str,
-    source: SaliencySource | None = None,
-    clusters: np.ndarray | None = None,
-    centroids: np.ndarray | None = None,
-    proj: tuple[np.ndarray, np.ndarray] | None = None,
-    vis_ids: Sequence[str] | None = None,
-) -> int:
-    """PNG panels (image | ground truth | prediction) for the first ``n`` images (or the first ``n``
-    of ``vis_ids``), first seed."""
-    from torch.utils.data import Subset
+class _Protocol:
+    """What both K-means protocols share: the same methods (``check``, ``fit``, ``predict``,
+    ``pictures``) and the pictures made from ``predict``."""
 
-    vis_dir.mkdir(parents=True, exist_ok=True)
-    if vis_ids is not None:
-        index = {sample_id: i for i, sample_id in enumerate(ds.ids)}
-        missing = [v for v in vis_ids if v not in index]
-        if missing:
-            raise ValueError(f"--vis-ids: {len(missing)} ids are not in the evaluated images, e.g. {missing[:3]}")
-        chosen = [index[v] for v in vis_ids[:n]]
-    else:
-        chosen = list(range(min(n, len(ds))))
-    sub = Subset(ds, chosen)
-    count = 0
-    device = model.device
-    for j, sample, out in iter_model_outputs(model, sub, desc="pictures", progress=False):  # type: ignore[arg-type]
-        i = chosen[j]
-        h, w = sample.size
-        if protocol == "prototype":
-            assert source is not None and clusters is not None
-            fg = source.foreground(sample, out, ds.info, ds).cpu().numpy()
-            pred_cluster = np.where(fg, 1 + clusters[i], 0)
+    name = ""
+    default_matching = "auto"
+
+    def __init__(self, *, k: int, seeds: Sequence[int], pca_dim: int = 32, matching: str | None = None,
+                 km: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.k, self.seeds, self.pca_dim = int(k), list(seeds), int(pca_dim)
+        self.matching = matching or self.default_matching
+        self.km = dict(km or {})
+
+    def check(self, model: FeatureModel, info: Any) -> None:
+        """Raise ``ValueError`` with a fix when the protocol cannot run on this model/dataset."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the result JSON records about the protocol."""
+        return {"protocol": self.name, "matching": self.matching}
+
+    def fit(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0, cache_dir: Path | None = None,
+            settings: dict[str, Any] | None = None, save_every: int = 100, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+        """Run the protocol over ``ds`` (resumable with ``cache_dir``); returns the result dict and
+        keeps what :meth:`predict` needs (first seed)."""
+        raise NotImplementedError
+
+    def predict(self, index: int, sample: Any, out: Any, ds: SegmentationDataset) -> np.ndarray:
+        """The ``H x W`` cluster of every pixel of image ``index`` (first seed)."""
+        raise NotImplementedError
+
+    def pictures(self, vis_dir: Path, n: int, model: FeatureModel, ds: SegmentationDataset, mapping: np.ndarray,
+                 vis_ids: Sequence[str] | None = None) -> int:  # fmt: skip
+        """PNG panels (image | ground truth | prediction) for the first ``n`` images (or the first
+        ``n`` of ``vis_ids``), first seed, clusters mapped to classes by ``mapping``."""
+        from torch.utils.data import Subset
+
+        vis_dir.mkdir(parents=True, exist_ok=True)
+        if vis_ids is not None:
+            index = {sample_id: i for i, sample_id in enumerate(ds.ids)}
+            missing = [v for v in vis_ids if v not in index]
+            if missing:
+                raise ValueError(f"--vis-ids: {len(missing)} ids are not in the evaluated images, e.g. {missing[:3]}")
+            chosen = [index[v] for v in vis_ids[:n]]
         else:
-            assert centroids is not None
-            proj_t = (torch.from_numpy(proj[0]).to(device), torch.from_numpy(proj[1]).to(device)) if proj else None
-            feats = normalised_pixels(out.embedding, (h, w), proj=proj_t)
-            pred_cluster = assign_clusters(feats, torch.from_numpy(centroids).to(device)).cpu().numpy().reshape(h, w)
-        pred = apply_mapping(pred_cluster, mapping, unmatched=ds.info.ignore_index)
-        save_panel(vis_dir / f"{i:04d}_{safe_name(sample.id)}.png", sample.image, sample.label, pred, ds.info)
-        count += 1
-    return count
+            chosen = list(range(min(n, len(ds))))
+        count = 0
+        for j, sample, out in iter_model_outputs(model, Subset(ds, chosen), desc="pictures", progress=False):  # type: ignore[arg-type]
+            i = chosen[j]
+            pred = apply_mapping(self.predict(i, sample, out, ds), mapping, unmatched=ds.info.ignore_index)
+            save_panel(vis_dir / f"{i:04d}_{safe_name(sample.id)}.png", sample.image, sample.label, pred, ds.info)
+            count += 1
+        return count
+
+
+class PrototypeProtocol(_Protocol):
+    """The paper's protocol: one prototype per image's salient mask, K-means (``k - 1`` clusters) of
+    the prototypes; a pixel is its image's cluster inside the mask and background outside."""
+
+    name = "prototype"
+    default_matching = "hungarian"
+
+    def __init__(self, source: SaliencySource, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self.clusters: np.ndarray | None = None
+
+    def check(self, model: FeatureModel, info: Any) -> None:
+        self.source.check(model, info)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "saliency_source": self.source.kind}
+
+    def fit(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0, cache_dir: Path | None = None,
+            settings: dict[str, Any] | None = None, save_every: int = 100, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+        cache = StreamCache(cache_dir / "prototypes.pt", dict(settings or {}), save_every) if cache_dir else None
+        result, _stats, clusters = run_prototype_protocol(
+            model, ds, self.source, k=self.k, seeds=self.seeds, pca_dim=self.pca_dim, matching=self.matching,
+            workers=workers, cache=cache, progress=progress, **self.km,
+        )  # fmt: skip
+        self.clusters = clusters[0]
+        return result
+
+    def predict(self, index: int, sample: Any, out: Any, ds: SegmentationDataset) -> np.ndarray:
+        if self.clusters is None:
+            raise RuntimeError("fit the protocol first")
+        fg = self.source.foreground(sample, out, ds.info, ds).cpu().numpy()
+        return np.where(fg, 1 + self.clusters[index], 0)
+
+
+class PixelProtocol(_Protocol):
+    """Pixel K-means: fit on a per-image random sample of pixels, assign every pixel."""
+
+    name = "pixel"
+
+    def __init__(self, *, fit_pixels: int = 100_000, first_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fit_pixels, self.first_seed = int(fit_pixels), int(first_seed)
+        self.centroids: np.ndarray | None = None
+        self.proj: tuple[np.ndarray, np.ndarray] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "saliency_source": None}
+
+    def fit(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0, cache_dir: Path | None = None,
+            settings: dict[str, Any] | None = None, save_every: int = 100, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+        cache1 = None
+        settings = dict(settings or {})
+        if cache_dir:
+            settings.update(fit_pixels=self.fit_pixels, first_seed=self.first_seed)
+            cache1 = StreamCache(cache_dir / "pixel_pass1.pt", settings, save_every)
+        result, cents, proj = run_pixel_protocol(
+            model, ds, k=self.k, seeds=self.seeds, fit_pixels=self.fit_pixels, pca_dim=self.pca_dim,
+            matching=self.matching, workers=workers, cache1=cache1, cache2_dir=cache_dir, cache_settings=settings,
+            progress=progress, **self.km,
+        )  # fmt: skip
+        self.centroids, self.proj = cents[0], proj
+        return result
+
+    def predict(self, index: int, sample: Any, out: Any, ds: SegmentationDataset) -> np.ndarray:
+        if self.centroids is None:
+            raise RuntimeError("fit the protocol first")
+        device = out.embedding.device
+        h, w = sample.size
+        proj_t = (
+            (torch.from_numpy(self.proj[0]).to(device), torch.from_numpy(self.proj[1]).to(device))
+            if self.proj
+            else None
+        )
+        feats = normalised_pixels(out.embedding, (h, w), proj=proj_t)
+        return assign_clusters(feats, torch.from_numpy(self.centroids).to(device)).cpu().numpy().reshape(h, w)
+
+
+#: the protocols by their ``--protocol`` name
+PROTOCOLS: dict[str, type[_Protocol]] = {"prototype": PrototypeProtocol, "pixel": PixelProtocol}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,6 +690,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     quiet_faiss()
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.k is not None and args.k < 2:  # checked before any model is loaded or image is run
+        raise ValueError(f"--k must be >= 2 (clusters, background included for the prototype protocol), got {args.k}")
     ensure_new_file(args.json, args.overwrite)
     vis_dir = None
     if args.vis > 0:
@@ -622,6 +709,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if info.num_classes == 0:
         raise ValueError(f"dataset '{args.dataset}' has no labels; K-means evaluation needs ground truth")
     k = args.k if args.k is not None else info.num_classes
+    if args.protocol == "prototype" and k - 1 > len(ds):
+        raise ValueError(f"--k {k} needs at least {k - 1} images (one prototype per image), and {args.dataset} "
+                         f"has {len(ds)} here; use a smaller --k or more images")  # fmt: skip
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     km = {"niter": args.niter, "nredo": args.nredo, "backend": args.backend}
     settings = {
@@ -633,27 +723,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     progress = not args.no_progress
     log.info("evaluating %s on %s/%s (%d images, %d classes), %s protocol, k=%d", args.checkpoint, args.dataset,
              ds.split, len(ds), info.num_classes, args.protocol, k)  # fmt: skip
-    source = SaliencySource(args.saliency_source, args.saliency_threshold)
+    common = {"k": k, "seeds": seeds, "pca_dim": args.pca_dim, "matching": args.matching, "km": km}
+    protocol: _Protocol
     if args.protocol == "prototype":
-        source.check(model, info)
+        protocol = PrototypeProtocol(SaliencySource(args.saliency_source, args.saliency_threshold), **common)
         settings.update(saliency=[args.saliency_source, args.saliency_dir, args.saliency_threshold])
-        cache = StreamCache(cache_dir / "prototypes.pt", settings, args.save_every) if cache_dir else None
-        result, _stats, clusters = run_prototype_protocol(
-            model, ds, source, k=k, seeds=seeds, pca_dim=args.pca_dim, matching=args.matching or "hungarian",
-            workers=args.workers, cache=cache, progress=progress, **km,
-        )  # fmt: skip
-        centroids, proj = None, None
     else:
-        cache1 = None
-        if cache_dir:
-            settings.update(fit_pixels=args.fit_pixels, first_seed=args.first_seed)
-            cache1 = StreamCache(cache_dir / "pixel_pass1.pt", settings, args.save_every)
-        result, cents, proj = run_pixel_protocol(
-            model, ds, k=k, seeds=seeds, fit_pixels=args.fit_pixels, pca_dim=args.pca_dim,
-            matching=args.matching or "auto", workers=args.workers, cache1=cache1, cache2_dir=cache_dir,
-            cache_settings=settings, progress=progress, **km,
-        )  # fmt: skip
-        clusters, centroids = None, cents[0]
+        protocol = PixelProtocol(fit_pixels=args.fit_pixels, first_seed=args.first_seed, **common)
+    protocol.check(model, info)
+    result = protocol.fit(model, ds, workers=args.workers, cache_dir=cache_dir, settings=settings,
+                          save_every=args.save_every, progress=progress)  # fmt: skip
     result = {
         **result,
         "protocol": args.protocol,
@@ -663,8 +742,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "split": ds.split,
         "checkpoint": str(args.checkpoint),
         "layout": model.layout,
-        "saliency_source": args.saliency_source if args.protocol == "prototype" else None,
-        "matching": args.matching or ("hungarian" if args.protocol == "prototype" else "auto"),
+        "saliency_source": protocol.describe()["saliency_source"],
+        "matching": protocol.matching,
         "pca_dim": args.pca_dim,
         "kmeans": {**km, "gpu": _faiss_gpu() if args.backend == "faiss" else False},
         "size": args.size,
@@ -679,9 +758,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"wrote results to {args.json}")
     if vis_dir is not None:
         mapping = np.asarray(result["seeds"][0]["mapping"])
-        n = write_vis(vis_dir, args.vis, model, ds, mapping, protocol=args.protocol, source=source,
-                      clusters=clusters[0] if clusters else None, centroids=centroids, proj=proj,
-                      vis_ids=read_id_list(Path(args.vis_ids)) if args.vis_ids else None)  # fmt: skip
+        n = protocol.pictures(vis_dir, args.vis, model, ds, mapping,
+                              vis_ids=read_id_list(Path(args.vis_ids)) if args.vis_ids else None)  # fmt: skip
         print(f"wrote {n} pictures to {vis_dir}")
     if not args.json:
         print(f"mIoU {100 * result['miou_mean']:.2f} +- {100 * result['miou_std']:.2f} (no --json: nothing written)")

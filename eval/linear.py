@@ -30,10 +30,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -48,23 +46,25 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eval.common import (
-    checkpoint_fingerprint,
-    collate_samples,
-    dataset_from_args,
-    jsonable,
-    model_from_args,
-    parse_key_values,
-    resolve_split,
-    safe_name,
-    save_panel,
-    write_json,
-)
+from eval.arguments import dataset_from_args, model_from_args, parse_key_values
+from eval.caches import checkpoint_fingerprint
 from eval.metrics import confusion_matrix, segmentation_scores
+from eval.outputs import jsonable, safe_name, save_panel, write_json
+from eval.splits import resolve_split
+from eval.stream import collate_samples
 from maskcontrast.api import FeatureModel, target_size, to_image_tensor
-from maskcontrast.config import ConfigError, add_config_arguments, config_to_dict, load_config, save_config
+from maskcontrast.config import ConfigError, add_config_arguments, bounded, config_to_dict, load_config, save_config
 from maskcontrast.data import DataError, Sample, SegmentationDataset
-from maskcontrast.utils import atomic_save, peak_rss_mib, seed_everything, setup_logging
+from maskcontrast.runs import (
+    RunLayout,
+    claim_run_folder,
+    load_state,
+    open_tensorboard,
+    optim_state,
+    restore_optim_state,
+    save_state,
+)
+from maskcontrast.utils import peak_rss_mib, seed_everything, setup_logging
 
 __all__ = [
     "LinearDataConfig",
@@ -101,31 +101,31 @@ class LinearDataConfig:
 
     train_split: str | None = "train_aug"  # null: seeded split of the dataset's default split
     val_split: str | None = "val"
-    val_fraction: float = 0.2  # seeded split only
+    val_fraction: float = bounded(0.2, gt=0.0, lt=1.0)  # seeded split only
     split_seed: int = 0  # seeded split only
     split_dir: str | None = None  # reuse split_train.txt / split_val.txt from this folder
-    train_limit: int | None = None  # first N training images (quick runs)
-    val_limit: int | None = None
+    train_limit: int | None = bounded(None, ge=1)  # first N training images (quick runs)
+    val_limit: int | None = bounded(None, ge=1)
 
 
 @dataclass
 class AugmentConfig:
     """Random flip, rotation, scale and crop (applied to images, or to cached features)."""
 
-    crop_size: int = 512
-    scale_min: float = 0.75
-    scale_max: float = 1.25
-    rotate_degrees: float = 5.0
+    crop_size: int = bounded(512, ge=1)
+    scale_min: float = bounded(0.75, gt=0.0)
+    scale_max: float = bounded(1.25, gt=0.0)
+    rotate_degrees: float = bounded(5.0, ge=0.0)
     flip: bool = True
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = bounded(0.1, gt=0.0)
+    momentum: float = bounded(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = bounded(1e-4, ge=0.0)
     milestones: list[int] = field(default_factory=lambda: [25])  # epochs at which lr *= gamma
-    gamma: float = 0.1
+    gamma: float = bounded(0.1, gt=0.0)
 
 
 @dataclass
@@ -133,7 +133,7 @@ class CRFConfig:
     """Dense CRF post-processing (needs ``pip install pydensecrf2``; skipped with a message otherwise)."""
 
     enabled: bool = False
-    iterations: int = 5
+    iterations: int = bounded(5, ge=1)
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
     bilateral_sxy: float = 80.0
@@ -149,12 +149,14 @@ class LinearConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
-    batch_size: int = 16
-    epochs: int = 60
-    base_size: int | None = None  # resize training images (shorter side) before augmentation; null = native
-    eval_size: int | None = None  # network input (shorter side) for validation; null = native
+    batch_size: int = bounded(16, ge=1)
+    epochs: int = bounded(60, ge=0)
+    base_size: int | None = bounded(
+        None, ge=1
+    )  # resize training images (shorter side) before augmentation; null = native
+    eval_size: int | None = bounded(None, ge=1)  # network input (shorter side) for validation; null = native
     cache_features: bool = False  # run the frozen network once; augment the cached features
-    eval_every: int = 0  # also evaluate every N epochs (0: only at the end)
+    eval_every: int = bounded(0, ge=0)  # also evaluate every N epochs (0: only at the end)
     seed: int = 0
 
 
@@ -334,7 +336,7 @@ def cache_features(
                     if tuple(lab.shape) != in_hw:
                         lab = F.interpolate(lab[None, None].float(), size=in_hw, mode="nearest")[0, 0].to(torch.int16)
                     entry["label"] = lab
-                atomic_save(entry, _cache_file(folder, s.id))
+                save_state(_cache_file(folder, s.id), entry)
             bar.update(len(samples))
 
 
@@ -454,7 +456,6 @@ def run_linear_probe(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the probe (resuming from ``out_dir/state.pt``) and evaluate it. Returns the results."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     if not isinstance(cfg, LinearConfig):
@@ -475,10 +476,9 @@ def run_linear_probe(
     state_path = out_dir / "state.pt"
     start_epoch = 0
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_state(state_path)
         probe.load_state_dict(state["probe"])
-        optim.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        restore_optim_state(state, optim, sched)
         start_epoch = int(state["epoch"])
         log.info("resuming from %s after epoch %d", state_path, start_epoch)
     train_cache = out_dir / "features" / "train" if cfg.cache_features else None
@@ -487,7 +487,7 @@ def run_linear_probe(
     if train_cache is not None and start_epoch < cfg.epochs:
         cache_features(model, train_ds, train_cache, cfg.base_size, with_label=True, workers=workers,
                        progress=progress)  # fmt: skip
-    writer = SummaryWriter(str(out_dir / "tb"))
+    writer = open_tensorboard(out_dir / "tb")
     history = []
     for epoch in range(start_epoch, cfg.epochs):
         probe.train()
@@ -520,8 +520,7 @@ def run_linear_probe(
         writer.add_scalar("linear/lr", optim.param_groups[0]["lr"], epoch + 1)
         log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, mean_loss)
         history.append({"epoch": epoch + 1, "loss": mean_loss})
-        atomic_save({"probe": probe.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                     "epoch": epoch + 1}, state_path)  # fmt: skip
+        save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch + 1})
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
             if val_cache is not None:
                 cache_features(model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers,
@@ -566,7 +565,7 @@ def run_linear_probe(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from eval.common import add_dataset_arguments, add_model_arguments
+    from eval.arguments import add_dataset_arguments, add_model_arguments
 
     p = argparse.ArgumentParser(
         prog="python -m eval.linear",
@@ -586,28 +585,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: what a linear-probe run writes in ``--out`` (its identity is ``run.json``; ``results.json`` marks it finished)
+RUN_LAYOUT = RunLayout(
+    "linear-probe run",
+    owned=("state.pt", "results.json", "run.json", "config.yaml", "split_train.txt", "split_val.txt", "features",
+           "vis", "tb"),
+    state=("state.pt",),
+    identity_file="run.json",
+    finished="results.json",
+    writer="eval.linear",
+)  # fmt: skip
+
+
 def _prepare_run_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    run_file = out / "run.json"
-    if out.exists() and any(out.iterdir()):
-        previous = json.loads(run_file.read_text()) if run_file.is_file() else None
-        finished = (out / "results.json").is_file()
-        same = previous == jsonable(identity)
-        if not overwrite:
-            if previous is None:
-                raise FileExistsError(f"{out} is not empty and holds no linear-probe run; choose another --out")
-            if finished:
-                raise FileExistsError(f"{out} holds a finished run (results.json); pass --overwrite to redo it")
-            if not same:
-                diff = sorted(k for k in set(previous) | set(identity) if previous.get(k) != jsonable(identity).get(k))
-                raise FileExistsError(f"{out} holds a run with other settings ({', '.join(diff)}); pass --overwrite "
-                                      "to discard it or choose another --out")  # fmt: skip
-        else:
-            for name in ("state.pt", "results.json", "run.json", "config.yaml", "split_train.txt", "split_val.txt"):
-                (out / name).unlink(missing_ok=True)
-            for name in ("features", "vis", "tb"):
-                shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, identity)
+    """Claim ``out`` for this run (:func:`maskcontrast.runs.claim_run_folder`): the same identity
+    resumes, another is refused, a finished run needs ``--overwrite``."""
+    claim_run_folder(out, RUN_LAYOUT, identity=jsonable(identity), resume=True, overwrite=overwrite).prepare()
 
 
 def _datasets(

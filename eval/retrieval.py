@@ -33,22 +33,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.common import (
-    SaliencySource,
-    StreamCache,
+from eval.arguments import (
     add_dataset_arguments,
     add_model_arguments,
     add_saliency_arguments,
-    checkpoint_fingerprint,
     dataset_from_args,
-    ensure_new_file,
     model_from_args,
     parse_key_values,
-    resolve_split,
-    write_json,
 )
+from eval.caches import StreamCache, checkpoint_fingerprint
 from eval.kmeans import PrototypeStats, prototype_pass
 from eval.metrics import segmentation_scores
+from eval.outputs import ensure_new_file, write_json
+from eval.saliency_source import SaliencySource
+from eval.splits import resolve_split
 from maskcontrast.data import DataError, DatasetInfo
 from maskcontrast.utils import peak_rss_mib, setup_logging
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskcontrast.embeddings import upsample_embedding
 from maskcontrast.models import (
     CheckpointError,
     MaskContrastModel,
@@ -200,13 +201,6 @@ def target_size(hw: tuple[int, int], size: int | Sequence[int] | None, stride: i
     return max(stride, math.floor(th / stride + 0.5) * stride), max(stride, math.floor(tw / stride + 0.5) * stride)
 
 
-def upsample_embedding(emb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``B x D x h x w`` raw embeddings -> ``B x D x H x W`` L2-normalised (bilinear, then normalise)."""
-    if tuple(emb.shape[-2:]) != tuple(size):
-        emb = F.interpolate(emb.float(), size=size, mode="bilinear", align_corners=False)
-    return F.normalize(emb.float(), dim=1)
-
-
 def upsample_saliency(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``B x 1 x h x w`` logits -> ``B x 1 x H x W`` probabilities (bilinear on logits, then sigmoid)."""
     if tuple(logits.shape[-2:]) != tuple(size):
@@ -223,6 +217,40 @@ def _upsample_features(feats: torch.Tensor, size: tuple[int, int]) -> torch.Tens
 # ----------------------------------------------------------------------------------------------
 # The model wrapper
 # ----------------------------------------------------------------------------------------------
+
+
+class _NetKind(NamedTuple):
+    """What :class:`FeatureModel` needs to know about one kind of network."""
+
+    name: str
+    arch: str
+    output_stride: int
+    feature_dim: int
+    embed_dim: int
+    has_saliency: bool
+    #: ``(net, x) -> (features, embedding, saliency or None)`` at feature resolution
+    outputs: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+def _maskcontrast_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    out = net(x, upsample=False)
+    return out.features, out.embedding, out.saliency
+
+
+def _backbone_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    feats = net(x)
+    return feats, feats, None  # a backbone's embedding is its features
+
+
+def _net_kind(net: nn.Module) -> _NetKind:
+    """The :class:`_NetKind` of a MaskContrastModel (full network) or a ResNetBackbone (baseline)."""
+    if isinstance(net, MaskContrastModel):
+        return _NetKind("maskcontrast", net.backbone.arch, net.backbone.output_stride, net.cfg.head_channels,
+                        net.embed_dim, net.saliency_head is not None, _maskcontrast_outputs)  # fmt: skip
+    if isinstance(net, ResNetBackbone):
+        return _NetKind("backbone", net.arch, net.output_stride, net.out_channels, net.out_channels, False,
+                        _backbone_outputs)  # fmt: skip
+    raise ValueError(f"FeatureModel wraps a MaskContrastModel or a ResNetBackbone, got {type(net).__name__}")
 
 
 class FeatureModel(nn.Module):
@@ -259,20 +287,14 @@ class FeatureModel(nn.Module):
         layout: str = "",
     ) -> None:
         super().__init__()
-        if isinstance(net, MaskContrastModel):
-            self.kind = "maskcontrast"
-            self.output_stride = net.backbone.output_stride
-            self.feature_dim = net.cfg.head_channels
-            self.embed_dim = net.embed_dim
-            self.has_saliency = net.saliency_head is not None
-        elif isinstance(net, ResNetBackbone):
-            self.kind = "backbone"
-            self.output_stride = net.output_stride
-            self.feature_dim = net.out_channels
-            self.embed_dim = net.out_channels
-            self.has_saliency = False
-        else:
-            raise ValueError(f"FeatureModel wraps a MaskContrastModel or a ResNetBackbone, got {type(net).__name__}")
+        kind = _net_kind(net)
+        self.kind = kind.name
+        self.output_stride = kind.output_stride
+        self.feature_dim = kind.feature_dim
+        self.embed_dim = kind.embed_dim
+        self.has_saliency = kind.has_saliency
+        self._arch = kind.arch
+        self._outputs = kind.outputs
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.net = net
@@ -296,9 +318,8 @@ class FeatureModel(nn.Module):
         return self.mean.device
 
     def __repr__(self) -> str:
-        arch = self.net.backbone.arch if self.kind == "maskcontrast" else self.net.arch
         return (
-            f"FeatureModel(kind={self.kind}, arch={arch}, layout={self.layout}, output_stride={self.output_stride}, "
+            f"FeatureModel(kind={self.kind}, arch={self._arch}, layout={self.layout}, output_stride={self.output_stride}, "
             f"feature_dim={self.feature_dim}, embed_dim={self.embed_dim}, saliency={self.has_saliency}, "
             f"device={self.device}, source={self.source or '-'})"
         )
@@ -308,12 +329,7 @@ class FeatureModel(nn.Module):
         """``B x 3 x H x W`` normalised images -> :class:`FeatureOutput` at feature resolution."""
         use_amp = self.amp and x.device.type == "cuda"
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            if self.kind == "maskcontrast":
-                out = self.net(x, upsample=False)
-                feats, emb, sal = out.features, out.embedding, out.saliency
-            else:
-                feats = self.net(x)
-                emb, sal = feats, None
+            feats, emb, sal = self._outputs(self.net, x)
         return FeatureOutput(feats.float(), emb.float(), sal.float() if sal is not None else None)
 
     # -- preprocessing ---------------------------------------------------------------------------

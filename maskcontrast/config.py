@@ -21,6 +21,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,9 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError",
+    "bounded",
+    "checks",
+    "check_values",
     "BackboneConfig",
     "ModelConfig",
     "load_config",
@@ -58,6 +63,103 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
+# Value checks declared in the schema
+# ----------------------------------------------------------------------------------------------
+
+
+def bounded(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+    each: bool = False,
+) -> Any:
+    """A dataclass field with a default and the values it accepts, checked by :func:`check_values`
+    (every :func:`load_config` and :func:`resolve_config`); None passes when the field's type allows it.
+
+    ``each=True``: the bounds apply to every item of a list value. ``default`` may be a callable
+    (a default factory, for lists).
+    """
+    meta = checks(ge=ge, gt=gt, le=le, lt=lt, choices=choices, each=each)
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def checks(
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+    each: bool = False,
+) -> dict[str, Any]:
+    """The ``metadata`` of a field with bounds (as :func:`bounded`), for ``field(default_factory=...,
+    metadata=checks(...))``."""
+    return {"check": {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices else None,
+                      "each": each}}  # fmt: skip
+
+
+def _value_problem(value: Any, rule: dict[str, Any]) -> str | None:
+    if rule["choices"] is not None and value not in rule["choices"]:
+        return f"must be one of {', '.join(map(str, rule['choices']))}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return "must be a number, got nan"
+    for op, bound, ok in (("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
+                          ("le", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b)):  # fmt: skip
+        if rule[op] is not None and not ok(value, rule[op]):
+            return f"must be {bound} {rule[op]}"
+    return None
+
+
+def check_values(cfg: DictConfig, source: str = "config", prefix: str = "") -> None:
+    """Check every value against the bounds its schema field declares (:func:`bounded`).
+
+    Interpolations that are not resolved yet are skipped (:func:`resolve_config` checks again).
+
+    Raises:
+        ConfigError: the first value out of range; the message names the key, the rule and the value.
+    """
+    from omegaconf import ListConfig
+
+    schema = OmegaConf.get_type(cfg)
+    rules = (
+        {f.name: f.metadata["check"] for f in dataclasses.fields(schema) if "check" in f.metadata}
+        if schema is not None and dataclasses.is_dataclass(schema)
+        else {}
+    )
+    for key in list(cfg):
+        key = str(key)
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+            continue
+        node = cfg._get_node(key)  # type: ignore[union-attr]
+        value = cfg[key]
+        if isinstance(value, DictConfig):
+            check_values(value, source, f"{prefix}{key}.")
+            continue
+        if isinstance(value, ListConfig):
+            for i, item in enumerate(value):
+                if isinstance(item, DictConfig):
+                    check_values(item, source, f"{prefix}{key}.{i}.")
+        rule = rules.get(key)
+        if rule is None or value is None or node is None:
+            continue
+        items = list(value) if rule["each"] and isinstance(value, ListConfig) else [value]
+        for item in items:
+            problem = _value_problem(item, rule)
+            if problem:
+                shown = list(value) if isinstance(value, ListConfig) else value
+                raise ConfigError(f"{source}: key '{prefix}{key}' {problem}, got {shown!r}; fix it in the config file "
+                                  f"or as an override ({prefix}{key}=...)")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
 # Shared schemas
 # ----------------------------------------------------------------------------------------------
 
@@ -71,8 +173,8 @@ class BackboneConfig:
     torchvision state dict, or a maskcontrast checkpoint. The layout of a file is detected.
     """
 
-    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
-    output_stride: int = 8  # 8 (paper) or 16
+    arch: str = bounded("resnet50", choices=("resnet18", "resnet34", "resnet50", "resnet101"))
+    output_stride: int = bounded(8, choices=(8, 16))  # 8 (paper) or 16
     init: str = "random"
 
 
@@ -81,9 +183,9 @@ class ModelConfig:
     """DeepLabv3 head on a dilated ResNet with an embedding head and a saliency head."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    head_channels: int = 256
+    head_channels: int = bounded(256, ge=1)
     aspp_rates: list[int] | None = None  # None: 12/24/36 at OS8, 6/12/18 at OS16
-    embed_dim: int = 32
+    embed_dim: int = bounded(32, ge=1)
     saliency_head: bool = True
 
 
@@ -155,6 +257,8 @@ def load_config(
                 f"override '{item}': {_describe(err) if isinstance(err, OmegaConfBaseException) else err}"
             ) from err
     OmegaConf.set_struct(base, True)
+    check_values(base, " with ".join(([str(path)] if path is not None else []) + (["overrides"] if overrides else []))
+                 or "config")  # fmt: skip
     return base
 
 
@@ -196,7 +300,7 @@ class DataSourceConfig:
     split: str | None = None  # None: the reader's default split
     masks: str | None = None
     ids: str | None = None  # optional text file with the ids to use, one per line
-    limit: int = 0  # > 0: use only this many images, evenly spaced over the (sorted) ids
+    limit: int = bounded(0, ge=0)  # > 0: use only this many images, evenly spaced over the (sorted) ids
 
 
 @dataclass
@@ -205,10 +309,12 @@ class DataConfig:
 
     sources: list[DataSourceConfig] = field(default_factory=list)
     masks: str | None = None  # default masks folder for sources that set none
-    image_size: int = 224  # side of every augmented view
-    load_size: int = 0  # longer image side kept in memory before cropping; 0 = 1.5 x image_size
-    min_mask_fraction: float = 0.01  # an image whose object mask covers less is skipped (counted)
-    num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
+    image_size: int = bounded(224, ge=8)  # side of every augmented view
+    load_size: int = bounded(0, ge=0)  # longer image side kept in memory before cropping; 0 = 1.5 x image_size
+    min_mask_fraction: float = bounded(
+        0.01, ge=0.0, le=1.0
+    )  # an image whose object mask covers less is skipped (counted)
+    num_workers: int = bounded(2, ge=0)  # DataLoader worker processes (0 = load in the main process)
     cache_images: bool = False  # keep resized images in RAM after their first load (best with num_workers=0)
 
 
@@ -216,17 +322,19 @@ class DataConfig:
 class AugmentConfig:
     """Paired view augmentation (batched with kornia on the training device)."""
 
-    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
-    crop_ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])
-    min_mask_area: float = 0.01  # a view is redrawn until its mask covers at least this fraction ...
-    max_mask_area: float = 0.99  # ... and at most this fraction of the crop
-    view_attempts: int = 3  # redraws per view before another image is drawn
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0], metadata=checks(gt=0.0, le=1.0, each=True))
+    crop_ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0], metadata=checks(gt=0.0, each=True))
+    min_mask_area: float = bounded(
+        0.01, ge=0.0, le=1.0
+    )  # a view is redrawn until its mask covers at least this fraction ...
+    max_mask_area: float = bounded(0.99, ge=0.0, le=1.0)  # ... and at most this fraction of the crop
+    view_attempts: int = bounded(3, ge=1)  # redraws per view before another image is drawn
     color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])  # brightness, contrast, sat, hue
-    color_jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0  # MoCo v2: 0.5
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    flip_p: float = 0.5
+    color_jitter_p: float = bounded(0.8, ge=0.0, le=1.0)
+    grayscale_p: float = bounded(0.2, ge=0.0, le=1.0)
+    blur_p: float = bounded(0.0, ge=0.0, le=1.0)  # MoCo v2: 0.5
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0], metadata=checks(gt=0.0, each=True))
+    flip_p: float = bounded(0.5, ge=0.0, le=1.0)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -235,14 +343,16 @@ class AugmentConfig:
 class OptimConfig:
     """SGD with momentum and weight decay, and its learning-rate schedule."""
 
-    batch_size: int = 64  # global batch (split evenly over DDP processes)
-    lr: float = 0.004
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    batch_size: int = bounded(64, ge=1)  # global batch (split evenly over DDP processes)
+    lr: float = bounded(0.004, gt=0.0)
+    momentum: float = bounded(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = bounded(1e-4, ge=0.0)
     nesterov: bool = False
-    schedule: str = "poly"  # poly | cosine | constant
-    poly_power: float = 0.9
-    warmup_steps: int = 0  # linear warm-up from 0
+    schedule: str = bounded("poly", choices=("poly", "cosine", "constant"))
+    poly_power: float = bounded(0.9, gt=0.0)
+    warmup_steps: int = bounded(0, ge=0)  # linear warm-up from 0
+    # step: the schedule moves every step; epoch: it holds for a whole epoch (the official poly schedule)
+    schedule_unit: str = bounded("step", choices=("step", "epoch"))
 
 
 @dataclass
@@ -250,18 +360,18 @@ class TrainerConfig:
     """The training loop, its run folder and its hardware settings."""
 
     run_dir: str = "runs/pretrain"
-    epochs: int = 40
-    max_steps: int = 0  # > 0: a step budget; the schedule spans this many steps
+    epochs: int = bounded(40, ge=0)
+    max_steps: int | None = bounded(0, ge=0)  # > 0: a step budget; the schedule spans this many steps (0 or null: none)
     resume: str = "none"  # none | auto (continue from <run_dir>/last.pt when it exists) | path to a last.pt
     overwrite: bool = False  # allow starting afresh in a run folder that already holds a run
-    save_every_epochs: int = 10  # also keep epoch_<n>.pt every n epochs (0 = never)
-    save_every_steps: int = 0  # refresh last.pt every n steps (0 = at epoch ends and at the end only)
-    log_every_steps: int = 10  # TensorBoard scalars every n steps
+    save_every_epochs: int = bounded(10, ge=0)  # also keep epoch_<n>.pt every n epochs (0 = never)
+    save_every_steps: int = bounded(0, ge=0)  # refresh last.pt every n steps (0 = at epoch ends and at the end only)
+    log_every_steps: int = bounded(10, ge=1)  # TensorBoard scalars every n steps
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:1 ...
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    precision: str = bounded("fp32", choices=("fp32", "bf16", "fp16"))  # autocast
     channels_last: bool = False
     seed: int = 0
-    threads: int = 0  # torch CPU threads per process (0 = torch's default)
+    threads: int = bounded(0, ge=0)  # torch CPU threads per process (0 = torch's default)
     progress: bool = True  # tqdm progress bar
 
 
@@ -269,13 +379,16 @@ class TrainerConfig:
 class MaskContrastObjectiveConfig:
     """The MaskContrast loss: pixel-to-prototype contrast plus balanced BCE on saliency."""
 
-    temperature: float = 0.5
-    queue_size: int = 128  # memory bank of past prototypes (paper: 128 or 256)
-    momentum: float = 0.999  # key network EMA
-    contrastive_weight: float = 1.0
-    saliency_weight: float = 1.0
-    class_weighting: str = "enet"  # enet (1 / log(1.02 + p), p per batch) | none
+    temperature: float = bounded(0.5, gt=0.0)
+    queue_size: int = bounded(128, ge=0)  # memory bank of past prototypes (paper: 128 or 256)
+    momentum: float = bounded(0.999, ge=0.0, le=1.0)  # key network EMA
+    contrastive_weight: float = bounded(1.0, ge=0.0)
+    saliency_weight: float = bounded(1.0, ge=0.0)
+    class_weighting: str = bounded("enet", choices=("enet", "none"))  # enet: 1 / log(1.02 + p), p per batch
     freeze_early_layers: bool = False  # freeze conv1 .. layer2 (the supervised-saliency recipe)
+    # negatives of a pixel under DDP: global (the prototypes of every process + the queue) or local
+    # (its own process's prototypes + the queue, as the official code); the queue always gets every process's
+    negatives: str = bounded("global", choices=("global", "local"))
 
 
 @dataclass
@@ -295,7 +408,7 @@ class MocoModelConfig:
     """Image-level MoCo v2 encoder: a standard (undilated) torchvision ResNet with an MLP head."""
 
     arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 (resnet101 works too)
-    dim: int = 128  # output dimension of the projection
+    dim: int = bounded(128, ge=1)  # output dimension of the projection
     mlp: bool = True  # MoCo v2: Linear(C, C) + ReLU + Linear(C, dim); False: MoCo v1's Linear(C, dim)
     init: str = "random"  # random | a checkpoint path of any known layout (backbone only)
 
@@ -304,9 +417,9 @@ class MocoModelConfig:
 class MocoObjectiveConfig:
     """InfoNCE against a queue of past keys."""
 
-    temperature: float = 0.2
-    queue_size: int = 65536
-    momentum: float = 0.999
+    temperature: float = bounded(0.2, gt=0.0)
+    queue_size: int = bounded(65536, ge=0)
+    momentum: float = bounded(0.999, ge=0.0, le=1.0)
 
 
 @dataclass
@@ -343,4 +456,5 @@ def resolve_config(cfg: DictConfig, source: str = "config") -> DictConfig:
     if missing:
         raise ConfigError(f"{source}: required keys have no value: {', '.join(missing)}; set them in the file "
                           f"or as overrides, e.g. {missing[0]}=...")  # fmt: skip
+    check_values(cfg, source)
     return cfg

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from maskcontrast.api import NoSaliencyHeadError, load_model, upsample_embedding, upsample_saliency
 from maskcontrast.data import DataError, build_dataset
 from maskcontrast.models import CheckpointError
+from maskcontrast.runs import RunLayout, claim_run_folder
 from maskcontrast.utils import atomic_save, atomic_write_bytes, setup_logging
 
 __all__ = ["main", "build_parser", "output_path"]
@@ -93,19 +94,17 @@ def _settings(args: argparse.Namespace, layout: str) -> dict[str, Any]:
     }
 
 
+#: what maskcontrast.extract writes in ``--out`` besides the feature files (its identity: the manifest's settings)
+RUN_LAYOUT = RunLayout("feature folder", owned=(MANIFEST,), identity_file=MANIFEST, compare=("settings",),
+                       writer="maskcontrast.extract")  # fmt: skip
+
+
 def _check_out(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    manifest = out / MANIFEST
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not manifest.is_file():
-        if overwrite:
-            return
-        raise FileExistsError(f"{out} is not empty and holds no {MANIFEST}; choose an empty --out (or --overwrite)")
-    old = json.loads(manifest.read_text(encoding="utf-8")).get("settings", {})
-    if old != settings and not overwrite:
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        raise FileExistsError(f"{out} holds features made with other settings ({', '.join(diff)}); pass --overwrite "
-                              "to replace them, or choose another --out")  # fmt: skip
+    """Claim ``out`` (:func:`maskcontrast.runs.claim_run_folder`): the same settings resume, other
+    settings or a foreign folder are refused unless ``overwrite``."""
+    claim_run_folder(out, RUN_LAYOUT, identity={"settings": settings}, resume=True, overwrite=overwrite).prepare(
+        write_identity=False
+    )
 
 
 def _write(path: Path, array: torch.Tensor, fmt: str) -> None:

@@ -2,20 +2,18 @@
 
 MaskContrast (Van Gansbeke et al., ICCV 2021), generalised to several objects per image:
 
-* :func:`upsampled_pixels`: the bilinearly upsampled embeddings at chosen pixels only (the
-  network's output stays at feature resolution; no full-resolution map, and no gradient buffer of
-  that size, is ever made).
-* :func:`mask_prototypes`: one prototype per (image, object id): the sum of the L2-normalised key
-  embeddings inside the object's mask, L2-normalised again.
+* prototypes and upsampling live in :mod:`maskcontrast.embeddings` (:func:`mask_prototypes`:
+  one prototype per (image, object id), the sum of the L2-normalised key embeddings inside the
+  object's mask, L2-normalised again; :func:`upsampled_pixels`: the bilinearly upsampled
+  embeddings at chosen pixels only).
 * :func:`pixel_prototype_logits`: every query pixel that lies on an object which has a prototype
   is compared with all prototypes of the (global) batch and the memory bank, divided by T; its
   label is the index of its own prototype.
 * :func:`pixel_contrastive_loss`: the ENet-weighted cross-entropy of those logits, computed in
   row chunks without ever holding the ``N x (P + K)`` logits (the same value and gradient as
-  :func:`weighted_cross_entropy` of :func:`pixel_prototype_logits`).
+  a class-weighted cross-entropy of :func:`pixel_prototype_logits`, which the tests hold as reference).
 * :func:`enet_class_weights`: ``w_c = 1 / log(1.02 + p_c)`` with ``p_c`` the share of class ``c``
   among the labels of the batch.
-* :func:`weighted_cross_entropy`: ``sum_i w_{y_i} CE_i / sum_i w_{y_i}``.
 * :func:`balanced_bce`: binary cross-entropy whose positive and negative pixels are weighted by
   the share of the other side.
 
@@ -31,7 +29,7 @@ Example::
     loss = pixel_contrastive_loss(q, protos, queue, pix_label, 0.5, weights)
     # the same, with the N x (P + K) logits held in memory:
     logits = pixel_prototype_logits(q, protos, queue, temperature=0.5)
-    loss = weighted_cross_entropy(logits, pix_label, weights)
+    loss = F.cross_entropy(logits, pix_label, weight=weights)
 """
 
 from __future__ import annotations
@@ -39,17 +37,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from maskcontrast.embeddings import upsampled_pixels
+
 __all__ = [
     "CLASS_WEIGHTINGS",
     "full_precision",
-    "upsampled_pixels",
-    "mask_prototypes",
     "query_pixels",
     "pixel_prototype_logits",
     "pixel_contrastive_loss",
     "maskcontrast_pixel_loss",
     "enet_class_weights",
-    "weighted_cross_entropy",
     "balanced_bce",
     "info_nce_logits",
     "info_nce_loss",
@@ -65,93 +62,6 @@ def full_precision(x: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 (e.g. from autocast) -> fp32; fp32 and fp64 stay as they are. The loss math
     runs in at least fp32."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _source_index(out_size: int, in_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear (``align_corners=False``) source rows of every output row: ``(i0, i1, lambda)``,
-    output = ``(1 - lambda) * in[i0] + lambda * in[i1]`` (torch's rule: ``src = (dst + 0.5) *
-    in / out - 0.5``, clamped at 0). Computed in float64."""
-    src = (torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5
-    src = src.clamp_(min=0.0)
-    i0 = src.long().clamp_(max=in_size - 1)
-    i1 = (i0 + 1).clamp_(max=in_size - 1)
-    return i0, i1, src - i0
-
-
-def upsampled_pixels(features: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
-    """The bilinearly upsampled features at the selected pixels only.
-
-    Equal, up to float rounding, to
-    ``F.interpolate(features, select.shape[1:], mode="bilinear", align_corners=False)
-    .permute(0, 2, 3, 1)[select]``, without making the ``B x D x H x W`` map: the width is
-    upsampled first (``B x D x h x W``), then each selected pixel blends its two source rows.
-
-    Args:
-        features: ``B x D x h x w`` with ``h <= H`` and ``w <= W``.
-        select: ``B x H x W`` bool.
-
-    Returns:
-        ``N x D`` in (image, row, column) order, ``N = select.sum()``; differentiable in ``features``.
-
-    Example::
-
-        q = upsampled_pixels(out.embedding, mask > 0)      # the salient pixels at input resolution
-    """
-    if features.dim() != 4 or select.dim() != 3 or features.shape[0] != select.shape[0]:
-        raise ValueError(f"expected features B x D x h x w and a selection B x H x W, got "
-                         f"{tuple(features.shape)} and {tuple(select.shape)}")  # fmt: skip
-    b, d, h, w = features.shape
-    big_h, big_w = select.shape[1:]
-    if h > big_h or w > big_w:
-        raise ValueError(f"features of size {(h, w)} are larger than the mask size {(big_h, big_w)}; "
-                         "pass features at the mask's resolution or below")  # fmt: skip
-    if (h, w) == (big_h, big_w):
-        return features.permute(0, 2, 3, 1)[select]
-    rows = features if w == big_w else F.interpolate(features, size=(h, big_w), mode="bilinear", align_corners=False)
-    rows = rows.permute(0, 2, 3, 1).reshape(b * h * big_w, d)  # a view when channels_last
-    bi, yi, xi = torch.nonzero(select, as_tuple=True)
-    if h == big_h:
-        return rows.index_select(0, (bi * h + yi) * big_w + xi)
-    y0, y1, lam = _source_index(big_h, h, features.device)
-    base = bi * (h * big_w) + xi
-    top = rows.index_select(0, base + y0[yi] * big_w)
-    bottom = rows.index_select(0, base + y1[yi] * big_w)
-    return torch.lerp(top, bottom, lam[yi].to(rows.dtype).unsqueeze(1))
-
-
-def mask_prototypes(embedding: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One L2-normalised prototype per object of every image.
-
-    Every object pixel's embedding (bilinearly upsampled to the mask's size, at those pixels only,
-    when the embedding is smaller) is L2-normalised; a prototype is their sum, L2-normalised.
-
-    Args:
-        embedding: ``B x D x h x w`` pixel embeddings, ``h <= H``, ``w <= W``.
-        mask: ``B x H x W`` integer object ids, 0 = background, 1..n = objects.
-
-    Returns:
-        ``(prototypes, owner)``: ``P x D`` unit vectors, one per (image, object id) that has at
-        least one pixel, ordered by image then object id; and ``P x 2`` long ``(image, object id)``.
-        ``P = 0`` gives empty tensors.
-
-    Example::
-
-        protos, owner = mask_prototypes(key_embedding, key_mask)
-    """
-    if embedding.dim() != 4 or mask.dim() != 3 or embedding.shape[0] != mask.shape[0]:
-        raise ValueError(f"expected embedding B x D x h x w and mask B x H x W, got {tuple(embedding.shape)} "
-                         f"and {tuple(mask.shape)}")  # fmt: skip
-    b, d = embedding.shape[:2]
-    mask = mask.long()
-    n_ids = int(mask.max().item()) + 1 if mask.numel() else 1
-    fg = mask > 0  # B x H x W
-    seg = (mask + torch.arange(b, device=mask.device).view(b, 1, 1) * n_ids)[fg]  # N_fg global segment ids
-    emb = F.normalize(upsampled_pixels(embedding, fg), dim=1)  # N_fg x D
-    sums = emb.new_zeros(b * n_ids, d).index_add_(0, seg, emb)
-    counts = torch.bincount(seg, minlength=b * n_ids)
-    present = torch.nonzero(counts > 0).squeeze(1)
-    owner = torch.stack([present // n_ids, present % n_ids], dim=1)
-    return F.normalize(sums[present], dim=1), owner
 
 
 def query_pixels(
@@ -264,8 +174,8 @@ def pixel_contrastive_loss(
     """The MaskContrast pixel loss: class-weighted cross-entropy of every pixel against the batch
     prototypes and the memory bank, without holding the ``N x (P + K)`` logits.
 
-    Same value and gradients as ``weighted_cross_entropy(pixel_prototype_logits(query, prototypes,
-    queue, temperature), labels, class_weights)``, computed in float32 (float64 stays float64).
+    Same value and gradients as ``F.cross_entropy(pixel_prototype_logits(query, prototypes, queue,
+    temperature), labels, weight=class_weights)``, computed in float32 (float64 stays float64).
 
     Args:
         query: ``N x D`` L2-normalised pixel embeddings.
@@ -351,47 +261,6 @@ def enet_class_weights(labels: torch.Tensor, num_classes: int, c: float = 1.02) 
     return 1.0 / torch.log(c + p)
 
 
-class _WeightedCrossEntropy(torch.autograd.Function):
-    """``sum_i r_i (logsumexp(x_i) - x_{i, y_i}) / sum_i r_i`` with a fused backward: the gradient
-    ``r_i / R * (softmax(x_i) - onehot(y_i))`` is built in place in one ``N x C`` buffer (the
-    autograd graph of ``F.cross_entropy`` needs several; this matters for the ~10^5 pixels x
-    (P + K) prototypes of a MaskContrast batch)."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        lse = torch.logsumexp(logits, dim=1)
-        picked = logits.gather(1, labels.view(-1, 1)).squeeze(1)
-        total = row_weights.sum()
-        ctx.save_for_backward(logits, lse, labels, row_weights, total)
-        return ((lse - picked) * row_weights).sum() / total
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        logits, lse, labels, row_weights, total = ctx.saved_tensors
-        g = (logits - lse.unsqueeze(1)).exp_()
-        g[torch.arange(len(labels), device=labels.device), labels] -= 1.0
-        g.mul_((row_weights * (grad / total)).unsqueeze(1))
-        return g, None, None
-
-
-def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Class-weighted mean cross-entropy ``sum_i w_{y_i} CE_i / sum_i w_{y_i}`` (plain mean without
-    weights); the value and gradient of ``F.cross_entropy(logits, labels, weight=weights)``,
-    computed with less memory traffic.
-
-    Args:
-        logits: ``N x C``; labels: ``N`` long; weights: ``C`` or None.
-
-    Returns:
-        A scalar; 0 (with a graph to ``logits``) when ``N = 0``.
-    """
-    if labels.numel() == 0:
-        return logits.sum() * 0.0
-    logits = full_precision(logits)
-    row_weights = torch.ones_like(labels, dtype=logits.dtype) if weights is None else weights.to(logits.dtype)[labels]
-    return _WeightedCrossEntropy.apply(logits, labels, row_weights)
-
-
 def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Balanced binary cross-entropy (HED style), averaged over all pixels.
 
@@ -433,10 +302,16 @@ def info_nce_logits(
     return logits, torch.zeros(len(query), dtype=torch.long, device=query.device)
 
 
-def info_nce_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``-log( exp(q.k/T) / (exp(q.k/T) + sum_j exp(q.n_j/T)) )`` averaged over the batch."""
+def info_nce_loss(
+    query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float, return_logits: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``-log( exp(q.k/T) / (exp(q.k/T) + sum_j exp(q.n_j/T)) )`` averaged over the batch.
+
+    With ``return_logits``: ``(loss, logits B x (1 + K), labels B)`` (for accuracy metrics).
+    """
     logits, labels = info_nce_logits(query, key, queue, temperature)
-    return F.cross_entropy(logits.float(), labels)
+    loss = F.cross_entropy(logits.float(), labels)
+    return (loss, logits, labels) if return_logits else loss
 
 
 def topk_accuracy(

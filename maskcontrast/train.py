@@ -28,8 +28,6 @@ import argparse
 import logging
 import math
 import os
-import random
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -37,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
@@ -49,10 +46,24 @@ from tqdm import tqdm
 from maskcontrast.config import ConfigError, config_to_dict, save_config
 from maskcontrast.data import DataError, SegmentationDataset, build_dataset
 from maskcontrast.data.views import EpochBatchSampler, PairedViewDataset, Views, ViewSampler
-from maskcontrast.models import read_checkpoint
 from maskcontrast.momentum import update_momentum
 from maskcontrast.objectives.base import Objective
-from maskcontrast.utils import atomic_save, autocast_dtype, get_device, peak_rss_mib
+from maskcontrast.runs import (
+    RunClaim,
+    RunFolderError,
+    RunLayout,
+    capture_rng_state,
+    claim_run_folder,
+    identity_diff,
+    load_state,
+    optim_state,
+    restore_optim_state,
+    restore_rng_state,
+    run_log,
+    save_state,
+    tensorboard,
+)
+from maskcontrast.utils import autocast_dtype, get_device, peak_rss_mib, seed_everything
 
 __all__ = [
     "train",
@@ -60,21 +71,30 @@ __all__ = [
     "RunDirError",
     "NonFiniteLossError",
     "lr_at",
+    "schedule_step",
     "build_sources",
     "build_view_dataset",
     "DistEnv",
     "setup_distributed",
     "capture_rng_state",
     "restore_rng_state",
+    "RUN_LAYOUT",
+    "claim_training_run",
+    "TrainingSetup",
+    "setup_training",
+    "restore_training",
+    "training_checkpoint",
+    "train_step",
+    "train_one_epoch",
+    "TrainingLog",
 ]
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "last.pt", "train.log", "tb")
 
-
-class RunDirError(RuntimeError):
-    """The run folder already holds a run and neither resume nor overwrite was asked for."""
+class RunDirError(RunFolderError, RuntimeError):
+    """The run folder already holds a run and neither resume nor overwrite was asked for, or the
+    checkpoint to resume from is missing or of another stage."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -116,35 +136,13 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "poly", p
     return base_lr
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and CUDA) generator states, as weights-only-loadable values."""
-    py = random.getstate()
-    npst = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [
-            str(npst[0]),
-            torch.from_numpy(np.asarray(npst[1]).astype(np.int64)),
-            int(npst[2]),
-            int(npst[3]),
-            float(npst[4]),
-        ],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def schedule_step(step: int, steps_per_epoch: int, unit: str = "step") -> int:
+    """The step the learning-rate schedule sees: ``step`` itself (``unit="step"``), or the first step
+    of its epoch (``unit="epoch"``: the rate holds for a whole epoch, as the official poly schedule,
+    ``base * (1 - epoch / epochs)^power``)."""
+    if unit not in ("step", "epoch"):
+        raise ValueError(f"optim.schedule_unit must be step or epoch, got {unit!r}")
+    return step if unit == "step" else (step // max(steps_per_epoch, 1)) * max(steps_per_epoch, 1)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -232,85 +230,283 @@ def build_view_dataset(cfg: Any, need_mask: bool) -> PairedViewDataset:
 # Run folder
 # ----------------------------------------------------------------------------------------------
 
+#: what a training run writes in ``trainer.run_dir`` (``last.pt`` and ``epoch_*.pt`` hold its progress)
+RUN_LAYOUT = RunLayout(
+    "run",
+    owned=("config.yaml", "config.resumed-step*.yaml", "last.pt", "train.log", "tb", "epoch_*.pt"),
+    state=("last.pt", "epoch_*.pt"),
+    resume_hint="trainer.resume=auto (--resume)",
+    overwrite_hint="--overwrite (trainer.overwrite=true)",
+    writer="maskcontrast.train",
+)
 
-def _resolve_resume(tcfg: Any, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh start; refuses to reuse a run folder."""
+
+def claim_training_run(tcfg: Any) -> tuple[RunClaim, Path | None]:
+    """The run folder's claim and the checkpoint to resume from (None: a fresh start).
+
+    ``trainer.resume``: ``none`` (refuse a folder that holds a checkpoint), ``auto`` (continue
+    ``last.pt`` when there is one) or a path to a checkpoint. A folder that holds no checkpoint
+    (a run that stopped before its first save) is reused without ``--overwrite``.
+    """
+    run_dir = Path(tcfg.run_dir).expanduser()
     resume = str(tcfg.resume)
-    if resume not in ("none", "auto", ""):
-        path = Path(resume).expanduser()
-        if not path.is_file():
-            raise RunDirError(f"trainer.resume={resume}: file not found")
-        return path
-    last = run_dir / "last.pt"
-    if resume == "auto" and last.is_file():
-        return last
-    taken = [name for name in RUN_FILES if (run_dir / name).exists()] + sorted(
-        p.name for p in run_dir.glob("epoch_*.pt")
+    explicit = resume not in ("none", "auto", "")
+    if explicit and not Path(resume).expanduser().is_file():
+        raise RunDirError(f"trainer.resume={resume}: file not found")
+    # resume=auto with a last.pt wins over overwrite (as before): nothing written is lost
+    overwrite = bool(tcfg.overwrite) and not (resume == "auto" and (run_dir / "last.pt").is_file())
+    try:
+        claim = claim_run_folder(run_dir, RUN_LAYOUT, resume=resume == "auto" or explicit, overwrite=overwrite)
+    except RunFolderError as err:
+        raise RunDirError(str(err)) from err
+    if explicit:
+        return claim, Path(resume).expanduser()
+    if claim.resume and not (run_dir / "last.pt").is_file():
+        raise RunDirError(f"run folder {run_dir} holds epoch checkpoints but no last.pt; pass trainer.resume=<one of "
+                          "them> to continue from it, --overwrite to start afresh, or choose another trainer.run_dir")  # fmt: skip
+    return claim, (run_dir / "last.pt") if claim.resume else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up, restore, one step, logging
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingSetup:
+    """Everything :func:`train_one_epoch` needs, built by :func:`setup_training`."""
+
+    cfg: Any
+    env: DistEnv
+    objective: Objective
+    model: nn.Module  # the objective, wrapped in DDP with several processes
+    dataset: PairedViewDataset
+    batch_sampler: EpochBatchSampler
+    loader: DataLoader
+    sampler: ViewSampler
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    amp_dtype: torch.dtype | None
+    steps_per_epoch: int
+    total_steps: int
+
+
+def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: DistEnv) -> TrainingSetup:
+    """Seed, build the objective, the data pipeline and the optimizer (nothing on disk changes).
+
+    Raises:
+        ConfigError: a batch that does not split over the processes, or fewer images than one batch.
+    """
+    tcfg, ocfg = cfg.trainer, cfg.optim
+    amp_dtype = autocast_dtype(tcfg.precision, choices=("fp32", "bf16", "fp16"), key="trainer.precision")
+    seed_everything(tcfg.seed)
+    objective = build_objective().to(env.device)
+    if tcfg.channels_last:
+        objective = objective.to(memory_format=torch.channels_last)
+    if ocfg.batch_size % env.world_size:
+        raise ConfigError(f"optim.batch_size={ocfg.batch_size} is not divisible by {env.world_size} processes")
+    per_rank = ocfg.batch_size // env.world_size
+    dataset = build_view_dataset(cfg, objective.needs_mask)
+    if len(dataset) < ocfg.batch_size:
+        raise ConfigError(f"{len(dataset)} usable images are fewer than one batch (optim.batch_size="
+                          f"{ocfg.batch_size}); lower the batch size or add data")  # fmt: skip
+    batch_sampler = EpochBatchSampler(len(dataset), per_rank, tcfg.seed, env.rank, env.world_size)
+    workers = int(cfg.data.num_workers)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        pin_memory=env.device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(tcfg.seed),
     )
-    if taken and resume != "auto" and not tcfg.overwrite:
-        raise RunDirError(
-            f"run folder {run_dir} already holds a run ({', '.join(taken[:4])}); pass trainer.resume=auto to "
-            "continue it, --overwrite (trainer.overwrite=true) to start afresh, or choose another trainer.run_dir"
-        )
-    return None
+    sampler = ViewSampler(cfg.augment, cfg.data.image_size).to(env.device)
+    spe = len(dataset) // ocfg.batch_size
+    budget = int(tcfg.max_steps or 0)
+    total = budget if budget > 0 else int(tcfg.epochs) * spe
+    objective.train()  # the objective keeps its frozen layers (if any) in eval mode
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, weight_decay=ocfg.weight_decay,
+                                nesterov=ocfg.nesterov)  # fmt: skip
+    scaler = torch.amp.GradScaler(env.device.type, enabled=tcfg.precision == "fp16")
+    model: nn.Module = objective
+    if env.world_size > 1:
+        model = DistributedDataParallel(
+            objective, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )  # fmt: skip
+    return TrainingSetup(cfg, env, objective, model, dataset, batch_sampler, loader, sampler, optimizer, scaler,
+                         amp_dtype, spe, total)  # fmt: skip
 
 
-def _clear_run_dir(run_dir: Path) -> None:
-    for name in RUN_FILES:
-        p = run_dir / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    for p in run_dir.glob("epoch_*.pt"):
-        p.unlink()
-
-
-def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a} -> {b}")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# The loop
-# ----------------------------------------------------------------------------------------------
-
-
-def _set_train_mode(objective: Objective) -> None:
-    objective.train()
-    for m in objective.early_layer_modules():
-        m.eval()  # frozen layers keep their BatchNorm statistics
-        for p in m.parameters():
-            p.requires_grad_(False)
-
-
-def _save(objective: Objective, optimizer: torch.optim.Optimizer, scaler: Any, path: Path, *, step: int,
-          epoch: int, spe: int, total: int, stage: str, cfg_dict: dict, world: int) -> None:  # fmt: skip
-    ckpt = objective.checkpoint()
+def training_checkpoint(s: TrainingSetup, *, step: int, stage: str, cfg_dict: dict) -> dict[str, Any]:
+    """The objective's checkpoint plus the optimizer and the ``trainer`` entry (step, RNG, scaler, config)."""
+    ckpt = s.objective.checkpoint()
+    epoch = step // s.steps_per_epoch
     ckpt["epoch"] = epoch
-    ckpt["optimizer"] = optimizer.state_dict()
+    ckpt.update(optim_state(s.optimizer))
     ckpt["trainer"] = {
         "stage": stage,
         "step": step,
         "epoch": epoch,
-        "steps_per_epoch": spe,
-        "total_steps": total,
-        "world_size": world,
+        "steps_per_epoch": s.steps_per_epoch,
+        "total_steps": s.total_steps,
+        "world_size": s.env.world_size,
         "rng": capture_rng_state(),
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "scaler": optim_state(scaler=s.scaler)["scaler"],
         "config": cfg_dict,
     }
-    atomic_save(ckpt, path)
+    return ckpt
+
+
+def restore_training(s: TrainingSetup, path: Path, stage: str, cfg_dict: dict) -> tuple[int, list[str]]:
+    """Load a :func:`training_checkpoint` into the set-up; returns ``(step, config changes)``.
+
+    Raises:
+        RunDirError: not a training checkpoint of this stage.
+    """
+    ckpt = load_state(path)
+    tstate = ckpt.get("trainer")
+    if not isinstance(tstate, dict) or tstate.get("stage") != stage:
+        raise RunDirError(f"{path}: not a {stage} training checkpoint of this trainer")
+    s.objective.load_checkpoint(ckpt)
+    restore_optim_state({"optimizer": ckpt["optimizer"], "scaler": tstate.get("scaler")}, s.optimizer,
+                        scaler=s.scaler)  # fmt: skip
+    restore_rng_state(tstate["rng"])
+    step = int(tstate["step"])
+    diff = identity_diff(tstate.get("config", {}), cfg_dict)
+    if diff:
+        log.warning("resuming with a changed config: %s", "; ".join(diff[:12]))
+    if tstate.get("steps_per_epoch") != s.steps_per_epoch:
+        log.warning("steps per epoch changed from %s to %s (data or batch size changed)",
+                    tstate.get("steps_per_epoch"), s.steps_per_epoch)  # fmt: skip
+    log.info("resumed from %s at step %d", path, step)
+    return step, diff
+
+
+def train_step(
+    s: TrainingSetup, batch: dict[str, Any], step: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+    """One optimisation step: views, momentum update, ``objective(views)``, NaN check, SGD step.
+
+    Returns:
+        ``(loss, metrics, lr)``.
+
+    Raises:
+        NonFiniteLossError: the loss is NaN/inf on some process (nothing was stepped).
+    """
+    tcfg, ocfg = s.cfg.trainer, s.cfg.optim
+    torch.manual_seed(_step_seed(tcfg.seed, step, s.env.rank))
+    lr = lr_at(schedule_step(step, s.steps_per_epoch, ocfg.schedule_unit), s.total_steps, ocfg.lr, ocfg.schedule,
+               ocfg.poly_power, ocfg.warmup_steps)  # fmt: skip
+    for g in s.optimizer.param_groups:
+        g["lr"] = lr
+    views: Views = s.sampler(batch)
+    views.query = s.objective.prepare_input(views.query, tcfg.channels_last)
+    views.key = s.objective.prepare_input(views.key, tcfg.channels_last)
+    for online, target in s.objective.momentum_pairs():
+        update_momentum(online, target, s.objective.momentum)
+    with torch.autocast(s.env.device.type, dtype=s.amp_dtype) if s.amp_dtype else nullcontext():
+        loss, metrics = s.model(views)
+    finite = torch.isfinite(loss.detach()).float()
+    if s.env.world_size > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if finite.item() < 1:
+        raise NonFiniteLossError(f"the loss became {loss.item()} at step {step} (epoch {step // s.steps_per_epoch})")
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    return loss, metrics, lr
+
+
+class TrainingLog:
+    """Metric averaging, the progress bar, TensorBoard scalars and the per-epoch log line."""
+
+    def __init__(self, s: TrainingSetup, writer: Any, stage: str, step: int) -> None:
+        self.s, self.writer = s, writer
+        tcfg = s.cfg.trainer
+        self.every = max(tcfg.log_every_steps, 1)
+        self.bar = tqdm(total=s.total_steps, initial=step, desc=stage, dynamic_ncols=True,
+                        disable=not (tcfg.progress and s.env.is_main))  # fmt: skip
+        self.sums: dict[str, float] = {}
+        self.n_sum = 0
+        self.counts = {"skipped": 0, "redraws": 0}
+        self.last: dict[str, float] = {}
+        self.t_last = time.perf_counter()
+
+    def step(self, step: int, batch: dict[str, Any], loss: torch.Tensor, metrics: dict[str, torch.Tensor],
+             lr: float) -> None:  # fmt: skip
+        """Record step ``step`` (1-based count of steps done)."""
+        now = time.perf_counter()
+        ips = self.s.cfg.optim.batch_size / max(now - self.t_last, 1e-9)
+        self.t_last = now
+        self.counts["skipped"] += int(batch["skipped"].sum())
+        self.counts["redraws"] += int(batch["redraws"].sum())
+        values = {"loss_total": float(loss.detach()), **{k: float(v) for k, v in metrics.items()},
+                  "lr": lr, "images_per_s": ips}  # fmt: skip
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n_sum += 1
+        self.last = values
+        self.bar.update(1)
+        self.bar.set_postfix(
+            loss=f"{values['loss_total']:.3f}", top1=f"{values.get('acc_top1', 0):.2f}",
+            lr=f"{lr:.2g}", ips=f"{ips:.1f}", refresh=False,
+        )  # fmt: skip
+        if self.writer is not None and (step % self.every == 0 or step == self.s.total_steps):
+            for k, v in self.sums.items():
+                tag = k.replace("loss_", "loss/").replace("acc_", "acc/") if k.startswith(("loss_", "acc_")) else k
+                self.writer.add_scalar(tag, v / self.n_sum, step)
+            self.writer.add_scalar("peak_rss_mib", peak_rss_mib(), step)
+            self.sums, self.n_sum = {}, 0
+
+    def epoch_end(self, done: int, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("data/skipped_images", self.counts["skipped"], done)
+            self.writer.add_scalar("data/view_redraws", self.counts["redraws"], done)
+        if self.s.env.is_main:
+            log.info("epoch %d done (step %d): loss %.4f, top1 %.3f; %d images skipped (no usable mask or view), "
+                     "%d views redrawn", done, step, self.last["loss_total"], self.last.get("acc_top1", float("nan")),
+                     self.counts["skipped"], self.counts["redraws"])  # fmt: skip
+        self.counts = {"skipped": 0, "redraws": 0}
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_one_epoch(s: TrainingSetup, step: int, logger: TrainingLog, save: Callable[[str, int], None]) -> int:
+    """Run the steps of the epoch that ``step`` lies in (from ``step`` on, up to the step budget).
+
+    ``save(name, step)`` writes a checkpoint (``last.pt`` at the epoch end, at the end of the
+    budget and every ``save_every_steps``; ``epoch_<n>.pt`` every ``save_every_epochs``).
+    Returns the step count after the epoch.
+    """
+    tcfg, spe = s.cfg.trainer, s.steps_per_epoch
+    epoch, start_batch = divmod(step, spe)
+    s.batch_sampler.set_epoch(epoch, start_batch)
+    for batch in s.loader:
+        loss, metrics, lr = train_step(s, batch, step)
+        step += 1
+        logger.step(step, batch, loss, metrics, lr)
+        epoch_end = step % spe == 0
+        if epoch_end:
+            done = step // spe
+            logger.epoch_end(done, step)
+            if tcfg.save_every_epochs > 0 and done % tcfg.save_every_epochs == 0:
+                save(f"epoch_{done:04d}.pt", step)
+        if epoch_end or step == s.total_steps or (tcfg.save_every_steps > 0 and step % tcfg.save_every_steps == 0):
+            save("last.pt", step)
+        if step >= s.total_steps:
+            break
+    return step
 
 
 def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str) -> RunResult:
     """Train ``build_objective()`` as ``cfg`` (``data``, ``augment``, ``optim``, ``trainer`` sections) says.
+
+    Set-up (:func:`setup_training`), the run folder (:func:`claim_training_run`), restore
+    (:func:`restore_training`), then :func:`train_one_epoch` until the step budget is spent.
 
     Args:
         cfg: a resolved config (PretrainConfig or MocoConfig layout).
@@ -326,8 +522,8 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
         ConfigError, DataError: bad options or data (the message names them).
     """
     tcfg, ocfg = cfg.trainer, cfg.optim
-    amp_dtype = autocast_dtype(tcfg.precision, choices=("fp32", "bf16", "fp16"), key="trainer.precision")
-    if tcfg.epochs <= 0 and tcfg.max_steps <= 0:
+    autocast_dtype(tcfg.precision, choices=("fp32", "bf16", "fp16"), key="trainer.precision")
+    if tcfg.epochs <= 0 and not (tcfg.max_steps or 0) > 0:
         raise ConfigError("set trainer.epochs > 0 or trainer.max_steps > 0")
     lr_at(0, 1, ocfg.lr, ocfg.schedule)  # validates the schedule name
     env = setup_distributed(tcfg.device)
@@ -335,207 +531,62 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
     run_dir = Path(tcfg.run_dir).expanduser()
-    file_handler: logging.Handler | None = None
-    writer = None
+    last_path = run_dir / "last.pt"
     try:
-        resume_path = _resolve_resume(tcfg, run_dir)
+        claim, resume_path = claim_training_run(tcfg)
         if env.world_size > 1:
             dist.barrier()
-
-        # -- model, data, optimizer ---------------------------------------------------------
-        torch.manual_seed(tcfg.seed)
-        random.seed(tcfg.seed)
-        np.random.seed(tcfg.seed % 2**32)
-        objective = build_objective().to(env.device)
-        if tcfg.channels_last:
-            objective = objective.to(memory_format=torch.channels_last)
-        if ocfg.batch_size % env.world_size:
-            raise ConfigError(f"optim.batch_size={ocfg.batch_size} is not divisible by {env.world_size} processes")
-        per_rank = ocfg.batch_size // env.world_size
-        dataset = build_view_dataset(cfg, objective.needs_mask)
-        if len(dataset) < ocfg.batch_size:
-            raise ConfigError(f"{len(dataset)} usable images are fewer than one batch (optim.batch_size="
-                              f"{ocfg.batch_size}); lower the batch size or add data")  # fmt: skip
-        batch_sampler = EpochBatchSampler(len(dataset), per_rank, tcfg.seed, env.rank, env.world_size)
-        workers = int(cfg.data.num_workers)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=batch_sampler,
-            num_workers=workers,
-            pin_memory=env.device.type == "cuda",
-            persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(tcfg.seed),
-        )
-        sampler = ViewSampler(cfg.augment, cfg.data.image_size).to(env.device)
-        spe = len(dataset) // ocfg.batch_size
-        total = int(tcfg.max_steps) if tcfg.max_steps > 0 else int(tcfg.epochs) * spe
-        _set_train_mode(objective)
-        params = [p for p in objective.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, weight_decay=ocfg.weight_decay,
-                                    nesterov=ocfg.nesterov)  # fmt: skip
-        scaler = torch.amp.GradScaler(env.device.type, enabled=tcfg.precision == "fp16")
+        s = setup_training(cfg, build_objective, env)
         cfg_dict = config_to_dict(cfg)
-
         # everything is validated: only now touch the run folder (an --overwrite run that fails early loses nothing)
         if env.is_main:
-            if resume_path is None and tcfg.overwrite:
-                _clear_run_dir(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(run_dir / "train.log")
-            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
-            logging.getLogger().addHandler(file_handler)
+            claim.prepare()
         if env.world_size > 1:
             dist.barrier()
-
-        step = 0
-        if resume_path is not None:
-            ckpt = read_checkpoint(resume_path)
-            tstate = ckpt.get("trainer")
-            if not isinstance(tstate, dict) or tstate.get("stage") != stage:
-                raise RunDirError(f"{resume_path}: not a {stage} training checkpoint of this trainer")
-            objective.load_checkpoint(ckpt)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if tstate.get("scaler") is not None and scaler.is_enabled():
-                scaler.load_state_dict(tstate["scaler"])
-            restore_rng_state(tstate["rng"])
-            step = int(tstate["step"])
-            diff = _config_diff(tstate.get("config", {}), cfg_dict)
-            if diff:
-                log.warning("resuming with a changed config: %s", "; ".join(diff[:12]))
-            if tstate.get("steps_per_epoch") != spe:
-                log.warning("steps per epoch changed from %s to %s (data or batch size changed)",
-                            tstate.get("steps_per_epoch"), spe)  # fmt: skip
-            log.info("resumed from %s at step %d", resume_path, step)
-            del ckpt
-        if env.is_main:
-            if resume_path is None:
-                save_config(cfg, run_dir / "config.yaml")
-            elif diff:
-                save_config(cfg, run_dir / f"config.resumed-step{step}.yaml")
-
-        model: nn.Module = objective
-        if env.world_size > 1:
-            model = DistributedDataParallel(
-                objective, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )  # fmt: skip
-        if env.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tb"))
-            log.info("%s: %d images, %d steps per epoch (global batch %d on %d process(es)), %d steps in all, "
-                     "device %s, precision %s%s", stage, len(dataset), spe, ocfg.batch_size, env.world_size, total,
-                     env.device, tcfg.precision, ", channels_last" if tcfg.channels_last else "")  # fmt: skip
-
-        # -- loop ----------------------------------------------------------------------------
-        last_path = run_dir / "last.pt"
-        bar = tqdm(total=total, initial=step, desc=stage, dynamic_ncols=True,
-                   disable=not (tcfg.progress and env.is_main))  # fmt: skip
-        sums: dict[str, float] = {}
-        n_sum = 0
-        epoch_counts = {"skipped": 0, "redraws": 0}
-        last_metrics: dict[str, float] = {}
-        saved_step = step
-        t_last = time.perf_counter()
-
-        def save(path: Path) -> None:
+        with run_log(run_dir / "train.log" if env.is_main else None):
+            step, diff = 0, []
+            if resume_path is not None:
+                step, diff = restore_training(s, resume_path, stage, cfg_dict)
             if env.is_main:
-                _save(objective, optimizer, scaler, path, step=step, epoch=step // spe, spe=spe, total=total,
-                      stage=stage, cfg_dict=cfg_dict, world=env.world_size)  # fmt: skip
+                if resume_path is None:
+                    save_config(cfg, run_dir / "config.yaml")
+                elif diff:
+                    save_config(cfg, run_dir / f"config.resumed-step{step}.yaml")
+            with tensorboard(run_dir / "tb" if env.is_main else None) as writer:
+                if env.is_main:
+                    log.info("%s: %d images, %d steps per epoch (global batch %d on %d process(es)), %d steps in "
+                             "all, device %s, precision %s%s", stage, len(s.dataset), s.steps_per_epoch,
+                             ocfg.batch_size, env.world_size, s.total_steps, env.device, tcfg.precision,
+                             ", channels_last" if tcfg.channels_last else "")  # fmt: skip
+                logger = TrainingLog(s, writer, stage, step)
+                saved = {"step": step}
 
-        while step < total:
-            epoch, start_batch = divmod(step, spe)
-            batch_sampler.set_epoch(epoch, start_batch)
-            for batch in loader:
-                torch.manual_seed(_step_seed(tcfg.seed, step, env.rank))
-                lr = lr_at(step, total, ocfg.lr, ocfg.schedule, ocfg.poly_power, ocfg.warmup_steps)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                views: Views = sampler(batch)
-                if tcfg.channels_last:
-                    views.query = views.query.contiguous(memory_format=torch.channels_last)
-                    views.key = views.key.contiguous(memory_format=torch.channels_last)
-                for online, target in objective.momentum_pairs():
-                    update_momentum(online, target, objective.momentum)
-                with torch.autocast(env.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                    loss, metrics = model(views)
-                finite = torch.isfinite(loss.detach()).float()
-                if env.world_size > 1:
-                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                if finite.item() < 1:
-                    raise NonFiniteLossError(
-                        f"the loss became {loss.item()} at step {step} (epoch {epoch}); the run stopped. "
-                        f"{last_path if saved_step > 0 else 'No checkpoint'} keeps the last good state "
-                        f"(step {saved_step}). Try a lower optim.lr or trainer.precision=fp32, then resume "
-                        "with trainer.resume=auto"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-
-                # -- bookkeeping --
-                now = time.perf_counter()
-                ips = ocfg.batch_size / max(now - t_last, 1e-9)
-                t_last = now
-                epoch_counts["skipped"] += int(batch["skipped"].sum())
-                epoch_counts["redraws"] += int(batch["redraws"].sum())
-                values = {"loss_total": float(loss.detach()), **{k: float(v) for k, v in metrics.items()},
-                          "lr": lr, "images_per_s": ips}  # fmt: skip
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_sum += 1
-                last_metrics = values
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{values['loss_total']:.3f}", top1=f"{values.get('acc_top1', 0):.2f}",
-                    lr=f"{lr:.2g}", ips=f"{ips:.1f}", refresh=False,
-                )  # fmt: skip
-                if writer is not None and (step % max(tcfg.log_every_steps, 1) == 0 or step == total):
-                    for k, v in sums.items():
-                        tag = (
-                            k.replace("loss_", "loss/").replace("acc_", "acc/")
-                            if k.startswith(("loss_", "acc_"))
-                            else k
-                        )
-                        writer.add_scalar(tag, v / n_sum, step)
-                    writer.add_scalar("peak_rss_mib", peak_rss_mib(), step)
-                    sums, n_sum = {}, 0
-
-                epoch_end = step % spe == 0
-                if epoch_end:
-                    done = step // spe
-                    if writer is not None:
-                        writer.add_scalar("data/skipped_images", epoch_counts["skipped"], done)
-                        writer.add_scalar("data/view_redraws", epoch_counts["redraws"], done)
+                def save(name: str, at: int) -> None:
                     if env.is_main:
-                        log.info("epoch %d done (step %d): loss %.4f, top1 %.3f; %d images skipped (no usable mask or "
-                                 "view), %d views redrawn", done, step, values["loss_total"],
-                                 values.get("acc_top1", float("nan")), epoch_counts["skipped"],
-                                 epoch_counts["redraws"])  # fmt: skip
-                    epoch_counts = {"skipped": 0, "redraws": 0}
-                    if tcfg.save_every_epochs > 0 and done % tcfg.save_every_epochs == 0:
-                        save(run_dir / f"epoch_{done:04d}.pt")
-                if epoch_end or step == total or (tcfg.save_every_steps > 0 and step % tcfg.save_every_steps == 0):
-                    save(last_path)
-                    saved_step = step
-                if step >= total:
-                    break
-        bar.close()
-        if saved_step != step:
-            save(last_path)
-        if env.world_size > 1:
-            dist.barrier()
-        if env.is_main:
-            log.info("%s finished after %d steps; checkpoint %s", stage, step, last_path)
-        return RunResult(run_dir, last_path, step, step / max(spe, 1), last_metrics)
+                        save_state(run_dir / name, training_checkpoint(s, step=at, stage=stage, cfg_dict=cfg_dict))
+                    if name == "last.pt":
+                        saved["step"] = at
+
+                try:
+                    while step < s.total_steps:
+                        step = train_one_epoch(s, step, logger, save)
+                except NonFiniteLossError as err:
+                    good = saved["step"]
+                    raise NonFiniteLossError(
+                        f"{err}; the run stopped. {last_path if good > 0 else 'No checkpoint'} keeps the last good "
+                        f"state (step {good}). Try a lower optim.lr or trainer.precision=fp32, then resume with "
+                        "trainer.resume=auto"
+                    ) from None
+                finally:
+                    logger.close()
+                if saved["step"] != step:
+                    save("last.pt", step)
+            if env.world_size > 1:
+                dist.barrier()
+            if env.is_main:
+                log.info("%s finished after %d steps; checkpoint %s", stage, step, last_path)
+        return RunResult(run_dir, last_path, step, step / max(s.steps_per_epoch, 1), logger.last)
     finally:
-        if writer is not None:
-            writer.close()
-        if file_handler is not None:
-            logging.getLogger().removeHandler(file_handler)
-            file_handler.close()
         if env.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
         torch.set_num_threads(threads_before)
@@ -614,9 +665,9 @@ def cli_main(
             print(config_summary(cfg))
             return 0
         result = train(cfg, lambda: build_objective(cfg), stage=stage)
-    except (ConfigError, DataError, CheckpointError, RunDirError, NonFiniteLossError) as err:
+    except (ConfigError, DataError, CheckpointError, RunDirError, NonFiniteLossError, OSError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1 if isinstance(err, NonFiniteLossError) else 2
+        return 1 if isinstance(err, (NonFiniteLossError, OSError)) and not isinstance(err, RunDirError) else 2
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {result.checkpoint}")
         print(

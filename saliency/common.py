@@ -11,7 +11,13 @@ Example::
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -27,7 +33,16 @@ __all__ = [
     "normalize_map",
     "to_lab",
     "otsu_threshold",
+    "BLAS_VARS",
+    "single_thread_env",
+    "pool_map",
 ]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: the thread-count variables of the numeric libraries (one thread per worker process)
+BLAS_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -190,3 +205,68 @@ def build_superpixel_graph(lab: np.ndarray, n_segments: int, compactness: float 
         edges=edges,
         sides=sides,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker processes
+# ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def single_thread_env(enabled: bool) -> Iterator[None]:
+    """Set the BLAS thread variables to 1 while the block runs (worker processes spawned inside
+    inherit them), then restore them. ``enabled=False``: change nothing."""
+    saved = {v: os.environ.get(v) for v in BLAS_VARS}
+    if enabled:
+        for v in BLAS_VARS:
+            os.environ[v] = "1"
+    try:
+        yield
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+
+
+def _single_thread_init(initializer: Callable[..., None] | None, initargs: Sequence[Any]) -> None:
+    for var in BLAS_VARS:
+        os.environ[var] = "1"
+    if initializer is not None:
+        initializer(*initargs)
+    if "torch" in sys.modules:  # an initializer that built a torch model imported it
+        sys.modules["torch"].set_num_threads(1)
+
+
+def pool_map(
+    func: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: Sequence[Any] = (),
+    ordered: bool = True,
+    chunksize: int = 1,
+) -> Iterator[R]:
+    """``func`` over ``items``: in this process when ``workers <= 1`` (``initializer(*initargs)``
+    first), else in ``workers`` spawned processes, one BLAS/torch thread each, whose per-process
+    state ``initializer`` sets up. Results come in order, or as they finish with ``ordered=False``.
+
+    Example::
+
+        for result in pool_map(work, ids, workers=2, initializer=load_dataset, initargs=(root,)):
+            ...
+    """
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for item in items:
+            yield func(item)
+        return
+    with (
+        single_thread_env(True),
+        mp.get_context("spawn").Pool(workers, _single_thread_init, (initializer, tuple(initargs))) as pool,
+    ):
+        run = pool.imap if ordered else pool.imap_unordered
+        yield from run(func, items, chunksize=chunksize)

@@ -32,12 +32,10 @@ import argparse
 import dataclasses
 import json
 import logging
-import multiprocessing as mp
 import os
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +48,9 @@ from maskcontrast.config import ConfigError, add_config_arguments, load_config
 from maskcontrast.data import DataError, build_dataset, write_mask
 from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.data.io import SKIPPED_LIST, read_skipped
+from maskcontrast.runs import RunFolderError, RunLayout, claim_run_folder
 from maskcontrast.utils import atomic_write_bytes, setup_logging
+from saliency.common import pool_map, single_thread_env
 from saliency.fusion import FusionConfig
 from saliency.methods import METHODS, build_estimator, estimator_params
 from saliency.postprocess import postprocess
@@ -65,11 +65,10 @@ FLAGGED = "flagged.txt"
 FORMAT = "maskcontrast-saliency-masks"
 FORMAT_VERSION = 1
 _RETRY_PREFIXES = ("unreadable", "error")
-_BLAS_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-class OutputConflict(ValueError):
-    """``--out`` holds outputs that this run must not silently overwrite."""
+#: ``--out`` holds outputs that this run must not silently overwrite (the run layer's error)
+OutputConflict = RunFolderError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,36 +96,22 @@ def _manifest(method: str, params: dict, multi_object: bool, rule: dict, source:
     }
 
 
+#: what saliency.generate writes in ``--out`` besides the masks (its identity is the manifest)
+RUN_LAYOUT = RunLayout(
+    "mask folder",
+    owned=(MANIFEST, SKIPPED, FLAGGED),
+    identity_file=MANIFEST,
+    compare=("method", "params", "multi_object", "rule"),
+    writer="saliency.generate",
+)
+
+
 def _prepare_out(out: Path, manifest: dict, overwrite: bool) -> bool:
-    """Check ``out`` against ``manifest``; returns True when earlier outputs may be reused."""
-    path = out / MANIFEST
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise OutputConflict(f"--out {out} exists and is not a folder")
-    non_empty = any(out.iterdir())
-    if not non_empty:
-        return False
-    if overwrite:
-        log.warning("--overwrite: outputs in %s will be replaced", out)
-        return False
-    if not path.is_file():
-        raise OutputConflict(
-            f"--out {out} is not empty and has no {MANIFEST}, so it was not written by saliency.generate; "
-            "choose an empty folder or pass --overwrite"
-        )
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise OutputConflict(f"{path}: unreadable manifest ({err}); pass --overwrite to start afresh") from err
-    keys = ("method", "params", "multi_object", "rule")
-    diffs = [k for k in keys if json.dumps(old.get(k), sort_keys=True) != json.dumps(manifest[k], sort_keys=True)]
-    if diffs:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {manifest[k]!r}" for k in diffs)
-        raise OutputConflict(
-            f"--out {out} was written with other settings ({detail}); use another folder or pass --overwrite"
-        )
-    return True
+    """Claim ``out`` for ``manifest`` (:func:`maskcontrast.runs.claim_run_folder`); returns True
+    when earlier outputs of the same settings may be reused."""
+    claim = claim_run_folder(out, RUN_LAYOUT, identity=manifest, resume=True, overwrite=overwrite)
+    claim.prepare(write_identity=False)
+    return claim.reuse
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,14 +121,7 @@ def _prepare_out(out: Path, manifest: dict, overwrite: bool) -> bool:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(spec: dict[str, Any], single_thread: bool) -> None:
-    if single_thread:
-        for var in _BLAS_VARS:
-            os.environ[var] = "1"
-        if "torch" in sys.modules or spec["method"] == "refined":
-            import torch
-
-            torch.set_num_threads(1)
+def _init_worker(spec: dict[str, Any]) -> None:
     ds = build_dataset(spec["dataset"], spec["root"], spec["split"], **spec["dataset_kwargs"])
     fusion = FusionConfig(**spec["fusion"]) if spec["fusion"] is not None else None
     _STATE.update(
@@ -176,22 +154,6 @@ def _work(sample_id: str) -> tuple[str, str, dict[str, Any]]:
         return sample_id, "written", info
     except Exception as err:  # keep going; the id is recorded and retried on the next run
         return sample_id, "error", {"reason": f"error: {type(err).__name__}: {err}"}
-
-
-@contextmanager
-def single_thread_env(enabled: bool):
-    saved = {v: os.environ.get(v) for v in _BLAS_VARS}
-    if enabled:
-        for v in _BLAS_VARS:
-            os.environ[v] = "1"
-    try:
-        yield
-    finally:
-        for v, old in saved.items():
-            if old is None:
-                os.environ.pop(v, None)
-            else:
-                os.environ[v] = old
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,11 +216,7 @@ def generate(
     source = f"{dataset}:{Path(root).expanduser().resolve()}" + (f":{split}" if split else "")
     manifest = _manifest(method, params, multi_object, rule, source)
     reuse = _prepare_out(out, manifest, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
     skipped_path, flagged_path = out / SKIPPED, out / FLAGGED
-    if not reuse:
-        for p in (skipped_path, flagged_path):
-            p.unlink(missing_ok=True)
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
 
     skipped_before = read_skipped(skipped_path, bare_ids=False) if reuse else {}
@@ -310,18 +268,9 @@ def generate(
             _append_line(flagged_path, f"{sid}\t{info['agreement']:.3f}")
 
     bar = tqdm(total=len(todo), desc=f"saliency {method}", unit="img", disable=not progress or not todo)
-    if workers <= 1:
-        _init_worker(spec, single_thread=False)
-        for sid in todo:
-            handle(*_work(sid))
-            bar.update()
-    else:
-        with single_thread_env(True):
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(spec, True)) as pool:
-                for result in pool.imap_unordered(_work, todo, chunksize=1):
-                    handle(*result)
-                    bar.update()
+    for result in pool_map(_work, todo, workers=workers, initializer=_init_worker, initargs=(spec,), ordered=False):
+        handle(*result)
+        bar.update()
     bar.close()
     seconds = time.perf_counter() - start
     manifest["counts"] = counts

@@ -59,6 +59,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights_only errors have many types
+        if "Weights only load failed" in str(err):
+            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{path}: holds Python code or objects{what} beyond tensors and plain values, so it is refused: "
+                "loading it would run code from the file. Save the weights as a plain state dict "
+                "(tensors, numbers, strings, lists, dicts) and pass that file instead"
+            ) from None
         raise CheckpointError(
             f"{path}: cannot be read as a weights-only torch checkpoint ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''})"

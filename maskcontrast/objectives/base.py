@@ -37,8 +37,17 @@ class Objective(nn.Module):
         return []
 
     def early_layer_modules(self) -> list[nn.Module]:
-        """Modules the trainer keeps frozen (parameters and BatchNorm statistics); default none."""
+        """Frozen modules (no gradients, BatchNorm statistics kept); default none. A subclass
+        that freezes layers turns their gradients off itself; :meth:`train` keeps them in eval mode."""
         return []
+
+    def train(self, mode: bool = True) -> Objective:
+        """``nn.Module.train``, except that the frozen modules (:meth:`early_layer_modules`) stay in
+        eval mode, so their BatchNorm statistics do not move."""
+        super().train(mode)
+        for m in self.early_layer_modules():
+            m.eval()
+        return self
 
     def checkpoint(self) -> dict[str, Any]:  # pragma: no cover
         """A weights-only-loadable dict in this objective's deliverable layout, holding its whole state."""
@@ -49,4 +58,6 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def prepare_input(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        """A view batch (``B x 3 x H x W``) in the memory layout this objective's networks want;
+        the trainer calls it on the query and key views of every step."""
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -12,11 +12,11 @@ from torch import nn
 
 from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig
 from maskcontrast.data.views import Views
+from maskcontrast.embeddings import mask_prototypes
 from maskcontrast.losses import (
     CLASS_WEIGHTINGS,
     balanced_bce,
     full_precision,
-    mask_prototypes,
     maskcontrast_pixel_loss,
     pixel_prototype_logits,
     topk_accuracy,
@@ -47,17 +47,18 @@ class MaskContrastObjective(Objective):
     1. query forward (with gradients) at feature resolution;
     2. key forward (no gradients) on the key views, shuffled across DDP ranks (shuffle-BN),
        at feature resolution, unshuffled;
-    3. one prototype per (image, object) of the key view (:func:`~maskcontrast.losses.mask_prototypes`),
+    3. one prototype per (image, object) of the key view (:func:`~maskcontrast.embeddings.mask_prototypes`),
        gathered from every rank;
     4. every query pixel on an object with a prototype is classified against all prototypes of
-       the global batch and the memory bank (T = ``temperature``), cross-entropy with ENet class
+       the global batch (``negatives="global"``; ``"local"``: of this process's batch, as the
+       official code) and the memory bank (T = ``temperature``), cross-entropy with ENet class
        weights; balanced BCE on the query saliency (upsampled to the input) against the query mask;
-    5. this rank's prototypes are enqueued (after gathering).
+    5. the gathered prototypes of every rank are enqueued.
 
     The trainer applies the momentum update (``momentum_pairs``) before each forward.
 
     The embeddings are upsampled to the input size bilinearly, as in the paper, but only at the
-    object pixels that enter the loss (:func:`~maskcontrast.losses.upsampled_pixels`), and the
+    object pixels that enter the loss (:func:`~maskcontrast.embeddings.upsampled_pixels`), and the
     cross-entropy runs in row chunks (:func:`~maskcontrast.losses.pixel_contrastive_loss`); the
     values are those of the full-resolution computation.
 
@@ -84,17 +85,19 @@ class MaskContrastObjective(Objective):
         )
         self.query = build_model(model_cfg)
         self.freeze_early = bool(cfg.freeze_early_layers)
-        if self.freeze_early:
-            for m in self.query.backbone.stem_and_early_layers():
-                for p in m.parameters():
-                    p.requires_grad_(False)
         self.key = make_momentum_copy(self.query)
+        for m in self.early_layer_modules():  # frozen: no gradients here, eval mode in train()
+            for p in m.parameters():
+                p.requires_grad_(False)
         self.bank = MemoryBank(cfg.queue_size, self.query.embed_dim)
         self.momentum = float(cfg.momentum)
         self.temperature = float(cfg.temperature)
         self.contrastive_weight = float(cfg.contrastive_weight)
         self.saliency_weight = float(cfg.saliency_weight)
         self.class_weighting = cfg.class_weighting
+        self.negatives = str(getattr(cfg, "negatives", "global"))
+        if self.negatives not in ("global", "local"):
+            raise ValueError(f"objective.negatives must be global or local, got {self.negatives!r}")
         if self.saliency_weight > 0 and self.query.saliency_head is None:
             raise ValueError("objective.saliency_weight > 0 needs model.saliency_head=true")
 
@@ -121,14 +124,17 @@ class MaskContrastObjective(Objective):
                 protos, owner = mask_prototypes(full_precision(k_small), views.key_mask)
             owner = owner.clone()
             owner[:, 0] += rank() * b
-            all_protos = concat_all_gather(protos)
-            all_owner = concat_all_gather(owner)
+            all_protos = concat_all_gather(protos)  # the queue always gets every process's prototypes
+            if self.negatives == "global":  # contrast with the prototypes of every process
+                cand_protos, cand_owner, offset = all_protos, concat_all_gather(owner), rank() * b
+            else:  # local: this process's prototypes only
+                cand_protos, cand_owner, offset = protos, owner, rank() * b
             queue = self.bank.queue.clone()
 
         with torch.autocast(views.query.device.type, enabled=False):  # the loss math stays fp32 under AMP
             loss_con, q, labels = maskcontrast_pixel_loss(
-                full_precision(out_q.embedding), views.query_mask, all_protos, all_owner, queue,
-                self.temperature, self.class_weighting, image_offset=rank() * b,
+                full_precision(out_q.embedding), views.query_mask, cand_protos, cand_owner, queue,
+                self.temperature, self.class_weighting, image_offset=offset,
             )  # fmt: skip
             loss = self.contrastive_weight * loss_con
             metrics = {"loss_contrastive": loss_con.detach()}
@@ -141,15 +147,15 @@ class MaskContrastObjective(Objective):
                 metrics["loss_saliency"] = loss_sal.detach()
             with torch.no_grad():
                 step = max(1, -(-len(labels) // ACCURACY_ROWS))
-                some = pixel_prototype_logits(q[::step], all_protos, queue, self.temperature)
+                some = pixel_prototype_logits(q[::step], cand_protos, queue, self.temperature)
                 top1, top5 = topk_accuracy(some, labels[::step], (1, 5))
         metrics.update(
             acc_top1=top1,
             acc_top5=top5,
-            prototypes=torch.tensor(float(len(all_protos))),
+            prototypes=torch.tensor(float(len(cand_protos))),
             pixels=torch.tensor(float(len(labels))),
         )
-        self.bank.enqueue(protos)
+        self.bank.enqueue(all_protos, gather=False)  # already gathered above: one collective per step
         return loss, metrics
 
     def checkpoint(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from maskcontrast.config import MocoModelConfig, MocoObjectiveConfig
 from maskcontrast.data.views import Views
-from maskcontrast.losses import info_nce_logits, topk_accuracy
+from maskcontrast.losses import info_nce_loss, topk_accuracy
 from maskcontrast.models import ARCHS, CheckpointError, load_backbone_weights
 from maskcontrast.momentum import MemoryBank, batch_shuffle, batch_unshuffle, make_momentum_copy
 from maskcontrast.objectives.base import Objective
@@ -79,8 +79,7 @@ class MocoObjective(Objective):
             k = batch_unshuffle(k, order)
             queue = self.bank.queue.clone()
         with torch.autocast(views.query.device.type, enabled=False):  # the loss math stays fp32 under AMP
-            logits, labels = info_nce_logits(q, k, queue, self.temperature)
-            loss = F.cross_entropy(logits, labels)
+            loss, logits, labels = info_nce_loss(q, k, queue, self.temperature, return_logits=True)
         top1, top5 = topk_accuracy(logits.detach(), labels, (1, 5))
         self.bank.enqueue(k)
         return loss, {"loss_infonce": loss.detach(), "acc_top1": top1, "acc_top5": top5}

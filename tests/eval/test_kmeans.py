@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from eval import common
 from eval.common import SaliencySource, StreamCache, masked_mean_embedding, normalised_pixels
 from eval.kmeans import (
     kmeans,
@@ -16,6 +15,7 @@ from eval.kmeans import (
     run_prototype_protocol,
 )
 from eval.metrics import confusion_matrix
+from maskcontrast import embeddings
 from maskcontrast.api import upsample_embedding
 
 
@@ -63,7 +63,7 @@ def test_pca_whitening_gives_identity_covariance():
 @pytest.mark.parametrize("chunk_bytes", [None, 4 * 30 * 40 * 3])
 def test_chunked_pixels_equal_direct_computation(monkeypatch, chunk_bytes):
     if chunk_bytes is not None:
-        monkeypatch.setattr(common, "CHUNK_BYTES", chunk_bytes)  # forces 3-channel chunks
+        monkeypatch.setattr(embeddings, "CHUNK_BYTES", chunk_bytes)  # forces 3-channel chunks
     torch.manual_seed(0)
     emb = torch.randn(1, 10, 5, 7)
     direct = upsample_embedding(emb, (30, 40))[0].reshape(10, -1).T
@@ -166,3 +166,9 @@ def test_cli_pixel_protocol_on_msrc(shared_root, maskcontrast_ckpt, tmp_path):
     assert first["miou_mean"] == pytest.approx(again["miou_mean"])
     assert first["matching"] == "auto" and len(first["per_class"]) == 21
     assert (tmp_path / "cache" / "pixel_pass2.pt").is_file()
+
+
+def test_cli_checks_k_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="--k must be >= 2"):
+        main(["--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "weizmann", "--root", str(tmp_path),
+              "--k", "1"])  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -146,3 +147,35 @@ def test_list_items_are_overridden_by_index(tmp_path):
     bad.write_text("data:\n  sources: {name: msrc}\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml"):
         load_config(PretrainConfig, bad)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "rule"),
+    [
+        ("optim.batch_size=0", "optim.batch_size", ">= 1"),
+        ("trainer.max_steps=-1", "trainer.max_steps", ">= 0"),
+        ("optim.lr=0", "optim.lr", "> 0"),
+        ("augment.flip_p=1.5", "augment.flip_p", "<= 1"),
+        ("augment.crop_scale=[0.2,1.5]", "augment.crop_scale", "<= 1"),
+        ("objective.temperature=-0.1", "objective.temperature", "> 0"),
+        ("optim.schedule=step", "optim.schedule", "one of poly, cosine, constant"),
+        ("model.backbone.output_stride=32", "model.backbone.output_stride", "one of 8, 16"),
+        ("data.sources=[{name: pet, root: x, limit: -1}]", "data.sources.0.limit", ">= 0"),
+    ],
+)
+def test_values_out_of_range_name_the_key(override, key, rule):
+    from maskcontrast.config import PretrainConfig
+
+    with pytest.raises(ConfigError, match=rf"key '{re.escape(key)}' must be {re.escape(rule)}"):
+        load_config(PretrainConfig, None, [override])
+
+
+def test_max_steps_may_be_null_and_interpolations_are_checked_once_resolved(tmp_path):
+    from maskcontrast.config import MocoConfig, PretrainConfig, resolve_config
+
+    assert load_config(PretrainConfig, None, ["trainer.max_steps=null"]).trainer.max_steps is None
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  batch_size: ${trainer.threads}\n")
+    cfg = load_config(MocoConfig, path)  # an interpolation is checked after resolving
+    with pytest.raises(ConfigError, match=r"key 'optim\.batch_size' must be >= 1, got 0"):
+        resolve_config(cfg)

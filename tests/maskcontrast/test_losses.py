@@ -6,20 +6,65 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from maskcontrast.embeddings import mask_prototypes, upsampled_pixels
 from maskcontrast.losses import (
     balanced_bce,
     enet_class_weights,
+    full_precision,
     info_nce_logits,
     info_nce_loss,
-    mask_prototypes,
     maskcontrast_pixel_loss,
     pixel_contrastive_loss,
     pixel_prototype_logits,
     query_pixels,
     topk_accuracy,
-    upsampled_pixels,
-    weighted_cross_entropy,
 )
+
+# ----------------------------------------------------------------------------------------------
+# Test-only reference: the class-weighted cross-entropy of held logits (the chunked
+# pixel_contrastive_loss must equal it), with a fused backward of its own.
+# ----------------------------------------------------------------------------------------------
+
+
+class _WeightedCrossEntropy(torch.autograd.Function):
+    """``sum_i r_i (logsumexp(x_i) - x_{i, y_i}) / sum_i r_i`` with a fused backward: the gradient
+    ``r_i / R * (softmax(x_i) - onehot(y_i))`` is built in place in one ``N x C`` buffer (the
+    autograd graph of ``F.cross_entropy`` needs several; this matters for the ~10^5 pixels x
+    (P + K) prototypes of a MaskContrast batch)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        lse = torch.logsumexp(logits, dim=1)
+        picked = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+        total = row_weights.sum()
+        ctx.save_for_backward(logits, lse, labels, row_weights, total)
+        return ((lse - picked) * row_weights).sum() / total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        logits, lse, labels, row_weights, total = ctx.saved_tensors
+        g = (logits - lse.unsqueeze(1)).exp_()
+        g[torch.arange(len(labels), device=labels.device), labels] -= 1.0
+        g.mul_((row_weights * (grad / total)).unsqueeze(1))
+        return g, None, None
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Class-weighted mean cross-entropy ``sum_i w_{y_i} CE_i / sum_i w_{y_i}`` (plain mean without
+    weights); the value and gradient of ``F.cross_entropy(logits, labels, weight=weights)``,
+    computed with less memory traffic.
+
+    Args:
+        logits: ``N x C``; labels: ``N`` long; weights: ``C`` or None.
+
+    Returns:
+        A scalar; 0 (with a graph to ``logits``) when ``N = 0``.
+    """
+    if labels.numel() == 0:
+        return logits.sum() * 0.0
+    logits = full_precision(logits)
+    row_weights = torch.ones_like(labels, dtype=logits.dtype) if weights is None else weights.to(logits.dtype)[labels]
+    return _WeightedCrossEntropy.apply(logits, labels, row_weights)
 
 
 def _random_case(seed=0, b=3, d=5, h=6, w=7, max_id=3):

@@ -125,6 +125,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_failed_start_is_rerun_nan_is_logged_and_stale_temporaries_go(data, tmp_path):
+    """A run that stopped before its first checkpoint is re-run without --overwrite; the NaN stop
+    is in train.log; --resume removes the temporary file of a save killed midway."""
+    run = tmp_path / "run"
+    cfg = tiny_cfg(data, run, "trainer.max_steps=2")
+
+    class NanAtOnce(MaskContrastObjective):
+        def forward(self, views):
+            loss, metrics = super().forward(views)
+            return loss * float("nan"), metrics
+
+    with pytest.raises(NonFiniteLossError, match="No checkpoint"):
+        train(cfg, lambda: NanAtOnce(cfg.model, cfg.objective), "pretrain")
+    assert not (run / "last.pt").exists()
+    assert "the loss became nan at step 0" in (run / "train.log").read_text()
+    assert train(cfg, build(cfg), "pretrain").steps == 2  # same folder, no --overwrite
+    (run / ".last.pt.k1ll3d.tmp").write_bytes(b"partial checkpoint")
+    more = tiny_cfg(data, run, "trainer.max_steps=3", "trainer.resume=auto")
+    assert train(more, build(more), "pretrain").steps == 3
+    assert not list(run.glob(".*.tmp"))
+
+
 def test_bf16_channels_last_and_frozen_early_layers(data, tmp_path):
     cfg = tiny_cfg(data, tmp_path / "amp", "trainer.max_steps=1", "trainer.precision=bf16",
                    "trainer.channels_last=true", "objective.freeze_early_layers=true")  # fmt: skip
@@ -213,3 +235,16 @@ def test_contrastive_loss_goes_down_on_pet_trimaps(shared_root, tmp_path):
     train(cfg, lambda: Recording(cfg.model, cfg.objective), "pretrain")
     first, last = np.mean(losses[2:8]), np.mean(losses[-6:])  # from step 2 on the queue holds real prototypes
     assert last < first - 0.05, f"contrastive loss did not go down: {first:.3f} -> {last:.3f} ({losses})"
+
+
+def test_schedule_unit_epoch_holds_the_rate_for_an_epoch(data, tmp_path):
+    from maskcontrast.train import schedule_step
+
+    assert [schedule_step(s, 3, "epoch") for s in range(7)] == [0, 0, 0, 3, 3, 3, 6]
+    assert [schedule_step(s, 3, "step") for s in range(4)] == [0, 1, 2, 3]
+    # 12 images, batch 4: 3 steps per epoch; the 5th step (index 4) is in epoch 1
+    cfg = tiny_cfg(data, tmp_path / "ep", "trainer.max_steps=5", "optim.schedule_unit=epoch")
+    res = train(cfg, build(cfg), "pretrain")
+    assert res.metrics["lr"] == pytest.approx(lr_at(3, 5, cfg.optim.lr, "poly", 0.9))
+    with pytest.raises(ConfigError, match=r"optim\.schedule_unit"):
+        tiny_cfg(data, tmp_path / "x", "optim.schedule_unit=iteration")

@@ -1,0 +1,7 @@
+"""``python -m saliency.refine``."""
+
+import sys
+
+from saliency.refine.cli import main
+
+sys.exit(main())

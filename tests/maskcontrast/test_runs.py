@@ -1,0 +1,152 @@
+"""The run layer: claiming a folder, stale temporaries, atomic state with a full disk, logs."""
+
+import errno
+import json
+import logging
+
+import pytest
+import torch
+
+from maskcontrast import utils
+from maskcontrast.models import CheckpointError, read_checkpoint
+from maskcontrast.runs import (
+    ChangedIdentityError,
+    RunFolderError,
+    RunLayout,
+    capture_rng_state,
+    claim_run_folder,
+    identity_diff,
+    remove_stale_temporaries,
+    restore_rng_state,
+    run_log,
+    save_state,
+)
+
+TRAIN = RunLayout("run", owned=("config.yaml", "last.pt", "tb"), state=("last.pt",), resume_hint="--resume")
+PROBE = RunLayout("probe run", owned=("state.pt", "run.json", "results.json"), state=("state.pt",),
+                  identity_file="run.json", finished="results.json", writer="eval.linear")  # fmt: skip
+
+
+def test_fresh_refused_resumed_and_overwritten(tmp_path):
+    run = tmp_path / "run"
+    claim = claim_run_folder(run, TRAIN)
+    assert not claim.resume and not run.exists()  # nothing is touched before prepare()
+    claim.prepare()
+    (run / "last.pt").write_bytes(b"x")
+    (run / "mine.txt").write_text("keep")
+    with pytest.raises(RunFolderError, match=r"--resume.*--overwrite") as err:
+        claim_run_folder(run, TRAIN)
+    assert str(run) in str(err.value) and isinstance(err.value, FileExistsError)
+    assert claim_run_folder(run, TRAIN, resume=True).resume
+    claim = claim_run_folder(run, TRAIN, overwrite=True)
+    claim.prepare()
+    assert not (run / "last.pt").exists() and (run / "mine.txt").read_text() == "keep"  # only what a run owns
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_is_rerun_without_overwrite(tmp_path):
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.yaml").write_text("a: 1\n")
+    claim = claim_run_folder(run, TRAIN)
+    assert not claim.resume and {p.name for p in claim.remove} == {"config.yaml", "tb"}
+    claim.prepare()
+    assert not (run / "config.yaml").exists() and not (run / "tb").exists()
+
+
+def test_identity_decides_reuse_and_names_the_changed_keys(tmp_path):
+    run = tmp_path / "probe"
+    claim_run_folder(run, PROBE, identity={"lr": 0.1, "epochs": 2}).prepare()
+    assert json.loads((run / "run.json").read_text()) == {"lr": 0.1, "epochs": 2}
+    (run / "state.pt").write_bytes(b"x")
+    same = claim_run_folder(run, PROBE, identity={"epochs": 2, "lr": 0.1})
+    assert same.reuse and same.resume
+    with pytest.raises(ChangedIdentityError, match=r"other settings.*lr: 0\.1 -> 0\.5"):
+        claim_run_folder(run, PROBE, identity={"lr": 0.5, "epochs": 2})
+    (run / "results.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="finished"):
+        claim_run_folder(run, PROBE, identity={"lr": 0.1, "epochs": 2})
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match=r"no run\.json, so it was not written by eval\.linear"):
+        claim_run_folder(foreign, PROBE, identity={})
+    with pytest.raises(RunFolderError, match="not a folder"):
+        claim_run_folder(foreign / "notes.txt", PROBE)
+
+
+def test_identity_diff_is_nested():
+    assert identity_diff({"a": {"b": 1}, "c": 2}, {"a": {"b": 2}, "c": 2}) == ["a.b: 1 -> 2"]
+    assert identity_diff({"a": 1}, {"a": 1}) == []
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"partial" * 100)
+    (tmp_path / "last.pt").write_bytes(b"good")
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [".last.pt.abc123.tmp"]
+    assert (tmp_path / "last.pt").read_bytes() == b"good"
+    (tmp_path / ".state.pt.x.tmp").write_bytes(b"partial")
+    claim_run_folder(tmp_path, TRAIN, resume=True).prepare()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_full_disk_names_the_file_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_state(path, {"step": 1})
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 95")
+
+    monkeypatch.setattr(utils.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"last\.pt: the disk is full \(\d+ MiB free") as err:
+        save_state(path, {"step": 2})
+    assert err.value.errno == errno.ENOSPC and "previous last.pt is intact" in str(err.value)
+    assert "inline_container" not in str(err.value)
+    monkeypatch.setattr(utils.torch, "save", real_save)
+    assert read_checkpoint(path)["step"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))  # the partial temporary is gone too
+
+
+def test_other_write_errors_pass_through(tmp_path, monkeypatch):
+    def broken(obj, f, *a, **k):
+        raise TypeError("cannot pickle")
+
+    monkeypatch.setattr(utils.torch, "save", broken)
+    with pytest.raises(TypeError, match="cannot pickle"):
+        save_state(tmp_path / "x.pt", {"a": 1})
+
+
+def test_rng_state_round_trip_and_legacy_tensor():
+    state = capture_rng_state()
+    a = torch.rand(3)
+    restore_rng_state(state)
+    assert torch.equal(torch.rand(3), a)
+    legacy = torch.get_rng_state()
+    b = torch.rand(2)
+    restore_rng_state(legacy)
+    assert torch.equal(torch.rand(2), b)
+
+
+def test_run_log_writes_the_error_that_ends_the_run(tmp_path):
+    path = tmp_path / "train.log"
+    with pytest.raises(ValueError), run_log(path):
+        logging.getLogger("maskcontrast.test").warning("before")
+        raise ValueError("the loss became nan")
+    text = path.read_text()
+    assert "before" in text and "ValueError: the loss became nan" in text
+    assert not any(getattr(h, "baseFilename", None) == str(path) for h in logging.getLogger().handlers)
+
+
+class Foo:
+    pass
+
+
+def test_a_checkpoint_with_code_is_refused_without_the_unsafe_hint(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"a": Foo()}, path)
+    with pytest.raises(CheckpointError, match="holds Python code or objects") as err:
+        read_checkpoint(path)
+    assert "refused" in str(err.value) and "likely succeed" not in str(err.value)
+    assert "weights_only=False" not in str(err.value) and err.value.__cause__ is None
