@@ -8,7 +8,7 @@ at input resolution: the raw embedding upsampled bilinearly, then L2-normalised)
 * a support shot's foreground prototype is ``normalize(sum_{p in fg} e_p)``, its background
   prototype ``normalize(sum_{p in bg} e_p)`` (ignored pixels take part in neither): the
   prototype of :func:`maskcontrast.losses.mask_prototypes` and ``eval.kmeans``, computed by
-  :func:`pixel_sums` in bounded memory;
+  :func:`pixel_sums` without making the upsampled map;
 * several shots: ``normalize(mean of the shots' unit prototypes)`` (:func:`combine_shots`);
 * a query pixel's score is ``s = cos(f, fg) - cos(f, bg)``, computed on the L2-normalised
   embedding at **feature** resolution and upsampled bilinearly to the image size (as saliency
@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskcontrast.losses import _source_index
+
 __all__ = [
     "DEFAULT_TEMPERATURE",
     "as_support_mask",
@@ -44,8 +46,6 @@ __all__ = [
 DEFAULT_TEMPERATURE = 0.1
 #: the mask value that marks ignored pixels (neither foreground nor background)
 IGNORE = 255
-#: bytes of one upsampled channel chunk in :func:`pixel_sums`
-CHUNK_BYTES = 1 << 27
 
 
 def as_support_mask(mask: Any, hw: tuple[int, int], index: int = 0) -> torch.Tensor:
@@ -89,10 +89,13 @@ def as_support_mask(mask: Any, hw: tuple[int, int], index: int = 0) -> torch.Ten
 def pixel_sums(embedding: torch.Tensor, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-id sums of the unit input-resolution embeddings, and pixel counts.
 
-    ``e_p`` = the raw embedding upsampled bilinearly (``align_corners=False``) to the size of
-    ``ids``, then L2-normalised (what :meth:`~maskcontrast.FeatureModel.embed` returns). Computed
-    in channel chunks of at most :data:`CHUNK_BYTES` of upsampled values, so 2048-d backbone
-    features at 854 x 480 never need the full map.
+    ``e_p`` = the raw embedding upsampled bilinearly (``align_corners=False``, torch's rule) to the
+    size of ``ids``, then L2-normalised: what :meth:`~maskcontrast.FeatureModel.embed` returns.
+    The upsampled map is never made. Each ``e_p`` blends four grid cells with weights ``w_pk``,
+    so ``|up(e)_p|^2 = sum_kl w_pk w_pl <e_k, e_l>`` comes from ten dot-product maps of
+    neighbouring cells, and ``sum_p a_p e_p = sum_k e_k (sum_p a_p w_pk / |up(e)_p|)`` scatters the
+    pixel weights back onto the grid: the cost grows with ``H x W`` and with ``D x h x w``, never
+    with ``D x H x W`` (2048-d backbone features at 854 x 480 stay cheap).
 
     Args:
         embedding: ``1 x D x h x w`` raw embeddings.
@@ -102,28 +105,35 @@ def pixel_sums(embedding: torch.Tensor, ids: torch.Tensor, n: int) -> tuple[torc
         ``(sums n x D, counts (n,))``, float32 and int64, on the embedding's device. The prototype
         of id ``i`` is ``normalize(sums[i])``.
     """
-    ids = ids.to(embedding.device)
-    size = (int(ids.shape[0]), int(ids.shape[1]))
-    flat = ids.reshape(-1)
-    keep = flat >= 0
-    index, kept = flat[keep], keep.nonzero().squeeze(1)
-    d = int(embedding.shape[1])
-    step = max(1, min(d, CHUNK_BYTES // max(1, 4 * size[0] * size[1])))
+    e = embedding[0].float()
+    d, h, w = e.shape
+    ids = ids.to(e.device)
+    big_h, big_w = int(ids.shape[0]), int(ids.shape[1])
+    y0, y1, ly = (t.to(e.device) for t in _source_index(big_h, h, e.device))
+    x0, x1, lx = (t.to(e.device) for t in _source_index(big_w, w, e.device))
+    ly, lx = ly.float()[:, None], lx.float()[None, :]
+    wts = ((1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx)  # taps (y0,x0) (y0,x1) (y1,x0) (y1,x1)
+    # dot products of each cell with its right / lower / diagonal neighbours (edges replicated,
+    # as the clamped taps are)
+    ep = F.pad(e[None], (0, 1, 0, 1), mode="replicate")[0]
+    c00, c01, c10, c11 = ep[:, :-1, :-1], ep[:, :-1, 1:], ep[:, 1:, :-1], ep[:, 1:, 1:]
 
-    def chunks():
-        for c0 in range(0, d, step):
-            part = embedding[:, c0 : c0 + step].float()
-            if tuple(part.shape[-2:]) != size:
-                part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
-            yield c0, part[0].reshape(part.shape[1], -1)[:, kept]  # c x N
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(0)[y0][:, x0]  # h x w -> H x W at each pixel's top-left cell
 
-    cached = list(chunks()) if step >= d else None
-    sq = sum(chunk.square().sum(0) for _, chunk in (cached or chunks()))
-    inv = torch.as_tensor(sq).sqrt().clamp_min(1e-12).reciprocal()
-    sums = torch.zeros(n, d, device=embedding.device)
-    for c0, chunk in cached or chunks():
-        sums[:, c0 : c0 + chunk.shape[0]].index_add_(0, index, (chunk * inv).T)
-    return sums, torch.bincount(index, minlength=n)[:n]
+    a, b, c, dd = wts
+    sq = (a * a * dot(c00, c00) + b * b * dot(c01, c01) + c * c * dot(c10, c10) + dd * dd * dot(c11, c11)
+          + 2 * (a * b * dot(c00, c01) + c * dd * dot(c10, c11) + a * c * dot(c00, c10) + b * dd * dot(c01, c11)
+                 + a * dd * dot(c00, c11) + b * c * dot(c01, c10)))  # fmt: skip
+    inv = sq.clamp_min(0).sqrt().clamp_min(1e-12).reciprocal()
+    keep = ids >= 0
+    idx = ids[keep]
+    cells = torch.zeros(n * h * w, device=e.device)
+    for wt, ys, xs in ((a, y0, x0), (b, y0, x1), (c, y1, x0), (dd, y1, x1)):
+        k = (ys[:, None] * w + xs[None, :]).expand(big_h, big_w)
+        cells.index_add_(0, idx * (h * w) + k[keep], (wt * inv).expand(big_h, big_w)[keep])
+    sums = cells.view(n, h * w) @ e.reshape(d, h * w).T
+    return sums, torch.bincount(idx, minlength=n)[:n]
 
 
 def support_prototypes(embedding: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
