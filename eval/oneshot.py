@@ -209,7 +209,15 @@ def episode_supports(
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if rare not in ("error", "skip"):
         raise ValueError(f"rare must be error or skip, got {rare!r}")
-    skipped = [c for c, imgs in images.items() if len(imgs) < shots + 1] if rare == "skip" else []
+    rare_classes = [c for c, imgs in images.items() if len(imgs) < shots + 1]
+    if rare == "error" and len(rare_classes) > 1:
+        listed = ", ".join(f"'{class_names[c]}' ({len(images[c])})" for c in rare_classes[:12])
+        more = f" and {len(rare_classes) - 12} more" if len(rare_classes) > 12 else ""
+        raise ValueError(
+            f"{len(rare_classes)} classes are in fewer than {shots + 1} images ({shots} support + 1 query): {listed}"
+            f"{more}; use fewer --shots, choose classes with --classes, pass --rare skip, or lower --min-fraction"
+        )
+    skipped = rare_classes if rare == "skip" else []
     kept = [c for c in images if c not in skipped]
     if not kept:
         raise ValueError(f"no class is in {shots + 1} or more images (needed for {shots} shot(s)); use fewer --shots "

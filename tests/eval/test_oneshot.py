@@ -69,6 +69,8 @@ def test_support_sampling_is_seeded_and_errors_are_clear():
     names = ["bg", "cat", "dog"]
     with pytest.raises(ValueError, match="class 'dog'"):
         episode_supports(images, 2, 3, 0, names)
+    with pytest.raises(ValueError, match=r"2 classes are in fewer than 5 images .*: 'cat' \(4\), 'dog' \(2\)"):
+        episode_supports(images, 4, 3, 0, names)
     supports, skipped = episode_supports(images, 2, 3, 0, names, rare="skip")
     assert skipped == [2] and len(supports) == 3 and all(len(ep[1]) == 2 for ep in supports)
     assert len({tuple(ep[1]) for ep in supports}) > 1  # episodes differ
