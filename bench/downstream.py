@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sets", nargs="+", default=[*FEWSHOT_SETS, "davis"], choices=[*FEWSHOT_SETS, "davis"])
     p.add_argument("--size", type=int, default=None, help="shorter image side (default: models/eval.json, else native)")
+    p.add_argument("--davis-size", type=int, default=None, help="shorter frame side for DAVIS (default: --size; 480 = "
+                   "the native 480p frames, the usual protocol)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA when present)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding workers per evaluation")
     p.add_argument("--limit", type=int, default=None, help="only the first N images/frames of every set (smoke runs)")
@@ -103,6 +105,7 @@ class Downstream:
             raise SystemExit("bench/downstream.py: set MASKCONTRAST_DATA to the shared data folder")
         settings = read_eval_settings(self.models_dir)
         self.size = args.size if args.size is not None else settings.get("size")
+        self.davis_size = args.davis_size if args.davis_size is not None else self.size
         self.out.mkdir(parents=True, exist_ok=True)
         self.runner = StageRunner(self.out / "stages.json")
 
@@ -121,10 +124,10 @@ class Downstream:
     def result_file(self, model: str, name: str) -> Path:
         return self.out / "eval" / model / f"{name}.json"
 
-    def common(self, ckpt: Path) -> list[str]:
+    def common(self, ckpt: Path, size: int | None) -> list[str]:
         a = self.args
         out = ["--checkpoint", str(ckpt), "--workers", str(a.workers), "--no-progress"]
-        out += ["--size", str(self.size)] if self.size else []
+        out += ["--size", str(size)] if size else []
         out += ["--device", a.device] if a.device else []
         out += ["--limit", str(a.limit)] if a.limit else []
         return out
@@ -136,14 +139,14 @@ class Downstream:
             for ev in a.sets:
                 if ev == "davis":
                     js = self.result_file(model, "davis")
-                    self.runner.run(f"{model}:davis", ["eval.propagation", *self.common(ckpt), "--dataset", DAVIS[0],
+                    self.runner.run(f"{model}:davis", ["eval.propagation", *self.common(ckpt, self.davis_size), "--dataset", DAVIS[0],
                                     "--root", str(self.data / DAVIS[1]), "--json", str(js)], done=js)  # fmt: skip
                     continue
                 dataset, folder, opts = FEWSHOT_SETS[ev]
                 for k in a.shots:
                     js = self.result_file(model, f"{ev}_{k}shot")
                     self.runner.run(f"{model}:{ev}:{k}shot", [
-                        "eval.oneshot", *self.common(ckpt), "--dataset", dataset, "--root", str(self.data / folder),
+                        "eval.oneshot", *self.common(ckpt, self.size), "--dataset", dataset, "--root", str(self.data / folder),
                         *(x for o in opts for x in ("--dataset-arg", o)), "--shots", str(k), "--episodes",
                         str(a.episodes), "--seed", str(a.seed), "--rare", "skip", "--json", str(js)], done=js)  # fmt: skip
 
@@ -162,7 +165,8 @@ class Downstream:
         def ms(r: dict[str, Any] | None, key: str) -> str:
             return "n/a" if r is None else f"{r['timing'][key]:.0f}"
 
-        results: dict[str, Any] = {"models": {}, "size": self.size, "stages": self.runner.finished}
+        results: dict[str, Any] = {"models": {}, "size": self.size, "davis_size": self.davis_size,
+                                   "stages": self.runner.finished}  # fmt: skip
         fs_sets = [s for s in a.sets if s in FEWSHOT_SETS]
         head = ["model"] + [f"{s} {k}-shot mIoU (FB-IoU)" for s in fs_sets for k in a.shots]
         head += ["DAVIS J&F (J / F)"] if "davis" in a.sets else []
@@ -205,7 +209,7 @@ class Downstream:
         except Exception:  # pragma: no cover - torch is a dependency
             pass
         header = [f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, device {device}, {platform.platform()}; "
-                  f"date {time.strftime('%Y-%m-%d %H:%M')}; size {self.size or 'native'}; "
+                  f"date {time.strftime('%Y-%m-%d %H:%M')}; size {self.size or 'native'} (DAVIS {self.davis_size or 'native'}); "
                   f"command: `python bench/downstream.py {' '.join(self.argv)}`", ""]  # fmt: skip
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows, ""]
         lines += [f"* {n}" for n in sorted(notes)] + ([""] if notes else [])
