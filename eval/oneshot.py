@@ -16,7 +16,7 @@ The usual few-shot protocol on a labelled dataset, with the prototypes of
   IoU summed over all the episode's queries; reported as mean and sample std over ``--episodes``.
 
 Two passes over the data whatever the number of episodes: pass 1 keeps, per (image, class), the
-two prototypes (and the feature-resolution embeddings while they fit in ``--keep-mib``); pass 2
+two prototypes (and the feature-resolution embeddings and labels while they fit in ``--keep-mib``); pass 2
 scores every (query, class) pair for all episodes at once. Predictions are scored at label
 resolution; ``--size`` only resizes the network input.
 
@@ -121,6 +121,7 @@ class PrototypeTable:
             (valid pixels of other classes); ``bg`` lacks the pairs whose image is all that class.
         images: ``class -> sorted image indices`` that contain it.
         kept: ``image -> 1 x D x h x w`` float16 feature-resolution embeddings (those that fit).
+        labels: ``image -> H x W`` uint8 labels of the kept images (pass 2 needs no decoding then).
         seconds: wall time of the pass.
     """
 
@@ -128,6 +129,7 @@ class PrototypeTable:
     bg: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     images: dict[int, list[int]] = field(default_factory=dict)
     kept: dict[int, torch.Tensor] = field(default_factory=dict)
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -163,9 +165,12 @@ def prototype_pass(
                 table.bg[(i, c)] = F.normalize(total - sums[c], dim=0)
             table.images[c].append(i)
         emb = out.embedding.half()
-        if emb.numel() * 2 <= budget:
+        compact = info.num_classes <= 255 and 0 <= info.ignore_index <= 255
+        cost = emb.numel() * 2 + (label.size if compact else 0)
+        if compact and cost <= budget:
             table.kept[i] = emb
-            budget -= emb.numel() * 2
+            table.labels[i] = label.astype(np.uint8)
+            budget -= cost
     table.seconds = time.perf_counter() - t0
     return table
 
@@ -317,7 +322,7 @@ def score_queries(
     kept = [i for i in wanted if i in table.kept]
     todo = [i for i in wanted if i not in table.kept]
     for i in kept:
-        score(i, ds[i].label, table.kept[i].to(model.device))
+        score(i, table.labels[i].astype(np.int64), table.kept[i].to(model.device))
     if todo:
         log.info("pass 2: %d images did not fit in --keep-mib and run through the network again", len(todo))
         sub = Subset(ds, todo)
@@ -485,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "least this fraction of its valid pixels (default 0.01)")  # fmt: skip
     g.add_argument("--rare", default="error", choices=("error", "skip"), help="a class in fewer than shots + 1 "
                    "images: stop with an error (default) or leave it out")  # fmt: skip
-    g.add_argument("--keep-mib", type=float, default=1024.0, help="memory for the feature-resolution embeddings "
+    g.add_argument("--keep-mib", type=float, default=1024.0, help="memory for the feature-resolution embeddings and labels "
                    "kept between the two passes; images beyond it are run again (default 1024)")  # fmt: skip
     o = p.add_argument_group("outputs")
     o.add_argument("--json", default=None, help="write the results as JSON here")
