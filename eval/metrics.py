@@ -22,7 +22,8 @@ Example::
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -37,6 +38,10 @@ __all__ = [
     "apply_mapping",
     "Scores",
     "segmentation_scores",
+    "binary_counts",
+    "region_similarity",
+    "boundary_map",
+    "boundary_f_measure",
 ]
 
 
@@ -214,3 +219,89 @@ def segmentation_scores(conf: np.ndarray) -> Scores:
     total = conf.sum()
     miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
     return Scores(miou, iou, float(tp.sum() / total) if total > 0 else float("nan"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary masks: few-shot counts, and the DAVIS region (J) and contour (F) measures
+# ----------------------------------------------------------------------------------------------
+
+
+def binary_counts(pred: Any, gt: Any, valid: Any | None = None) -> np.ndarray:
+    """``(tp, fp, fn, tn)`` int64 of a binary prediction over the ``valid`` pixels.
+
+    ``pred``, ``gt``, ``valid``: bool arrays of one shape (numpy or torch; ``valid=None``: all).
+    Example: ``binary_counts([1, 1, 0, 0], [1, 0, 1, 0])`` is ``[1, 1, 1, 1]``.
+    """
+    import torch
+
+    if isinstance(pred, torch.Tensor):  # counted on the tensor's device
+        v = torch.ones_like(pred, dtype=torch.bool) if valid is None else valid.bool()
+        p, g = pred.bool() & v, gt.bool() & v
+        tp, npred, ngt, nv = torch.stack([(p & g).sum(), p.sum(), g.sum(), v.sum()]).tolist()
+        return np.array([tp, npred - tp, ngt - tp, nv - npred - ngt + tp], dtype=np.int64)
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    v = np.ones_like(pred) if valid is None else np.asarray(valid, dtype=bool)
+    p, g = pred & v, gt & v
+    tp, npred, ngt, nv = int((p & g).sum()), int(p.sum()), int(g.sum()), int(v.sum())
+    return np.array([tp, npred - tp, ngt - tp, nv - npred - ngt + tp], dtype=np.int64)
+
+
+def region_similarity(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
+    """DAVIS region similarity J: ``|pred & gt| / |pred | gt|`` over the non-void pixels; 1 when
+    both masks are empty. ``H x W`` bool arrays."""
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    if void is not None:
+        keep = ~np.asarray(void, dtype=bool)
+        pred, gt = pred & keep, gt & keep
+    union = int((pred | gt).sum())
+    return 1.0 if union == 0 else int((pred & gt).sum()) / union
+
+
+def boundary_map(mask: np.ndarray) -> np.ndarray:
+    """The one-pixel boundary of a binary mask, as DAVIS defines it: a pixel is on the boundary
+    when it differs from its right, lower or lower-right neighbour (pixels outside the image do
+    not count). ``H x W`` bool -> ``H x W`` bool.
+
+    Example: a 2 x 2 square at rows/cols 1..2 of a 4 x 4 zero mask has boundary pixels
+    (0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2): the square's right and
+    lower edges and the background pixels just above / left of it.
+    """
+    m = np.asarray(mask, dtype=bool)
+    b = np.zeros_like(m)
+    b[:, :-1] |= m[:, :-1] != m[:, 1:]
+    b[:-1, :] |= m[:-1, :] != m[1:, :]
+    b[:-1, :-1] |= m[:-1, :-1] != m[1:, 1:]
+    return b
+
+
+def boundary_f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
+    """DAVIS contour accuracy F: the F-measure of boundary precision and recall with a tolerance.
+
+    The tolerance is ``ceil(bound_th * diagonal)`` pixels when ``bound_th < 1`` (DAVIS: 0.008 of
+    the image diagonal, 8 px at 854 x 480), else ``bound_th`` pixels. A predicted boundary pixel
+    is correct when a ground-truth boundary pixel lies within the tolerance (Euclidean distance,
+    i.e. dilation by a disk), and vice versa for recall: ``P = |B_pred & dil(B_gt)| / |B_pred|``,
+    ``R = |B_gt & dil(B_pred)| / |B_gt|``, ``F = 2 P R / (P + R)`` (0 when ``P + R = 0``).
+    Empty boundaries: both empty gives F = 1; only the prediction empty gives P = 1, R = 0;
+    only the ground truth empty gives P = 0, R = 1 (so F = 0).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    h, w = pred.shape
+    tol = bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(h, w))
+    bp, bg = boundary_map(pred), boundary_map(gt)
+    n_p, n_g = int(bp.sum()), int(bg.sum())
+    if n_p == 0 and n_g == 0:
+        return 1.0
+    if n_p == 0 or n_g == 0:
+        return 0.0
+    near_gt = distance_transform_edt(~bg) <= tol
+    near_pred = distance_transform_edt(~bp) <= tol
+    precision = int((bp & near_gt).sum()) / n_p
+    recall = int((bg & near_pred).sum()) / n_g
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)

@@ -13,7 +13,9 @@ Outputs:
   maskcontrast model; the normalised backbone features for a backbone-only model);
 * :meth:`FeatureModel.saliency`: ``B x 1 x H x W`` saliency probabilities (maskcontrast models with a
   saliency head only; otherwise :class:`NoSaliencyHeadError`);
-* :meth:`FeatureModel.features`: the 256-d decoder features, or the backbone's layer4 features.
+* :meth:`FeatureModel.features`: the 256-d decoder features, or the backbone's layer4 features;
+* :meth:`FeatureModel.segment_like`: segment by example (support images with masks -> a mask and a
+  soft map per query image; the math is in :mod:`maskcontrast.prompt`).
 
 ``resolution="input"`` (default) returns every result at the size of the image that was passed in
 (bilinear upsampling straight from the feature map, then L2 normalisation for embeddings and a
@@ -58,6 +60,13 @@ from maskcontrast.models import (
     model_from_checkpoint,
     read_checkpoint,
 )
+from maskcontrast.prompt import (
+    as_support_mask,
+    combine_shots,
+    foreground_probability,
+    prototype_score,
+    support_prototypes,
+)
 from maskcontrast.utils import get_device
 
 __all__ = [
@@ -66,6 +75,7 @@ __all__ = [
     "NoSaliencyHeadError",
     "FeatureOutput",
     "FeatureModel",
+    "SegmentLikeOutput",
     "load_model",
     "to_image_tensor",
     "target_size",
@@ -82,6 +92,18 @@ RESOLUTIONS = ("input", "feature")
 
 class NoSaliencyHeadError(ValueError):
     """The model has no saliency head (a backbone-only baseline, or ``saliency_head: false``)."""
+
+
+class SegmentLikeOutput(NamedTuple):
+    """What :meth:`FeatureModel.segment_like` returns, per query image.
+
+    Attributes:
+        masks: ``B x H x W`` bool (a list of ``H_i x W_i`` when the query sizes differ).
+        soft: ``B x H x W`` float32 soft foreground maps in ``[0, 1]`` (a list likewise).
+    """
+
+    masks: torch.Tensor | list[torch.Tensor]
+    soft: torch.Tensor | list[torch.Tensor]
 
 
 class FeatureOutput(NamedTuple):
@@ -403,6 +425,71 @@ class FeatureModel(nn.Module):
     ) -> torch.Tensor | list[torch.Tensor]:
         """Decoder (256-d) or backbone (layer4) features, ``B x F x H x W`` (not normalised)."""
         return self._collect(images, "features", size, resolution)
+
+    def segment_like(
+        self,
+        support_images: Any,
+        support_masks: Any,
+        images: Any,
+        threshold: float | None = None,
+        *,
+        temperature: float = 0.1,
+        size: int | Sequence[int] | None = None,
+    ) -> SegmentLikeOutput:
+        """Segment "what looks like the masked region" of the support images in every query image.
+
+        The support's foreground and background mask-mean prototypes (several shots averaged) are
+        compared with every query pixel by cosine similarity: ``soft = sigmoid((cos_fg - cos_bg) /
+        temperature)``, ``mask = soft > threshold`` (None: 0.5, the nearer prototype wins). Works
+        for maskcontrast (embeddings) and backbone-only (features) models; the definitions are in
+        :mod:`maskcontrast.prompt`.
+
+        Args:
+            support_images: ``K`` images (anything :meth:`embed` accepts).
+            support_masks: ``K`` masks, each ``H_k x W_k`` like its image (bool, or 0 = background,
+                255 = ignored, other values = foreground); a ``K x H x W`` tensor or array works too.
+            images: the query images.
+            threshold: on the soft map, in ``(0, 1)``; None means 0.5.
+            temperature: of the soft map. size: network input size (see :class:`FeatureModel`).
+
+        Returns:
+            :class:`SegmentLikeOutput`: ``masks`` ``B x H x W`` bool and ``soft`` ``B x H x W``
+            float32 at each query image's size (lists when the sizes differ).
+
+        Raises:
+            ValueError: a support mask without foreground, no background in any support mask, a
+                mask whose size differs from its image, or a different number of masks and images.
+
+        Example::
+
+            out = model.segment_like([cat_a], [mask_a], [cat_b, cat_c])   # one shot
+            out.masks.shape, out.soft.shape                                 # (2, H, W) each
+        """
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        shots = _flatten_images(support_images)
+        if isinstance(support_masks, (list, tuple)) or getattr(support_masks, "ndim", 2) == 3:
+            masks = list(support_masks)  # a list, or a K x H x W tensor / array
+        else:
+            masks = [support_masks]
+        if len(masks) != len(shots):
+            raise ValueError(f"{len(shots)} support images but {len(masks)} support masks; give one mask per image")
+        fgs, bgs = [], []
+        for i, out, hw in self.run(shots, size=size):
+            fg, bg = support_prototypes(out.embedding, as_support_mask(masks[i], hw, i))
+            fgs.append(fg)
+            if bg is not None:
+                bgs.append(bg)
+        if not bgs:
+            raise ValueError("no support mask has a background pixel; mark some pixels 0 (background)")
+        fg, bg = combine_shots(fgs), combine_shots(bgs)
+        soft = [foreground_probability(prototype_score(out.embedding, fg, bg), hw, temperature)[0, 0]
+                for _, out, hw in self.run(images, size=size)]  # fmt: skip
+        cut = 0.5 if threshold is None else threshold
+        hard = [s > cut for s in soft]
+        if all(s.shape == soft[0].shape for s in soft):
+            return SegmentLikeOutput(torch.stack(hard), torch.stack(soft))
+        return SegmentLikeOutput(hard, soft)
 
     def _collect(
         self, images: Any, what: str, size: int | Sequence[int] | None, resolution: str

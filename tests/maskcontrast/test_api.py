@@ -165,3 +165,88 @@ def test_import_stays_light():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == maskcontrast.__version__
+
+
+# -- segment_like -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_backbone():
+    """A random-init ResNet-18 backbone-only model (512-d features)."""
+    torch.manual_seed(0)
+    from maskcontrast.models import ResNetBackbone
+
+    return FeatureModel(ResNetBackbone("resnet18", 8))
+
+
+def _two_regions(left=(200, 30, 30), right=(30, 30, 200), hw=(64, 128)):
+    img = np.zeros((*hw, 3), np.uint8)
+    img[:, : hw[1] // 2] = left
+    img[:, hw[1] // 2 :] = right
+    mask = np.zeros(hw, bool)
+    mask[:, : hw[1] // 2] = True
+    return img, mask
+
+
+def test_segment_like_finds_the_red_region(random_backbone):
+    # two flat-coloured regions; red is the foreground of both shots, once left and once right,
+    # so the position that a random network's features also encode averages out
+    a, ma = _two_regions()
+    b, mb = a[:, ::-1].copy(), ma[:, ::-1].copy()
+    out = random_backbone.segment_like([a, b], [ma, mb], [a, b])
+    assert out.masks.shape == (2, 64, 128) and out.masks.dtype == torch.bool
+    assert out.soft.shape == (2, 64, 128) and float(out.soft.min()) >= 0 and float(out.soft.max()) <= 1
+    # away from the colour edge (24 px = 3 feature cells) and the image border (8 px)
+    rows, cols = np.r_[8:56], np.r_[8:40, 88:120]
+    for k, want in enumerate((ma, mb)):
+        np.testing.assert_array_equal(out.masks[k].numpy()[np.ix_(rows, cols)], want[np.ix_(rows, cols)])
+
+
+def test_segment_like_equals_features_built_by_hand(random_backbone, model):
+    a, ma = _two_regions()
+    b, mb = a[:, ::-1].copy(), ma[:, ::-1].copy()
+    mb = mb.astype(np.uint8)
+    mb[:8] = 255  # ignored rows: in neither prototype
+    query = np.random.default_rng(0).integers(0, 255, (48, 72, 3), dtype=np.uint8)
+    for m in (random_backbone, model):  # backbone features and maskcontrast embeddings
+        out = m.segment_like([a, b], [ma, mb], query, temperature=0.2)
+        fgs, bgs = [], []
+        for img, fg, valid in ((a, ma, np.ones_like(ma)), (b, mb == 1, mb != 255)):
+            e = m.embed(img)[0]  # D x H x W, unit norm, input resolution
+            fg_t, bg_t = torch.from_numpy(fg & valid), torch.from_numpy(~fg & valid)
+            fgs.append(torch.nn.functional.normalize(e[:, fg_t].sum(1), dim=0))
+            bgs.append(torch.nn.functional.normalize(e[:, bg_t].sum(1), dim=0))
+        fg = torch.nn.functional.normalize(torch.stack(fgs).mean(0), dim=0)
+        bg = torch.nn.functional.normalize(torch.stack(bgs).mean(0), dim=0)
+        q = m.embed(query, resolution="feature")  # 1 x D x h x w, unit norm
+        score = torch.einsum("bdhw,d->bhw", q, fg) - torch.einsum("bdhw,d->bhw", q, bg)
+        up = torch.nn.functional.interpolate(score[:, None], size=(48, 72), mode="bilinear", align_corners=False)
+        soft = torch.sigmoid(up[:, 0] / 0.2)
+        torch.testing.assert_close(out.soft, soft, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out.masks, soft > 0.5)
+        high = m.segment_like([a, b], [ma, mb], query, threshold=0.9, temperature=0.2)
+        torch.testing.assert_close(high.masks, soft > 0.9)
+
+
+def test_segment_like_lists_for_different_sizes(model):
+    a, ma = _two_regions(hw=(32, 48))
+    out = model.segment_like(
+        a, torch.from_numpy(ma), [np.zeros((32, 40, 3), np.uint8), np.zeros((24, 24, 3), np.uint8)]
+    )
+    assert isinstance(out.masks, list) and out.masks[0].shape == (32, 40) and out.soft[1].shape == (24, 24)
+    stacked = model.segment_like([a, a], np.stack([ma, ma]), torch.rand(2, 3, 16, 16))  # K x H x W masks
+    assert stacked.masks.shape == (2, 16, 16)
+
+
+def test_segment_like_bad_inputs(model):
+    a, ma = _two_regions(hw=(32, 48))
+    with pytest.raises(ValueError, match="support mask 1 has no foreground"):
+        model.segment_like([a, a], [ma, np.zeros_like(ma)], a)
+    with pytest.raises(ValueError, match="no support mask has a background"):
+        model.segment_like([a], [np.ones_like(ma)], a)
+    with pytest.raises(ValueError, match=r"support mask 0 has shape \(32, 40\)"):
+        model.segment_like([a], [ma[:, :40]], a)
+    with pytest.raises(ValueError, match="2 support images but 1 support masks"):
+        model.segment_like([a, a], [ma], a)
+    with pytest.raises(ValueError, match="threshold"):
+        model.segment_like([a], [ma], a, threshold=1.5)
