@@ -170,6 +170,12 @@ class Quality:
         return (Path(self.args.masks).expanduser().resolve() if self.args.masks else self.out / "masks") / name
 
     def make_masks(self) -> None:
+        if self.args.masks:  # another run's masks: check they are all there, make none
+            missing = [str(self.masks_dir(n)) for n, _ in TRAIN_SETS if not self.masks_dir(n).is_dir()]
+            if missing:
+                raise SystemExit(f"bench/quality.py --masks: no masks folder {', '.join(missing)}; finish that "
+                                 "run's masks first (bench/quality.py --out <it> --until masks)")  # fmt: skip
+            return
         for name, folder in TRAIN_SETS:
             self.runner.run(f"saliency:{name}", ["saliency.generate", "--dataset", name, "--root",
                                                  str(self.data / folder), "--out", str(self.masks_dir(name)),
