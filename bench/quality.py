@@ -36,8 +36,12 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
+
+# this checkout's packages, also when another checkout is installed (a run from its own git worktree)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torchvision
@@ -94,6 +98,58 @@ PRESETS: dict[str, dict] = {
             "data.cache_images=true",
         ],
     },
+    # bench/gpu_quality.py on one GPU: the paper's R50-OS8 at 224 px and its hyper-parameters
+    # (MaskContrast: batch 128, lr 0.004 poly, m 0.999, queue 256, T 0.5, 40 epochs; MoCo v2: batch
+    # 256, lr 0.03 cosine, T 0.2), scaled to the 1,557 images of the pack: 40 MaskContrast epochs are
+    # 12 steps each, the MoCo queue is 1,024 (less than the images) and MoCo runs 100 epochs.
+    "gpu": {
+        "arch": "resnet50",
+        "image_size": 224,
+        "eval_size": 256,
+        "mask_workers": 16,
+        "moco_batch": 256,
+        "moco_steps": 600,  # 100 epochs of 6 steps
+        "pretrain_batch": 128,
+        "pretrain_steps": 470,  # 40 epochs of the ~1,500 images with a usable mask
+        "pretrain_lr": 0.004,
+        "train_seeds": [0],
+        "evals": ["prototype-folder", "linear", "prototype-model"],
+        "linear_set": ["augment.crop_size=256"],
+        "moco_set": [
+            "optim.lr=0.03",
+            "trainer.precision=bf16",
+            "trainer.channels_last=true",
+            "data.num_workers=8",
+            "data.load_size=256",
+        ],
+        "pretrain_set": [
+            "objective.momentum=0.999",
+            "objective.queue_size=256",
+            "trainer.precision=bf16",
+            "trainer.channels_last=true",
+            "data.num_workers=8",
+            "data.load_size=256",
+        ],
+    },
+    # bench/gpu_quality.py --tiny: the same stages in about a minute on a CPU (a test runs it)
+    "tiny": {
+        "image_size": 32,
+        "eval_size": 48,
+        "mask_workers": 0,
+        "moco_batch": 8,
+        "moco_steps": 3,
+        "pretrain_batch": 4,
+        "pretrain_steps": 3,
+        "train_seeds": [0],
+        "kmeans_seeds": 1,
+        "linear_epochs": 1,
+        "eval_sets": ["msrc"],
+        "train_sets": ["msrc", "pet"],
+        "evals": ["prototype-folder", "linear"],
+        "linear_set": ["augment.crop_size=48"],
+        "moco_set": ["objective.queue_size=16", "data.num_workers=0", "data.cache_images=false"],
+        "pretrain_set": ["objective.queue_size=8", "data.num_workers=0", "model.head_channels=32"],
+    },
 }
 
 
@@ -113,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moco-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the MoCo config")
     p.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the MaskContrast config")  # fmt: skip
+    p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet34", "resnet50"),
+                   help="backbone of every model")  # fmt: skip
+    p.add_argument("--train-sets", nargs="+", default=[n for n, _ in TRAIN_SETS], choices=[n for n, _ in TRAIN_SETS],
+                   help="shared sets to train on (labels unused)")  # fmt: skip
+    p.add_argument("--mask-workers", type=int, default=2, help="saliency.generate worker processes")
     p.add_argument("--image-size", type=int, default=128, help="training view size")
     p.add_argument("--eval-size", type=int, default=160, help="shorter image side for every evaluation")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="training seeds of (c) and (d)")
@@ -164,6 +225,7 @@ class Quality:
             raise SystemExit("bench/quality.py: set MASKCONTRAST_DATA to the shared data folder")
         self.out.mkdir(parents=True, exist_ok=True)
         self.runner = StageRunner(self.out / "stages.json")
+        self.train_sets = [(n, f) for n, f in TRAIN_SETS if n in args.train_sets]
 
     # -- stages --------------------------------------------------------------------------------
     def masks_dir(self, name: str) -> Path:
@@ -171,29 +233,31 @@ class Quality:
 
     def make_masks(self) -> None:
         if self.args.masks:  # another run's masks: check they are all there, make none
-            missing = [str(self.masks_dir(n)) for n, _ in TRAIN_SETS if not self.masks_dir(n).is_dir()]
+            missing = [str(self.masks_dir(n)) for n, _ in self.train_sets if not self.masks_dir(n).is_dir()]
             if missing:
                 raise SystemExit(f"bench/quality.py --masks: no masks folder {', '.join(missing)}; finish that "
                                  "run's masks first (bench/quality.py --out <it> --until masks)")  # fmt: skip
             return
-        for name, folder in TRAIN_SETS:
+        for name, folder in self.train_sets:
             self.runner.run(f"saliency:{name}", ["saliency.generate", "--dataset", name, "--root",
                                                  str(self.data / folder), "--out", str(self.masks_dir(name)),
-                                                 "--method", "fused", "--workers", "2"])  # fmt: skip
+                                                 "--method", "fused", "--workers", str(self.args.mask_workers)])  # fmt: skip
 
     def write_configs(self) -> tuple[Path, Path]:
         """The MoCo and MaskContrast configs with every shared set (and its fused masks) as sources."""
         cfg_dir = self.out / "configs"
         cfg_dir.mkdir(exist_ok=True)
-        sources = [{"name": n, "root": str(self.data / f), "masks": str(self.masks_dir(n))} for n, f in TRAIN_SETS]
+        sources = [{"name": n, "root": str(self.data / f), "masks": str(self.masks_dir(n))} for n, f in self.train_sets]
         a = self.args
         moco = load_config(MocoConfig, REPO / "configs" / "moco" / "cpu_shared.yaml",
-                           [f"data.image_size={a.image_size}", f"optim.batch_size={a.moco_batch}", *a.moco_set])  # fmt: skip
+                           [f"data.image_size={a.image_size}", f"optim.batch_size={a.moco_batch}",
+                            f"model.arch={a.arch}", *a.moco_set])  # fmt: skip
         moco = OmegaConf.merge(
             moco, {"data": {"sources": [{k: v for k, v in s.items() if k != "masks"} for s in sources]}}
         )
         pre = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "msrc.yaml",
-                          [f"data.image_size={a.image_size}", f"optim.batch_size={a.pretrain_batch}", *a.pretrain_set])  # fmt: skip
+                          [f"data.image_size={a.image_size}", f"optim.batch_size={a.pretrain_batch}",
+                           f"model.backbone.arch={a.arch}", *a.pretrain_set])  # fmt: skip
         pre = OmegaConf.merge(pre, {"data": {"sources": sources}})
         if a.pretrain_lr is not None:
             pre.optim.lr = a.pretrain_lr
@@ -213,10 +277,10 @@ class Quality:
         moco_cfg, pre_cfg = self.write_configs()
         models: dict[str, Path] = {}
         if "a" in a.models:
-            random_ckpt = self.out / "train" / "random" / "resnet18_random.pth"
+            random_ckpt = self.out / "train" / "random" / f"{a.arch}_random.pth"
             if not random_ckpt.is_file():
                 torch.manual_seed(0)
-                atomic_save(torchvision.models.resnet18(weights=None).state_dict(), random_ckpt)
+                atomic_save(getattr(torchvision.models, a.arch)(weights=None).state_dict(), random_ckpt)
             models["a"] = random_ckpt
         if "b" in a.models:
             moco_dir = self.out / "train" / "moco"
@@ -392,8 +456,6 @@ def training_signal(run_dir: Path, last_fraction: float = 0.1) -> dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     setup_logging()
     args = parse_args(argv)
     q = Quality(args, list(argv if argv is not None else sys.argv[1:]))
