@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/scaling", help="output folder (one sub-folder per budget; resumable)")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.125, 0.25, 0.5],
                    help="fractions of the preset's steps to train at (1.0 is the preset run itself)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=0, help="torch threads per training process (0: default)")
     p.add_argument("--report-only", action="store_true", help="only aggregate finished results")
     args = p.parse_args(argv)
     if any(not 0 < b < 1 for b in args.budgets):
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"--out {args.preset_out} --until masks first")  # fmt: skip
         for b in sorted(args.budgets):
             cmd = [sys.executable, str(HERE / "quality.py"), "--preset", "cpu", "--budget", f"{b:g}",
-                   "--models", "b", "d", "--masks", str(masks), "--out", str(run_dir(Path(args.out), b))]  # fmt: skip
+                   "--models", "b", "d", "--masks", str(masks), "--out", str(run_dir(Path(args.out), b)),
+                   "--threads", str(args.threads)]  # fmt: skip
             log.info("budget %g: %s", b, " ".join(cmd))
             subprocess.run(cmd, check=True)
     report(args)
