@@ -18,6 +18,12 @@ command and its wall time is reported.
 
     MASKCONTRAST_DATA=../shared/data python bench/quality.py --out runs/quality
     python bench/quality.py --out runs/quality --report-only     # re-write the tables
+
+``--preset cpu`` is the CPU recipe chosen in docs/BENCHMARKS.md ("A CPU recipe that learns"):
+ResNet-18 OS8 at 64 px, bf16 + channels_last, one training seed, the fused-mask K-means and the
+linear probe only. It writes the final models to ``<out>/models/{a,b,c,d}.pt`` and the evaluation
+settings to ``<out>/models/eval.json``. ``--budget F`` scales every training step count by F
+(the scaling study, ``bench/scaling.py``); ``--masks DIR`` reuses the masks of another run.
 """
 
 from __future__ import annotations
@@ -25,10 +31,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import platform
+import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
+
+# this checkout's packages, also when another checkout is installed (a run from its own git worktree)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torchvision
@@ -37,7 +50,7 @@ from omegaconf import OmegaConf
 from maskcontrast.config import MocoConfig, PretrainConfig, load_config, save_config
 from maskcontrast.data.paths import data_root
 from maskcontrast.stages import REPO, StageRunner
-from maskcontrast.utils import atomic_save, setup_logging
+from maskcontrast.utils import atomic_save, atomic_write_bytes, setup_logging
 
 log = logging.getLogger("bench.quality")
 
@@ -57,26 +70,149 @@ EVAL_SETS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+#: every evaluation this bench can run, cheapest and most telling first
+EVALS = ("prototype-folder", "linear", "prototype-model", "pixel")
+
+#: named presets: defaults of the flags below (a flag given on the command line still wins). The
+#: rule that chose ``cpu`` and what it measured are in docs/BENCHMARKS.md ("A CPU recipe that learns").
+PRESETS: dict[str, dict] = {
+    "cpu": {
+        "image_size": 64,
+        "eval_size": 96,
+        "moco_batch": 64,
+        "moco_steps": 975,  # 40 epochs of the 1,557 shared images
+        "pretrain_batch": 32,
+        "pretrain_steps": 720,  # about 15 epochs of the images with a usable mask
+        "pretrain_lr": 0.03,
+        "train_seeds": [0],
+        "evals": ["prototype-folder", "linear"],
+        "linear_set": ["augment.crop_size=96"],
+        "moco_set": ["trainer.precision=bf16", "trainer.channels_last=true", "optim.warmup_steps=50"],
+        "pretrain_set": [
+            "objective.momentum=0.99",
+            "objective.queue_size=128",
+            "trainer.precision=bf16",
+            "trainer.channels_last=true",
+            "optim.warmup_steps=50",
+            "data.num_workers=0",
+            "data.cache_images=true",
+        ],
+    },
+    # bench/gpu_quality.py on one GPU: the paper's R50-OS8 at 224 px and its hyper-parameters
+    # (MaskContrast: batch 128, lr 0.004 poly, m 0.999, queue 256, T 0.5, 40 epochs; MoCo v2: batch
+    # 256, lr 0.03 cosine, T 0.2), scaled to the 1,557 images of the pack: 40 MaskContrast epochs are
+    # 12 steps each, the MoCo queue is 1,024 (less than the images) and MoCo runs 100 epochs.
+    "gpu": {
+        "arch": "resnet50",
+        "image_size": 224,
+        "eval_size": 256,
+        "mask_workers": 16,
+        "moco_batch": 256,
+        "moco_steps": 600,  # 100 epochs of 6 steps
+        "pretrain_batch": 128,
+        "pretrain_steps": 470,  # 40 epochs of the ~1,500 images with a usable mask
+        "pretrain_lr": 0.004,
+        "train_seeds": [0],
+        "evals": ["prototype-folder", "linear", "prototype-model"],
+        "linear_set": ["augment.crop_size=256"],
+        "moco_set": [
+            "optim.lr=0.03",
+            "trainer.precision=bf16",
+            "trainer.channels_last=true",
+            "data.num_workers=8",
+            "data.load_size=256",
+        ],
+        "pretrain_set": [
+            "objective.momentum=0.999",
+            "objective.queue_size=256",
+            "trainer.precision=bf16",
+            "trainer.channels_last=true",
+            "data.num_workers=8",
+            "data.load_size=256",
+        ],
+    },
+    # bench/gpu_quality.py --tiny: the same stages in about a minute on a CPU (a test runs it)
+    "tiny": {
+        "image_size": 32,
+        "eval_size": 48,
+        "mask_workers": 0,
+        "moco_batch": 8,
+        "moco_steps": 3,
+        "pretrain_batch": 4,
+        "pretrain_steps": 3,
+        "train_seeds": [0],
+        "kmeans_seeds": 1,
+        "linear_epochs": 1,
+        "eval_sets": ["pet"],  # 3 classes: K-means works on the 8 packed images
+        "train_sets": ["msrc", "pet"],
+        "evals": ["prototype-folder", "linear"],
+        "linear_set": ["augment.crop_size=48"],
+        "moco_set": ["objective.queue_size=16", "data.num_workers=0", "data.cache_images=false"],
+        "pretrain_set": ["objective.queue_size=8", "data.num_workers=0", "model.head_channels=32"],
+    },
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--out", default="runs/quality", help="output folder (resumable)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="a named recipe: defaults for the flags below (flags given still win)")  # fmt: skip
     p.add_argument("--moco-steps", type=int, default=400, help="MoCo v2 steps, batch --moco-batch")
     p.add_argument("--moco-batch", type=int, default=64)
     p.add_argument("--pretrain-steps", type=int, default=600, help="MaskContrast steps, batch --pretrain-batch")
     p.add_argument("--pretrain-batch", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=None, help="MaskContrast lr (default: the config's)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="multiply every training step count (MoCo and MaskContrast) by this (scaling study)")  # fmt: skip
+    p.add_argument("--moco-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the MoCo config")
+    p.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the MaskContrast config")  # fmt: skip
+    p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet34", "resnet50"),
+                   help="backbone of every model")  # fmt: skip
+    p.add_argument("--train-sets", nargs="+", default=[n for n, _ in TRAIN_SETS], choices=[n for n, _ in TRAIN_SETS],
+                   help="shared sets to train on (labels unused)")  # fmt: skip
+    p.add_argument("--mask-workers", type=int, default=2, help="saliency.generate worker processes")
     p.add_argument("--image-size", type=int, default=128, help="training view size")
     p.add_argument("--eval-size", type=int, default=160, help="shorter image side for every evaluation")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="training seeds of (c) and (d)")
+    p.add_argument("--models", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"],
+                   help="models to train and evaluate ((d) needs (b))")  # fmt: skip
+    p.add_argument("--evals", nargs="+", default=list(EVALS), choices=EVALS, help="evaluations to run")
     p.add_argument("--kmeans-seeds", type=int, default=5)
     p.add_argument("--linear-epochs", type=int, default=10)
+    p.add_argument("--linear-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of configs/eval/linear_cpu.yaml")  # fmt: skip
     p.add_argument("--eval-sets", nargs="+", default=list(EVAL_SETS), choices=list(EVAL_SETS))
+    p.add_argument("--masks", default=None, help="folder of another run's masks/ to reuse (default: <out>/masks)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per training process (0: default)")
-    p.add_argument("--until", default="report", choices=("masks", "moco", "report"),
+    p.add_argument("--until", default="report", choices=("masks", "moco", "train", "report"),
                    help="stop after this stage (the rest can run later: every stage resumes)")  # fmt: skip
     p.add_argument("--report-only", action="store_true", help="only aggregate finished results")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
+    preset = p.parse_known_args(argv)[0].preset
+    if preset is not None:
+        p.set_defaults(**PRESETS[preset])
+    args = p.parse_args(argv)
+    if args.budget <= 0:
+        p.error(f"--budget must be > 0, got {args.budget}")
+    if "d" in args.models and "b" not in args.models:
+        p.error("--models: (d) starts from (b); add b")
+    for flag in ("moco_set", "pretrain_set", "linear_set"):
+        bad = [o for o in getattr(args, flag) if "=" not in o]
+        if bad:
+            p.error(f"--{flag.replace('_', '-')}: expected KEY=VALUE, got {bad[0]!r}")
+    return args
+
+
+def steps(n: int, budget: float) -> int:
+    """``n`` training steps scaled by the budget fraction (at least one)."""
+    return max(1, round(n * budget))
 
 
 class Quality:
@@ -89,30 +225,39 @@ class Quality:
             raise SystemExit("bench/quality.py: set MASKCONTRAST_DATA to the shared data folder")
         self.out.mkdir(parents=True, exist_ok=True)
         self.runner = StageRunner(self.out / "stages.json")
+        self.train_sets = [(n, f) for n, f in TRAIN_SETS if n in args.train_sets]
 
     # -- stages --------------------------------------------------------------------------------
     def masks_dir(self, name: str) -> Path:
-        return self.out / "masks" / name
+        return (Path(self.args.masks).expanduser().resolve() if self.args.masks else self.out / "masks") / name
 
     def make_masks(self) -> None:
-        for name, folder in TRAIN_SETS:
+        if self.args.masks:  # another run's masks: check they are all there, make none
+            missing = [str(self.masks_dir(n)) for n, _ in self.train_sets if not self.masks_dir(n).is_dir()]
+            if missing:
+                raise SystemExit(f"bench/quality.py --masks: no masks folder {', '.join(missing)}; finish that "
+                                 "run's masks first (bench/quality.py --out <it> --until masks)")  # fmt: skip
+            return
+        for name, folder in self.train_sets:
             self.runner.run(f"saliency:{name}", ["saliency.generate", "--dataset", name, "--root",
                                                  str(self.data / folder), "--out", str(self.masks_dir(name)),
-                                                 "--method", "fused", "--workers", "2"])  # fmt: skip
+                                                 "--method", "fused", "--workers", str(self.args.mask_workers)])  # fmt: skip
 
     def write_configs(self) -> tuple[Path, Path]:
         """The MoCo and MaskContrast configs with every shared set (and its fused masks) as sources."""
         cfg_dir = self.out / "configs"
         cfg_dir.mkdir(exist_ok=True)
-        sources = [{"name": n, "root": str(self.data / f), "masks": str(self.masks_dir(n))} for n, f in TRAIN_SETS]
+        sources = [{"name": n, "root": str(self.data / f), "masks": str(self.masks_dir(n))} for n, f in self.train_sets]
         a = self.args
         moco = load_config(MocoConfig, REPO / "configs" / "moco" / "cpu_shared.yaml",
-                           [f"data.image_size={a.image_size}", f"optim.batch_size={a.moco_batch}"])  # fmt: skip
+                           [f"data.image_size={a.image_size}", f"optim.batch_size={a.moco_batch}",
+                            f"model.arch={a.arch}", *a.moco_set])  # fmt: skip
         moco = OmegaConf.merge(
             moco, {"data": {"sources": [{k: v for k, v in s.items() if k != "masks"} for s in sources]}}
         )
         pre = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "msrc.yaml",
-                          [f"data.image_size={a.image_size}", f"optim.batch_size={a.pretrain_batch}"])  # fmt: skip
+                          [f"data.image_size={a.image_size}", f"optim.batch_size={a.pretrain_batch}",
+                           f"model.backbone.arch={a.arch}", *a.pretrain_set])  # fmt: skip
         pre = OmegaConf.merge(pre, {"data": {"sources": sources}})
         if a.pretrain_lr is not None:
             pre.optim.lr = a.pretrain_lr
@@ -131,27 +276,53 @@ class Quality:
         a = self.args
         moco_cfg, pre_cfg = self.write_configs()
         models: dict[str, Path] = {}
-        random_ckpt = self.out / "train" / "random" / "resnet18_random.pth"
-        if not random_ckpt.is_file():
-            torch.manual_seed(0)
-            atomic_save(torchvision.models.resnet18(weights=None).state_dict(), random_ckpt)
-        models["a"] = random_ckpt
-        moco_dir = self.out / "train" / "moco"
-        self.runner.run("train:moco", ["maskcontrast.moco", "--config", str(moco_cfg), "--resume",
-                                       *self.trainer(moco_dir, a.moco_steps, 0)], done=moco_dir / "done")  # fmt: skip
-        (moco_dir / "done").touch()
-        models["b"] = moco_dir / "last.pt"
+        if "a" in a.models:
+            random_ckpt = self.out / "train" / "random" / f"{a.arch}_random.pth"
+            if not random_ckpt.is_file():
+                torch.manual_seed(0)
+                atomic_save(getattr(torchvision.models, a.arch)(weights=None).state_dict(), random_ckpt)
+            models["a"] = random_ckpt
+        if "b" in a.models:
+            moco_dir = self.out / "train" / "moco"
+            self.runner.run("train:moco", ["maskcontrast.moco", "--config", str(moco_cfg), "--resume",
+                                           *self.trainer(moco_dir, steps(a.moco_steps, a.budget), 0)],
+                            done=moco_dir / "done")  # fmt: skip
+            (moco_dir / "done").touch()
+            models["b"] = moco_dir / "last.pt"
         if until == "moco":
             raise SystemExit("stopped after the MoCo stage (--until moco)")
         for seed in a.train_seeds:
-            for name, init in (("c", "random"), ("d", str(models["b"]))):
+            for name in "dc":  # (d), the paper's recipe, first: an interrupted run has the key comparison
+                if name not in a.models:
+                    continue
+                init = "random" if name == "c" else str(models["b"])
                 run_dir = self.out / "train" / f"{name}_seed{seed}"
                 self.runner.run(f"train:{name}_seed{seed}", ["maskcontrast.pretrain", "--config", str(pre_cfg),
                                 "--resume", f"model.backbone.init={init}",
-                                *self.trainer(run_dir, a.pretrain_steps, seed)], done=run_dir / "done")  # fmt: skip
+                                *self.trainer(run_dir, steps(a.pretrain_steps, a.budget), seed)],
+                                done=run_dir / "done")  # fmt: skip
                 (run_dir / "done").touch()
                 models[f"{name}_seed{seed}"] = run_dir / "last.pt"
+        self.export(models)
         return models
+
+    def export(self, models: dict[str, Path]) -> None:
+        """``<out>/models/{a,b,c,d}.pt`` (the first training seed of (c) and (d)) and ``eval.json``, the
+        evaluation settings every result of this run used."""
+        dest = self.out / "models"
+        dest.mkdir(exist_ok=True)
+        first = self.args.train_seeds[0]
+        for name in self.args.models:
+            src = models[name if name in "ab" else f"{name}_seed{first}"]
+            target = dest / f"{name}.pt"
+            if not target.is_file() or target.stat().st_mtime < src.stat().st_mtime:
+                tmp = target.with_suffix(".pt.tmp")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, target)
+        settings = {"size": self.args.eval_size, "kmeans_seeds": self.args.kmeans_seeds,
+                    "linear_config": "configs/eval/linear_cpu.yaml", "linear_epochs": self.args.linear_epochs,
+                    "saliency_source": "fused masks (python -m saliency.generate --method fused)"}  # fmt: skip
+        atomic_write_bytes(dest / "eval.json", json.dumps(settings, indent=2).encode())
 
     def evaluate(self, models: dict[str, Path]) -> None:
         """Every evaluation, cheapest and most telling first: the paper's K-means (prototype
@@ -171,18 +342,23 @@ class Quality:
                 if model[0] in "cd":
                     sources.append(("model", ["--saliency-source", "model"]))
                 for src, extra in sources:
+                    if f"prototype-{src}" not in a.evals:
+                        continue
                     js = out / f"kmeans_prototype_{src}.json"
                     jobs.append((0 if src == "folder" else 2, f"eval:{model}:{ev}:prototype-{src}",
                                  ["eval.kmeans", *km, "--protocol", "prototype", *extra, "--json", str(js)], js))  # fmt: skip
                 lin = out / "linear"
-                jobs.append((1, f"eval:{model}:{ev}:linear", ["eval.linear", "--config",
+                if "linear" in a.evals:
+                    jobs.append((1, f"eval:{model}:{ev}:linear", ["eval.linear", "--config",
                              str(REPO / "configs" / "eval" / "linear_cpu.yaml"), *base, "--out", str(lin),
-                             f"epochs={a.linear_epochs}", f"base_size={a.eval_size}", f"eval_size={a.eval_size}"],
+                             f"epochs={a.linear_epochs}", f"base_size={a.eval_size}", f"eval_size={a.eval_size}",
+                             *a.linear_set],
                              lin / "results.json"))  # fmt: skip
                 js = out / "kmeans_pixel.json"
                 slow = model[0] in "ab"  # backbone baselines: 512-d pixel features, the slowest of all
                 pixel = ["eval.kmeans", *km, "--protocol", "pixel", "--json", str(js)]
-                jobs.append((4 if slow else 3, f"eval:{model}:{ev}:pixel", pixel, js))
+                if "pixel" in a.evals:
+                    jobs.append((4 if slow else 3, f"eval:{model}:{ev}:pixel", pixel, js))
         for _, name, command, done in sorted(jobs, key=lambda j: j[0]):  # stable: model order within a priority
             self.runner.run(name, command, done=done)
 
@@ -204,7 +380,7 @@ class Quality:
                 f"{statistics.mean(means):.1f} ± {statistics.stdev(means):.1f} ({', '.join(f'{v:.1f}' for v in means)})"
             )
 
-        groups = {"a": ["a"], "b": ["b"]}
+        groups = {g: [g] for g in "ab" if g in self.args.models}
         for m in models:
             if m[0] in "cd" and "_seed" in m:
                 groups.setdefault(m[0], []).append(m)
@@ -236,8 +412,18 @@ class Quality:
             lines += [f"### {ev}", "",
                       "| model | K-means prototype (fused masks) | K-means prototype (own saliency) | K-means pixel | linear |",
                       "|---|---|---|---|---|", *rows, ""]  # fmt: skip
-        stage_rows = [f"| {n} | {s['seconds'] / 60:.1f} | `{s['command']}` |" for n, s in self.runner.finished.items()]
-        lines += ["### Stages (wall minutes)", "", "| stage | min | command |", "|---|---|---|", *stage_rows, ""]
+        signal = {m: t for m in models if m[0] in "cd" and (t := training_signal(self.out / "train" / m))}
+        results["training"] = signal
+        if signal:
+            lines += ["### End of training (pixel-to-prototype task, mean of the last 10% of logged steps)", "",
+                      "| model | top-1 | chance (1 / candidates) | top-1 / chance | contrastive loss | log(candidates) |",
+                      "|---|---|---|---|---|---|",
+                      *(f"| {m} | {t['top1']:.3f} | {t['chance']:.4f} | {t['top1'] / t['chance']:.1f} | "
+                        f"{t['loss_contrastive']:.3f} | {-math.log(t['chance']):.3f} |" for m, t in signal.items()),
+                      ""]  # fmt: skip
+        stage_rows = [f"| {n} | {s['seconds'] / 60:.1f} | {s.get('cpu_seconds', float('nan')) / 60:.1f} | "
+                      f"`{s['command']}` |" for n, s in self.runner.finished.items()]  # fmt: skip
+        lines += ["### Stages", "", "| stage | wall min | CPU min | command |", "|---|---|---|---|", *stage_rows, ""]
         header = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}; "
                   f"date {time.strftime('%Y-%m-%d')}; command: `python bench/quality.py {' '.join(self._argv)}`", ""]  # fmt: skip
         (self.out / "quality.md").write_text("\n".join(header + lines), encoding="utf-8")
@@ -247,18 +433,41 @@ class Quality:
         return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    import sys
+def training_signal(run_dir: Path, last_fraction: float = 0.1) -> dict[str, float] | None:
+    """The pixel-to-prototype task at the end of a MaskContrast run, from its TensorBoard scalars:
+    mean top-1 and contrastive loss over the last ``last_fraction`` of the logged steps, and chance,
+    1 / (prototypes of the batch + queue rows). None when the run has no logs yet."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not (run_dir / "tb").is_dir() or not (run_dir / "config.yaml").is_file():
+        return None
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "acc/top1" not in acc.Tags()["scalars"]:
+        return None
+    queue = int(OmegaConf.load(run_dir / "config.yaml").objective.queue_size)
+
+    def tail(tag: str) -> float:
+        values = [e.value for e in acc.Scalars(tag)]
+        return statistics.mean(values[-max(1, round(len(values) * last_fraction)) :])
+
+    return {"top1": tail("acc/top1"), "chance": 1.0 / (tail("prototypes") + queue),
+            "loss_contrastive": tail("loss/contrastive"), "steps": acc.Scalars("acc/top1")[-1].step}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
     setup_logging()
     args = parse_args(argv)
     q = Quality(args, list(argv if argv is not None else sys.argv[1:]))
-    names = ["a", "b", *(f"{g}_seed{s}" for s in args.train_seeds for g in "cd")]
+    names = [*(g for g in "ab" if g in args.models),
+             *(f"{g}_seed{s}" for s in args.train_seeds for g in "cd" if g in args.models)]  # fmt: skip
     if not args.report_only:
         q.make_masks()
         if args.until == "masks":
             raise SystemExit("stopped after the masks (--until masks)")
         models = q.train(args.until)
+        if args.until == "train":
+            raise SystemExit(f"stopped after training (--until train); models in {q.out / 'models'}")
         q.evaluate(models)
     q.report(names)
 

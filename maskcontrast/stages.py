@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -33,11 +34,13 @@ class StageFailed(RuntimeError):
 
 @dataclass
 class StageRecord:
-    """One stage: its name, command, wall time, and whether it was skipped as already done."""
+    """One stage: its name, command, wall time, CPU time (user + system of the stage's processes),
+    and whether it was skipped as already done."""
 
     name: str
     command: list[str]
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     skipped: bool = False
 
     @property
@@ -79,20 +82,29 @@ class StageRunner:
         if (before is not None and before.get("command") == record.shell) or (done is not None and done.exists()):
             record.skipped = True
             record.seconds = float(before["seconds"]) if before else 0.0
+            record.cpu_seconds = float(before.get("cpu_seconds", 0.0)) if before else 0.0
             log.info("[%s] finished before; skipping", name)
             return record
         log.info("[%s] %s", name, record.shell)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu_seconds()
         proc = subprocess.run(record.command, cwd=self.cwd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         record.seconds = time.perf_counter() - t0
+        record.cpu_seconds = _children_cpu_seconds() - cpu0
         if proc.returncode != 0:
             raise StageFailed(f"stage '{name}' failed (exit {proc.returncode}); command:\n  {record.shell}")
-        self._finished[name] = {"command": record.shell, "seconds": record.seconds}
+        self._finished[name] = {"command": record.shell, "seconds": record.seconds, "cpu_seconds": record.cpu_seconds}
         atomic_write_bytes(self.times_file, json.dumps(self._finished, indent=2).encode())
-        log.info("[%s] done in %.0f s", name, record.seconds)
+        log.info("[%s] done in %.0f s (%.0f CPU s)", name, record.seconds, record.cpu_seconds)
         return record
 
     @property
     def finished(self) -> dict[str, dict]:
-        """Every stage finished so far, in this run or an earlier one: name -> ``{"command", "seconds"}``."""
+        """Every stage finished so far, in this run or an earlier one: name -> ``{"command", "seconds",
+        "cpu_seconds"}`` (``cpu_seconds`` is absent from records written before it was kept)."""
         return dict(self._finished)
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished child process of this one (their threads included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -36,3 +36,13 @@ def test_done_file_skips_and_failure_names_the_stage(tmp_path: Path) -> None:
     with pytest.raises(StageFailed, match="stage 'broken' failed"):
         runner.run("broken", ["no_such_module_xyz"])
     assert "broken" not in runner.finished  # a failed stage is not recorded as finished
+
+
+def test_records_the_cpu_time_of_the_stage(tmp_path: Path) -> None:
+    runner = StageRunner(tmp_path / "stages.json", cwd=tmp_path)
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    (tmp_path / "busy.py").write_text(busy)
+    rec = runner.run("busy", ["busy"])
+    assert 0.25 < rec.cpu_seconds < rec.seconds + 1.0  # the child's own CPU time, not this process's
+    assert runner.finished["busy"]["cpu_seconds"] == pytest.approx(rec.cpu_seconds)
+    assert StageRunner(tmp_path / "stages.json", cwd=tmp_path).run("busy", ["busy"]).cpu_seconds == rec.cpu_seconds
