@@ -271,8 +271,9 @@ class Quality:
                "trainer.save_every_epochs=0", "trainer.progress=false"]  # fmt: skip
         return out + ([f"trainer.threads={self.args.threads}"] if self.args.threads else [])
 
-    def train(self, until: str = "report") -> dict[str, Path]:
-        """Train (b), (c), (d); write (a). Returns model name -> checkpoint."""
+    def train(self, until: str = "report", only: str = "abcd") -> dict[str, Path]:
+        """Train (b), (d), (c) (those of ``--models`` in ``only``; (d) needs (b)); write (a).
+        Returns model name -> checkpoint."""
         a = self.args
         moco_cfg, pre_cfg = self.write_configs()
         models: dict[str, Path] = {}
@@ -293,7 +294,7 @@ class Quality:
             raise SystemExit("stopped after the MoCo stage (--until moco)")
         for seed in a.train_seeds:
             for name in "dc":  # (d), the paper's recipe, first: an interrupted run has the key comparison
-                if name not in a.models:
+                if name not in a.models or name not in only:
                     continue
                 init = "random" if name == "c" else str(models["b"])
                 run_dir = self.out / "train" / f"{name}_seed{seed}"
@@ -313,7 +314,9 @@ class Quality:
         dest.mkdir(exist_ok=True)
         first = self.args.train_seeds[0]
         for name in self.args.models:
-            src = models[name if name in "ab" else f"{name}_seed{first}"]
+            src = models.get(name if name in "ab" else f"{name}_seed{first}")
+            if src is None:  # not trained yet
+                continue
             target = dest / f"{name}.pt"
             if not target.is_file() or target.stat().st_mtime < src.stat().st_mtime:
                 tmp = target.with_suffix(".pt.tmp")
@@ -465,10 +468,12 @@ def main(argv: list[str] | None = None) -> None:
         q.make_masks()
         if args.until == "masks":
             raise SystemExit("stopped after the masks (--until masks)")
-        models = q.train(args.until)
-        if args.until == "train":
-            raise SystemExit(f"stopped after training (--until train); models in {q.out / 'models'}")
-        q.evaluate(models)
+        if args.until in ("moco", "train"):
+            q.train(args.until)
+            raise SystemExit(f"stopped after training (--until {args.until}); models in {q.out / 'models'}")
+        # (a), (b), (d) are trained and evaluated before (c): an interrupted run has the paper's comparison
+        q.evaluate(q.train(only="abd"))
+        q.evaluate(q.train(only="abcd"))
     q.report(names)
 
 
