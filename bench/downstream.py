@@ -10,7 +10,7 @@ For every model ``DIR/models/{a,b,c,d}.pt`` (the models of bench/quality.py: (a)
 
 and records the wall time per image (one-shot: decoding + network + prototypes, pass 1) and per
 frame (propagation: decoding + network + propagation). ``DIR/models/eval.json`` may hold
-``{"size": N}`` (the shorter image side the network sees, as the quality benchmark's evaluations
+``{"size": N, ...}`` (only ``size`` is read: the shorter image side the network sees, as the quality benchmark's evaluations
 use; scores are always computed at label resolution). Every evaluation is a ``python -m`` command
 run through :class:`maskcontrast.stages.StageRunner`: a re-run skips finished ones.
 Results: ``OUT/downstream.md`` (tables) and ``OUT/downstream.json``.
@@ -76,7 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_eval_settings(models_dir: Path) -> dict[str, Any]:
-    """``models/eval.json``: ``{"size": N}`` (optional file; unknown keys are errors)."""
+    """``models/eval.json``, as ``bench/quality.py`` writes it: ``{"size": N, ...}`` (optional
+    file). Only ``size`` is used here; the other keys describe the quality benchmark's own
+    evaluations (K-means seeds, linear-probe config)."""
     path = models_dir / "eval.json"
     if not path.is_file():
         return {}
@@ -84,13 +86,12 @@ def read_eval_settings(models_dir: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SystemExit(f'{path}: not valid JSON ({err}); expected {{"size": N}}') from err
-    unknown = sorted(set(data) - {"size"}) if isinstance(data, dict) else ["<not an object>"]
-    if unknown:
-        raise SystemExit(f'{path}: unknown keys {unknown}; the file holds {{"size": N}} only')
+    if not isinstance(data, dict):
+        raise SystemExit(f'{path}: expected a JSON object {{"size": N, ...}}, got {type(data).__name__}')
     size = data.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
         raise SystemExit(f"{path}: size must be a positive integer (the shorter image side), got {size!r}")
-    return data
+    return {} if size is None else {"size": size}
 
 
 class Downstream:
