@@ -50,7 +50,15 @@ from eval.arguments import (
 )
 from eval.caches import StreamCache, checkpoint_fingerprint
 from eval.metrics import apply_mapping, confusion_matrix, map_confusion, match_clusters, segmentation_scores
-from eval.outputs import ensure_new_file, quiet_faiss, safe_name, save_panel, write_json
+from eval.outputs import (
+    add_output_arguments,
+    ensure_new_file,
+    quiet_faiss,
+    safe_name,
+    save_panel,
+    vis_folder,
+    write_json,
+)
 from eval.saliency_source import SaliencySource
 from eval.stream import iter_model_outputs
 from maskcontrast.api import FeatureModel
@@ -670,17 +678,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--matching", default=None, choices=("auto", "hungarian", "majority"),
                    help="cluster -> class mapping (default: hungarian for prototype; auto for pixel = hungarian "
                         "when k <= classes, majority vote when k > classes)")  # fmt: skip
-    o = p.add_argument_group("outputs")
-    o.add_argument("--json", default=None, help="write the results as JSON here")
-    o.add_argument("--vis", type=int, default=0, help="write N pictures (image | ground truth | prediction)")
-    o.add_argument("--vis-dir", default=None, help="folder for --vis (default: <json without .json>_vis)")
+    o = add_output_arguments(p, vis="write N pictures (image | ground truth | prediction)")
     o.add_argument("--vis-ids", default=None, help="text file of image ids: picture the first --vis of these "
                    "(default: the first --vis images)")  # fmt: skip
     o.add_argument("--cache", default=None, help="folder for resumable per-image results (re-runs with other k/seeds "
                    "reuse them)")  # fmt: skip
     o.add_argument("--save-every", type=int, default=100, help="cache every N images (default 100)")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing --json file and --vis folder")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -693,13 +696,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.k is not None and args.k < 2:  # checked before any model is loaded or image is run
         raise ValueError(f"--k must be >= 2 (clusters, background included for the prototype protocol), got {args.k}")
     ensure_new_file(args.json, args.overwrite)
-    vis_dir = None
-    if args.vis > 0:
-        if args.vis_dir is None and args.json is None:
-            raise ValueError("--vis needs --vis-dir DIR (or --json, whose name it borrows)")
-        vis_dir = Path(args.vis_dir) if args.vis_dir else Path(args.json).parent / (Path(args.json).stem + "_vis")
-        if vis_dir.exists() and any(vis_dir.iterdir()) and not args.overwrite:
-            raise FileExistsError(f"{vis_dir} is not empty; pass --overwrite to replace its pictures")
+    vis_dir = vis_folder(args)
     masks = args.saliency_dir if args.saliency_source == "folder" else None
     if args.saliency_source == "folder" and not masks:
         raise ValueError("--saliency-source folder needs --saliency-dir DIR")

@@ -49,7 +49,7 @@ from eval.arguments import (
     parse_key_values,
 )
 from eval.metrics import binary_counts
-from eval.outputs import ensure_new_file, safe_name, write_json
+from eval.outputs import add_output_arguments, ensure_new_file, safe_name, vis_folder, write_json
 from eval.stream import iter_model_outputs
 from maskcontrast.api import FeatureModel
 from maskcontrast.data import DataError, SegmentationDataset
@@ -491,12 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "images: stop with an error (default) or leave it out")  # fmt: skip
     g.add_argument("--keep-mib", type=float, default=1024.0, help="memory for the feature-resolution embeddings and labels "
                    "kept between the two passes; images beyond it are run again (default 1024)")  # fmt: skip
-    o = p.add_argument_group("outputs")
-    o.add_argument("--json", default=None, help="write the results as JSON here")
-    o.add_argument("--vis", type=int, default=0, help="write N panels (support | query | prediction | ground truth)")
-    o.add_argument("--vis-dir", default=None, help="folder for --vis (default: <json without .json>_vis)")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing --json file and --vis folder")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_output_arguments(p, vis="write N panels (support | query | prediction | ground truth)")
     return p
 
 
@@ -504,13 +499,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     setup_logging()
     ensure_new_file(args.json, args.overwrite)
-    vis_dir = None
-    if args.vis > 0:
-        if args.vis_dir is None and args.json is None:
-            raise ValueError("--vis needs --vis-dir DIR (or --json, whose name it borrows)")
-        vis_dir = Path(args.vis_dir) if args.vis_dir else Path(args.json).parent / (Path(args.json).stem + "_vis")
-        if vis_dir.exists() and any(vis_dir.iterdir()) and not args.overwrite:
-            raise FileExistsError(f"{vis_dir} is not empty; pass --overwrite to replace its pictures")
+    vis_dir = vis_folder(args)
     model = model_from_args(args)
     ds = dataset_from_args(args)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None

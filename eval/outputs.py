@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -16,7 +17,50 @@ from maskcontrast.data import DatasetInfo, write_mask
 from maskcontrast.data.io import write_panel
 from maskcontrast.utils import atomic_write_bytes
 
-__all__ = ["quiet_faiss", "ensure_new_file", "jsonable", "write_json", "colorize", "save_panel", "safe_name"]
+__all__ = [
+    "add_output_arguments",
+    "vis_folder",
+    "quiet_faiss",
+    "ensure_new_file",
+    "jsonable",
+    "write_json",
+    "colorize",
+    "save_panel",
+    "safe_name",
+]
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, vis: str | None = None) -> argparse._ArgumentGroup:
+    """The "outputs" group of every evaluation CLI: ``--json``, ``--vis N`` and ``--vis-dir`` (when
+    ``vis``, the help of ``--vis``, is given), ``--overwrite`` and ``--no-progress``. Returns the
+    group, for a command's own output flags."""
+    o = parser.add_argument_group("outputs")
+    o.add_argument("--json", default=None, help="write the results as JSON here")
+    if vis is not None:
+        o.add_argument("--vis", type=int, default=0, help=vis)
+        o.add_argument("--vis-dir", default=None, help="folder for --vis (default: <json without .json>_vis)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --json file" + (" and --vis folder" if vis is not None else ""))  # fmt: skip
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return o
+
+
+def vis_folder(args: argparse.Namespace) -> Path | None:
+    """The folder for ``--vis`` pictures (``--vis-dir``, or ``<json without .json>_vis``), None
+    without ``--vis``; checked before any long work.
+
+    Raises:
+        ValueError: ``--vis`` without a folder to write to.
+        FileExistsError: the folder holds pictures and ``--overwrite`` is not given.
+    """
+    if args.vis <= 0:
+        return None
+    if args.vis_dir is None and args.json is None:
+        raise ValueError("--vis needs --vis-dir DIR (or --json, whose name it borrows)")
+    folder = Path(args.vis_dir) if args.vis_dir else Path(args.json).parent / (Path(args.json).stem + "_vis")
+    if folder.exists() and any(folder.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{folder} is not empty; pass --overwrite to replace its pictures")
+    return folder
 
 
 def quiet_faiss() -> None:

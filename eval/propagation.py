@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from eval.arguments import add_dataset_arguments, add_model_arguments, dataset_from_args, model_from_args
 from eval.metrics import boundary_f_measure, boundary_map, region_similarity
-from eval.outputs import ensure_new_file, safe_name, write_json
+from eval.outputs import add_output_arguments, ensure_new_file, safe_name, vis_folder, write_json
 from eval.stream import iter_model_outputs
 from maskcontrast.data import DataError
 from maskcontrast.data.io import write_panel
@@ -373,13 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(< 1) or pixels (>= 1) (default 0.008, DAVIS)")  # fmt: skip
     g.add_argument("--exclude-last", action="store_true", help="do not score the last frame of each sequence "
                    "(the DAVIS-2017 toolkit's convention)")  # fmt: skip
-    o = p.add_argument_group("outputs")
-    o.add_argument("--json", default=None, help="write the results as JSON here")
-    o.add_argument("--vis", type=int, default=0, help="write overlays (prediction | ground truth) of every frame "
-                   "of the first N sequences")  # fmt: skip
-    o.add_argument("--vis-dir", default=None, help="folder for --vis (default: <json without .json>_vis)")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing --json file and --vis folder")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_output_arguments(p, vis="write overlays (prediction | ground truth) of every frame of the first N sequences")
     return p
 
 
@@ -387,13 +381,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     setup_logging()
     ensure_new_file(args.json, args.overwrite)
-    vis_dir = None
-    if args.vis > 0:
-        if args.vis_dir is None and args.json is None:
-            raise ValueError("--vis needs --vis-dir DIR (or --json, whose name it borrows)")
-        vis_dir = Path(args.vis_dir) if args.vis_dir else Path(args.json).parent / (Path(args.json).stem + "_vis")
-        if vis_dir.exists() and any(vis_dir.iterdir()) and not args.overwrite:
-            raise FileExistsError(f"{vis_dir} is not empty; pass --overwrite to replace its pictures")
+    vis_dir = vis_folder(args)
+    if vis_dir is not None:
         vis_dir.mkdir(parents=True, exist_ok=True)
     model = model_from_args(args)
     ds = dataset_from_args(args)

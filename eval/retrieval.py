@@ -44,7 +44,7 @@ from eval.arguments import (
 from eval.caches import StreamCache, checkpoint_fingerprint
 from eval.kmeans import PrototypeStats, prototype_pass
 from eval.metrics import segmentation_scores
-from eval.outputs import ensure_new_file, write_json
+from eval.outputs import add_output_arguments, ensure_new_file, write_json
 from eval.saliency_source import SaliencySource
 from eval.splits import resolve_split
 from maskcontrast.data import DataError, DatasetInfo
@@ -176,11 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--topk", type=int, default=1, help="neighbours that vote for a query's class (default 1)")
     g.add_argument("--subset", default=None, help="comma-separated class subset scored separately ('none': no "
                    "subset; default for voc: " + ",".join(VOC_SUBSET) + ")")  # fmt: skip
-    o = p.add_argument_group("outputs")
-    o.add_argument("--json", default=None, help="write the results as JSON here")
+    o = add_output_arguments(p)
     o.add_argument("--cache", default=None, help="folder for resumable per-image prototypes")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
