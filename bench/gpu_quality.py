@@ -241,10 +241,8 @@ def run(args: argparse.Namespace) -> dict:
     checks = device_checks()
     print("device checks:", json.dumps(checks))
     os.environ["MASKCONTRAST_DATA"] = str(out / "data")
-    qargs = ["--preset", "tiny" if args.tiny else "gpu", "--out", str(out / "quality")]
-    packed = [n for n in manifest["sets"]]
-    qargs += ["--train-sets", *packed]
-    qargs += [a for a in args.quality_arg]
+    qargs = ["--preset", "tiny" if args.tiny else "gpu", "--out", str(out / "quality"),
+             "--train-sets", *manifest["sets"], *args.quality_arg]  # fmt: skip
     quality.main(qargs)
     stages = json.loads((out / "quality" / "stages.json").read_text())
     result = {"device": checks, "pack": manifest["sets"], "quality_args": qargs,
