@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from eval.outputs import (
 from eval.saliency_source import SaliencySource
 from eval.stream import iter_model_outputs
 from maskcontrast.api import FeatureModel
+from maskcontrast.cli import run_main
 from maskcontrast.data import DataError, SegmentationDataset
 from maskcontrast.data.base import read_id_list
 from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels
@@ -770,8 +770,4 @@ def _faiss_gpu() -> bool:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileExistsError, DataError) as err:
-        logging.getLogger("eval.kmeans").error("%s", err)
-        sys.exit(2)
+    run_main(main, "eval.kmeans")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,8 @@ from eval.outputs import jsonable, safe_name, save_panel, write_json
 from eval.splits import resolve_split
 from eval.stream import collate_samples
 from maskcontrast.api import FeatureModel, target_size, to_image_tensor
-from maskcontrast.config import ConfigError, add_config_arguments, bounded, config_to_dict, load_config, save_config
+from maskcontrast.cli import run_main
+from maskcontrast.config import add_config_arguments, bounded, config_to_dict, load_config, save_config
 from maskcontrast.data import DataError, Sample, SegmentationDataset
 from maskcontrast.runs import (
     RunLayout,
@@ -670,8 +670,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileExistsError, DataError, ConfigError) as err:
-        logging.getLogger("eval.linear").error("%s", err)
-        sys.exit(2)
+    run_main(main, "eval.linear")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from eval.metrics import binary_counts
 from eval.outputs import add_output_arguments, ensure_new_file, safe_name, vis_folder, write_json
 from eval.stream import iter_model_outputs
 from maskcontrast.api import FeatureModel
+from maskcontrast.cli import run_main
 from maskcontrast.data import DataError, SegmentationDataset
 from maskcontrast.data.io import write_panel
 from maskcontrast.embeddings import pixel_sums
@@ -541,8 +541,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileExistsError, DataError) as err:
-        logging.getLogger("eval.oneshot").error("%s", err)
-        sys.exit(2)
+    run_main(main, "eval.oneshot")

@@ -39,7 +39,6 @@ import argparse
 import itertools
 import logging
 import math
-import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -55,6 +54,7 @@ from eval.arguments import add_dataset_arguments, add_model_arguments, dataset_f
 from eval.metrics import boundary_f_measure, boundary_map, region_similarity
 from eval.outputs import add_output_arguments, ensure_new_file, safe_name, vis_folder, write_json
 from eval.stream import iter_model_outputs
+from maskcontrast.cli import run_main
 from maskcontrast.data import DataError
 from maskcontrast.data.io import write_panel
 from maskcontrast.utils import peak_rss_mib, setup_logging
@@ -418,8 +418,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileExistsError, DataError) as err:
-        logging.getLogger("eval.propagation").error("%s", err)
-        sys.exit(2)
+    run_main(main, "eval.propagation")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,8 @@ from eval.metrics import segmentation_scores
 from eval.outputs import add_output_arguments, ensure_new_file, write_json
 from eval.saliency_source import SaliencySource
 from eval.splits import resolve_split
-from maskcontrast.data import DataError, DatasetInfo
+from maskcontrast.cli import run_main
+from maskcontrast.data import DatasetInfo
 from maskcontrast.utils import peak_rss_mib, setup_logging
 
 __all__ = ["VOC_SUBSET", "segment_labels", "knn_vote", "retrieval_confusion", "retrieval_scores", "main"]
@@ -250,8 +250,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileExistsError, DataError) as err:
-        logging.getLogger("eval.retrieval").error("%s", err)
-        sys.exit(2)
+    run_main(main, "eval.retrieval")

@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from maskcontrast.api import NoSaliencyHeadError, load_model, upsample_embedding, upsample_saliency
-from maskcontrast.data import DataError, build_dataset
-from maskcontrast.models import CheckpointError
+from maskcontrast.cli import run_main
+from maskcontrast.data import build_dataset
 from maskcontrast.runs import RunLayout, claim_run_folder
 from maskcontrast.utils import atomic_save, atomic_write_bytes, setup_logging
 
@@ -182,8 +181,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileExistsError, DataError, CheckpointError, NoSaliencyHeadError) as err:
-        logging.getLogger("maskcontrast.extract").error("%s", err)
-        sys.exit(2)
+    run_main(main, "maskcontrast.extract")
