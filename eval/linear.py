@@ -53,7 +53,14 @@ from eval.splits import resolve_split
 from eval.stream import collate_samples
 from maskcontrast.api import FeatureModel, target_size, to_image_tensor
 from maskcontrast.cli import run_main
-from maskcontrast.config import add_config_arguments, bounded, config_to_dict, load_config, save_config
+from maskcontrast.config import (
+    add_config_arguments,
+    bounded,
+    check_values,
+    config_to_dict,
+    load_config,
+    save_config,
+)
 from maskcontrast.data import DataError, Sample, SegmentationDataset
 from maskcontrast.runs import (
     RunLayout,
@@ -458,11 +465,11 @@ def run_linear_probe(
     """Train the probe (resuming from ``out_dir/state.pt``) and evaluate it. Returns the results."""
     from tqdm import tqdm
 
+    # the schema's own bounds (ConfigError, a ValueError), also for a config built in Python
+    check_values(cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg), source="linear probe config")
     if not isinstance(cfg, LinearConfig):
         cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     assert isinstance(cfg, LinearConfig)
-    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.augment.crop_size < 1:
-        raise ValueError("batch_size and crop_size must be >= 1 and epochs >= 0")
     info = train_ds.info
     c = info.num_classes
     if c < 2:

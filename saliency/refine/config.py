@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from maskcontrast.config import ConfigError, bounded
+from omegaconf import DictConfig, OmegaConf
+
+from maskcontrast.config import ConfigError, bounded, check_values, checks
 from saliency.fusion import FusionConfig
 
 FORMAT = "maskcontrast-saliency-refiner"
@@ -37,7 +39,7 @@ class RefineConfig:
     input_size: int = bounded(192, ge=32)
     rounds: int = bounded(3, ge=1)
     epochs_per_round: int = bounded(3, ge=1)
-    batch_size: int = bounded(16, ge=2)
+    batch_size: int = bounded(16, ge=2)  # >= 2: batch norm
     lr: float = bounded(1e-3, gt=0.0)  # AdamW, cosine over all rounds
     weight_decay: float = bounded(1e-4, ge=0.0)
     target_momentum: float = bounded(
@@ -53,10 +55,12 @@ class RefineConfig:
     )  # combine=blend: (1 - w) * network + w * fused map (0: the network alone)
     align_mean: bool = True  # shift each prediction's logits so its mean equals its fused map's (stops drift)
     combine: str = bounded(
-        "fusion", choices=("fusion", "blend")
+        "fusion", choices=COMBINES
     )  # fusion: the network joins the classical fusion as one more estimator | blend
-    tta_scales: list[float] = field(default_factory=lambda: [1.0])  # inference: mean of the maps at these x input_size
-    precision: str = bounded("auto", choices=("auto", "bf16", "fp32"))  # auto (bf16 where native) | bf16 | fp32
+    tta_scales: list[float] = field(
+        default_factory=lambda: [1.0], metadata=checks(ge=0.1, le=4.0, each=True)
+    )  # inference: mean of the maps at these x input_size (non-empty)
+    precision: str = bounded("auto", choices=PRECISIONS)  # auto (bf16 where native) | bf16 | fp32
     scale_min: float = bounded(0.6, gt=0.0, le=1.0)  # random-resized-crop area range lower bound
     color_jitter: float = bounded(0.2, ge=0.0)
     max_images: int = bounded(0, ge=0)  # 0: all images
@@ -67,26 +71,14 @@ class RefineConfig:
 
 
 def validate(cfg: Any) -> None:
-    checks = [
-        (cfg.input_size >= 32, f"input_size must be >= 32, got {cfg.input_size}"),
-        (cfg.rounds >= 1, f"rounds must be >= 1, got {cfg.rounds}"),
-        (cfg.epochs_per_round >= 1, f"epochs_per_round must be >= 1, got {cfg.epochs_per_round}"),
-        (cfg.batch_size >= 2, f"batch_size must be >= 2 (batch norm), got {cfg.batch_size}"),
-        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
-        (0 < cfg.scale_min <= 1, f"scale_min must lie in (0, 1], got {cfg.scale_min}"),
-        (cfg.max_images >= 0, f"max_images must be >= 0, got {cfg.max_images}"),
-        (0.0 <= cfg.target_momentum < 1.0, f"target_momentum must lie in [0, 1), got {cfg.target_momentum}"),
-        (0.0 <= cfg.margin < 0.5, f"margin must lie in [0, 0.5), got {cfg.margin}"),
-        (0.0 <= cfg.target_anchor < 1.0, f"target_anchor must lie in [0, 1), got {cfg.target_anchor}"),
-        (0.0 <= cfg.unconfident_weight <= 1.0, f"unconfident_weight must lie in [0, 1], got {cfg.unconfident_weight}"),
-        (0.0 <= cfg.fused_weight <= 1.0, f"fused_weight must lie in [0, 1], got {cfg.fused_weight}"),
-        (cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
-        (cfg.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}, got {cfg.combine!r}"),
-        (
-            len(cfg.tta_scales) > 0 and all(0.1 <= x <= 4.0 for x in cfg.tta_scales),
-            f"tta_scales must be a non-empty list of factors in [0.1, 4], got {list(cfg.tta_scales)}",
-        ),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
+    """Check a refiner config against the bounds its schema declares (:func:`bounded`).
+
+    ``cfg``: a :class:`RefineConfig` or a config built from it (``load_config``, merged overrides).
+
+    Raises:
+        ConfigError: the first value out of range; the message names the key.
+    """
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    check_values(node, source="refiner config")
+    if len(node.tta_scales) == 0:
+        raise ConfigError("refiner config: key 'tta_scales' must be a non-empty list of factors in [0.1, 4], got []")

@@ -72,6 +72,17 @@ def test_configs_load_and_unknown_keys_fail():
         load_config(LinearConfig, None, ["optim.lrr=1"])
 
 
+def test_run_linear_probe_checks_a_python_built_config(tmp_path):
+    """A LinearConfig built in Python gets the schema's bounds too, before any data is touched."""
+    from eval.linear import run_linear_probe
+
+    with pytest.raises(ConfigError, match="key 'batch_size' must be >= 1"):
+        run_linear_probe(None, None, None, LinearConfig(batch_size=0), tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"key 'augment\.crop_size'"):
+        run_linear_probe(None, None, None, LinearConfig(augment=AugmentConfig(crop_size=0)), tmp_path)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
+
+
 def test_crf_missing_gives_a_clear_skip(monkeypatch):
     ok, why = linear.crf_available()
     if ok:

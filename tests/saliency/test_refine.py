@@ -301,3 +301,18 @@ def test_backbone_init_from_a_checkpoint_file(tmp_path):
     net = RefinerNet(RefinerNetConfig(decoder_channels=16))
     assert init_backbone(net.backbone, str(path)) == "torchvision"
     torch.testing.assert_close(net.backbone.conv1.weight, source.conv1.weight)
+
+
+def test_validate_uses_the_schema_bounds_and_names_the_key() -> None:
+    from saliency.refine.config import RefineConfig, RefinerNetConfig, validate
+
+    validate(RefineConfig())  # the defaults pass, as a dataclass and as a structured config
+    validate(load_config(RefineConfig))
+    with pytest.raises(ConfigError, match="key 'lr' must be > 0"):
+        validate(RefineConfig(lr=0.0))
+    with pytest.raises(ConfigError, match=r"key 'model\.output_stride' must be one of 8, 16, 32"):
+        validate(RefineConfig(model=RefinerNetConfig(output_stride=12)))
+    with pytest.raises(ConfigError, match="key 'tta_scales'"):
+        validate(RefineConfig(tta_scales=[1.0, 5.0]))
+    with pytest.raises(ConfigError, match="non-empty"):
+        validate(RefineConfig(tta_scales=[]))
