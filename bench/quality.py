@@ -186,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overrides of configs/eval/linear_cpu.yaml")  # fmt: skip
     p.add_argument("--eval-sets", nargs="+", default=list(EVAL_SETS), choices=list(EVAL_SETS))
     p.add_argument("--masks", default=None, help="folder of another run's masks/ to reuse (default: <out>/masks)")
+    p.add_argument(
+        "--moco-run",
+        default=None,
+        metavar="DIR",
+        help="another run's finished MoCo stage (its train/moco folder) to use as (b): no MoCo is trained",
+    )
+    p.add_argument(
+        "--eval-models",
+        nargs="+",
+        default=None,
+        choices=["a", "b", "c", "d"],
+        help="evaluate only these models (default: every one of --models; e.g. d, when (b) is --moco-run's "
+        "and was evaluated there)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads per training process (0: default)")
     p.add_argument("--until", default="report", choices=("masks", "moco", "train", "report"),
                    help="stop after this stage (the rest can run later: every stage resumes)")  # fmt: skip
@@ -283,7 +297,13 @@ class Quality:
                 torch.manual_seed(0)
                 atomic_save(getattr(torchvision.models, a.arch)(weights=None).state_dict(), random_ckpt)
             models["a"] = random_ckpt
-        if "b" in a.models:
+        if "b" in a.models and a.moco_run:  # another run's (b): check it finished, train none
+            moco_dir = Path(a.moco_run).expanduser().resolve()
+            if not (moco_dir / "done").is_file() or not (moco_dir / "last.pt").is_file():
+                raise SystemExit(f"bench/quality.py --moco-run: {moco_dir} has no finished MoCo stage (done and "
+                                 "last.pt); finish that run's MoCo first (bench/quality.py --out <it> --until moco)")  # fmt: skip
+            models["b"] = moco_dir / "last.pt"
+        elif "b" in a.models:
             moco_dir = self.out / "train" / "moco"
             self.runner.run("train:moco", ["maskcontrast.moco", "--config", str(moco_cfg), "--resume",
                                            *self.trainer(moco_dir, steps(a.moco_steps, a.budget), 0)],
@@ -335,6 +355,8 @@ class Quality:
         a = self.args
         jobs: list[tuple[int, str, list[str], Path]] = []  # (priority, stage name, command, result file)
         for model, ckpt in models.items():
+            if a.eval_models is not None and model[0] not in a.eval_models:
+                continue
             for ev in a.eval_sets:
                 dataset, folder, opts, k = EVAL_SETS[ev]
                 base = ["--checkpoint", str(ckpt), "--dataset", dataset, "--root", str(self.data / folder),
