@@ -1,31 +1,16 @@
 """bench/gpu_quality.py: the pack of the shared images, its unpacking, and the --tiny run of the
-whole protocol on a CPU; bench/quality.py's presets."""
+whole protocol on a CPU (bench/ is on sys.path: tests/bench/conftest.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import tarfile
 from pathlib import Path
 
+import gpu_quality
 import numpy as np
 import pytest
 from PIL import Image
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_quality = load("gpu_quality")
-quality = load("quality")
 
 
 def test_resize_keeps_labels_exact_and_never_upsamples() -> None:
@@ -42,17 +27,6 @@ def test_id_lists_are_filtered_and_other_lines_kept() -> None:
     assert gpu_quality.filter_id_lines("cat\ndog\n", {"a"}, {"a", "b"}) == "cat\ndog\n"  # not an id list
     assert gpu_quality.select_ids(list("abcdefgh"), 4) == ["a", "c", "e", "g"]
     assert gpu_quality.select_ids(list("abc"), 0) == ["a", "b", "c"]
-
-
-def test_presets_fill_defaults_and_flags_win() -> None:
-    args = quality.parse_args(["--preset", "cpu", "--pretrain-steps", "7"])
-    assert args.image_size == 64 and args.pretrain_steps == 7 and args.train_seeds == [0]
-    assert quality.parse_args(["--preset", "gpu"]).arch == "resnet50"
-    assert quality.steps(720, 0.125) == 90 and quality.steps(3, 0.01) == 1
-    with pytest.raises(SystemExit):
-        quality.parse_args(["--models", "d"])  # (d) needs (b)
-    with pytest.raises(SystemExit):
-        quality.parse_args(["--pretrain-set", "no_equals_sign"])
 
 
 @pytest.mark.data

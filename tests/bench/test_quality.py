@@ -1,25 +1,22 @@
-"""bench/quality.py: reusing another run's (b) (--moco-run) and evaluating a subset (--eval-models)."""
+"""bench/quality.py: presets, reusing another run's (b) (--moco-run) and evaluating a subset (--eval-models)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _load_quality():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("quality", BENCH / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import quality  # bench/quality.py (bench/ is on sys.path: tests/bench/conftest.py)
 
 
-quality = _load_quality()
+def test_presets_fill_defaults_and_flags_win() -> None:
+    args = quality.parse_args(["--preset", "cpu", "--pretrain-steps", "7"])
+    assert args.image_size == 64 and args.pretrain_steps == 7 and args.train_seeds == [0]
+    assert quality.parse_args(["--preset", "gpu"]).arch == "resnet50"
+    assert quality.steps(720, 0.125) == 90 and quality.steps(3, 0.01) == 1
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--models", "d"])  # (d) needs (b)
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--pretrain-set", "no_equals_sign"])
 
 
 def test_moco_run_is_used_as_b_without_training(tmp_path: Path, monkeypatch) -> None:
