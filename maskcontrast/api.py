@@ -267,7 +267,10 @@ def _backbone_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
 def _net_kind(net: nn.Module) -> _NetKind:
     """The :class:`_NetKind` of a MaskContrastModel (full network) or a ResNetBackbone (baseline)."""
     if isinstance(net, MaskContrastModel):
-        return _NetKind("maskcontrast", net.backbone.arch, net.backbone.output_stride, net.cfg.head_channels,
+        feature_dim = (
+            net.backbone.out_channels if getattr(net.cfg, "head", "deeplab") == "stego" else net.cfg.head_channels
+        )
+        return _NetKind("maskcontrast", net.backbone.arch, net.backbone.output_stride, feature_dim,
                         net.embed_dim, net.saliency_head is not None, _maskcontrast_outputs)  # fmt: skip
     if isinstance(net, ResNetBackbone):
         return _NetKind("backbone", net.arch, net.output_stride, net.out_channels, net.out_channels, False,

@@ -12,7 +12,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from maskcontrast.config import ModelConfig
 from maskcontrast.models.backbone import ResNetBackbone
 
-__all__ = ["DeepLabV3Head", "MaskContrastModel", "ModelOutput", "default_aspp_rates"]
+__all__ = ["CorrespondenceHead", "DeepLabV3Head", "MaskContrastModel", "ModelOutput", "default_aspp_rates"]
 
 
 def default_aspp_rates(output_stride: int) -> list[int]:
@@ -32,6 +32,22 @@ class DeepLabV3Head(nn.Sequential):
             nn.ReLU(inplace=True),
         )
         self.out_channels = channels
+
+
+class CorrespondenceHead(nn.Module):
+    """STEGO's head: a linear 1x1 conv plus a nonlinear branch (1x1 conv, ReLU, 1x1 conv), summed:
+    ``B x C x h x w -> B x D x h x w``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Conv2d(in_channels, out_channels, 1)
+        self.nonlinear = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(in_channels, out_channels, 1)
+        )
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.nonlinear(x)
 
 
 class ModelOutput(NamedTuple):
@@ -67,9 +83,18 @@ class MaskContrastModel(nn.Module):
         cfg = cfg if cfg is not None else ModelConfig()
         self.cfg = cfg
         self.backbone = ResNetBackbone(cfg.backbone.arch, cfg.backbone.output_stride)
-        rates = list(cfg.aspp_rates) if cfg.aspp_rates else default_aspp_rates(cfg.backbone.output_stride)
-        self.decoder = DeepLabV3Head(self.backbone.out_channels, rates, cfg.head_channels)
-        self.embed_head = nn.Conv2d(cfg.head_channels, cfg.embed_dim, 1)
+        head = getattr(cfg, "head", "deeplab")
+        if head == "stego":  # the head sits straight on the backbone features
+            if cfg.saliency_head:
+                raise ValueError("model.head=stego has no saliency head: set model.saliency_head=false")
+            self.decoder: nn.Module = nn.Identity()
+            self.embed_head: nn.Module = CorrespondenceHead(self.backbone.out_channels, cfg.embed_dim)
+        elif head == "deeplab":
+            rates = list(cfg.aspp_rates) if cfg.aspp_rates else default_aspp_rates(cfg.backbone.output_stride)
+            self.decoder = DeepLabV3Head(self.backbone.out_channels, rates, cfg.head_channels)
+            self.embed_head = nn.Conv2d(cfg.head_channels, cfg.embed_dim, 1)
+        else:
+            raise ValueError(f"model.head must be deeplab or stego, got {head!r}")
         self.saliency_head = nn.Conv2d(cfg.head_channels, 1, 1, bias=False) if cfg.saliency_head else None
 
     @property
