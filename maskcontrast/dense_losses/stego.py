@@ -52,7 +52,7 @@ def stego_correspondence_loss(
         0-d loss ``- mean (F - shift) * max(S, 0)``.
     """
     with torch.no_grad():
-        fd = feature_correlation(feat_a.float(), feat_b.float())
+        fd = feature_correlation(feat_a, feat_b)
         if pointwise:
             mean = fd.mean()
             fd = fd - fd.mean(dim=2, keepdim=True) + mean

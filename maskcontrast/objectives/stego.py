@@ -53,6 +53,16 @@ class FeatureBank(nn.Module):
     def build(
         self, backbone: nn.Module, dataset: Any, size: int, k: int, mean: Any, std: Any, batch_size: int = 32
     ) -> None:
+        was_training = backbone.training
+        backbone.eval()  # frozen: its BatchNorm statistics must not move
+        try:
+            self._build(backbone, dataset, size, k, mean, std, batch_size)
+        finally:
+            backbone.train(was_training)
+
+    def _build(
+        self, backbone: nn.Module, dataset: Any, size: int, k: int, mean: Any, std: Any, batch_size: int
+    ) -> None:
         device = next(backbone.parameters()).device
         m = torch.tensor(list(mean), device=device).view(1, 3, 1, 1)
         s = torch.tensor(list(std), device=device).view(1, 3, 1, 1)
