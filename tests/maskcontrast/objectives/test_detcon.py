@@ -53,11 +53,11 @@ def test_a_region_missing_from_one_view_is_dropped_and_counted():
 
 
 def test_bad_input_names_the_key():
-    with pytest.raises(ValueError, match="data.mask_source"):
+    with pytest.raises(ValueError, match=r"data\.mask_source"):
         tiny()(Views(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)))
     q, k = halves(), halves()
     k[:] = 7  # no id shared by the two views of any image
-    with pytest.raises(DataError, match="data.mask_source"):
+    with pytest.raises(DataError, match=r"data\.mask_source"):
         tiny()(views_with(q, k))
     with pytest.raises(ValueError, match="variant"):
         DetConObjective(DetConModelConfig(arch="resnet18"), DetConObjectiveConfig(variant="x"))

@@ -39,7 +39,7 @@ def test_head_trains_backbone_stays_frozen_and_eval_reads_the_checkpoint(shapes,
 
 
 def test_bad_backbones_are_refused_by_key(shapes, tmp_path):
-    with pytest.raises(ValueError, match="model.backbone.init"):
+    with pytest.raises(ValueError, match=r"model\.backbone\.init"):
         build("stego", objective_cfg("stego", shapes, tmp_path / "r", init="random"))()
     # a file whose backbone gives the same features for every image has no usable features
     from maskcontrast.models import ResNetBackbone
@@ -55,5 +55,5 @@ def test_bad_backbones_are_refused_by_key(shapes, tmp_path):
     not_a_checkpoint.write_bytes(b"not torch")
     from maskcontrast.models import CheckpointError
 
-    with pytest.raises(CheckpointError, match="x.pth"):
+    with pytest.raises(CheckpointError, match=r"x\.pth"):
         build("stego", objective_cfg("stego", shapes, tmp_path / "r2", init=not_a_checkpoint))()
