@@ -42,6 +42,7 @@ from pathlib import Path
 
 # this checkout's packages, also when another checkout is installed (a run from its own git worktree)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/objectives.py, also when run by a test
 
 import torch
 import torchvision
