@@ -13,8 +13,10 @@ Two protocols (see docs/EVAL.md for the exact definitions):
   (the same number from every image) and applied to every pixel at label resolution; Hungarian
   matching when ``k`` equals the number of classes, majority vote when ``k`` is larger.
 
-K-means is faiss (GPU index when ``faiss.get_num_gpus() > 0``) with ``max_points_per_centroid``
-set so that every point is used and ``nredo`` restarts; ``--backend sklearn`` is the reference.
+K-means (eval/clustering.py) is faiss (GPU index when ``faiss.get_num_gpus() > 0``) with
+``max_points_per_centroid`` set so that every point is used and ``nredo`` restarts, or the same
+algorithm in torch (``--backend torch``, on CUDA when present; the default ``auto`` takes it when
+faiss is not installed); ``--backend sklearn`` is the reference.
 
 Memory grows with the number of prototypes (or sampled pixels), never with the full-resolution
 pixels of all images: each image's confusion is accumulated as it streams past.
@@ -48,6 +50,16 @@ from eval.arguments import (
     parse_key_values,
 )
 from eval.caches import StreamCache, checkpoint_fingerprint
+from eval.clustering import (
+    BACKENDS,
+    KMeansResult,
+    assign_clusters,
+    faiss_gpu,
+    kmeans,
+    kmeans_plus_plus,
+    pca_whitening,
+    resolve_backend,
+)
 from eval.metrics import apply_mapping, confusion_matrix, map_confusion, match_clusters, segmentation_scores
 from eval.outputs import (
     add_output_arguments,
@@ -89,138 +101,8 @@ log = logging.getLogger("eval.kmeans")
 
 
 # ----------------------------------------------------------------------------------------------
-# Clustering math
+# Confusions and seeds (the clustering maths itself is in eval/clustering.py)
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class KMeansResult:
-    """``centroids``: ``k x d`` float32; ``labels``: ``(n,)`` int64; ``objective``: the sum of
-    squared distances of the points to their centroids (scikit-learn's ``inertia_``)."""
-
-    centroids: np.ndarray
-    labels: np.ndarray
-    objective: float
-
-
-def kmeans(
-    x: np.ndarray,
-    k: int,
-    *,
-    seed: int = 0,
-    niter: int = 100,
-    nredo: int = 10,
-    backend: str = "faiss",
-    gpu: bool | None = None,
-) -> KMeansResult:
-    """K-means of ``n x d`` points into ``k`` clusters, the best of ``nredo`` restarts.
-
-    faiss: k-means++ seeding (:func:`kmeans_plus_plus`, seeded by ``(seed, restart)``), then
-    faiss's Lloyd iterations on every point (``max_points_per_centroid = ceil(n / k) + 1``; faiss's
-    default of 256 would subsample), on the GPU when ``gpu`` is True or (``gpu=None``) when
-    ``faiss.get_num_gpus() > 0``; the restart with the lowest objective is kept.
-    ``backend="sklearn"``: ``sklearn.cluster.KMeans(n_init=nredo, max_iter=niter)``.
-
-    Raises:
-        ValueError: fewer points than clusters, ``k < 1`` or an unknown backend.
-
-    Example: ``kmeans(np.random.rand(1000, 32).astype("float32"), 20, seed=1).labels.shape == (1000,)``
-    """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"points must be n x d, got shape {x.shape}")
-    n, d = x.shape
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if n < k:
-        raise ValueError(f"cannot make {k} clusters from {n} points; evaluate more images or use a smaller k")
-    if backend == "faiss":
-        import faiss
-
-        use_gpu = faiss.get_num_gpus() > 0 if gpu is None else gpu
-        best: tuple[float, np.ndarray, np.ndarray] | None = None
-        for redo in range(max(1, nredo)):
-            km = faiss.Kmeans(
-                d,
-                k,
-                niter=niter,
-                nredo=1,
-                seed=int(seed) + redo,
-                verbose=False,
-                gpu=bool(use_gpu),
-                max_points_per_centroid=math.ceil(n / k) + 1,
-                min_points_per_centroid=1,
-            )
-            km.train(x, init_centroids=kmeans_plus_plus(x, k, np.random.default_rng([int(seed), redo])))
-            dist, idx = km.index.search(x, 1)
-            obj = float(dist.astype(np.float64).sum())
-            if best is None or obj < best[0]:
-                best = (obj, np.asarray(km.centroids, dtype=np.float32).reshape(k, d), idx[:, 0].astype(np.int64))
-        assert best is not None
-        centroids, labels = best[1], best[2]
-    elif backend == "sklearn":
-        from sklearn.cluster import KMeans
-
-        skm = KMeans(n_clusters=k, n_init=nredo, max_iter=niter, random_state=seed).fit(x)
-        centroids = skm.cluster_centers_.astype(np.float32)
-        labels = skm.labels_.astype(np.int64)
-    else:
-        raise ValueError(f"backend must be faiss or sklearn, got {backend!r}")
-    diff = x.astype(np.float64) - centroids[labels].astype(np.float64)
-    return KMeansResult(centroids, labels, float(np.einsum("ij,ij->", diff, diff)))
-
-
-def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) with greedy local trials: each new centre
-    is the best of ``2 + ln k`` candidates drawn with probability proportional to the squared
-    distance to the nearest chosen centre. ``n x d`` float32 -> ``k x d`` float32."""
-    n = x.shape[0]
-    x64 = x.astype(np.float64)
-    sq = np.einsum("ij,ij->i", x64, x64)
-    centers = np.empty((k, x.shape[1]), dtype=np.float64)
-    centers[0] = x64[rng.integers(n)]
-    closest = np.maximum(sq - 2 * x64 @ centers[0] + centers[0] @ centers[0], 0)
-    trials = 2 + int(np.log(k))
-    for c in range(1, k):
-        total = closest.sum()
-        if total <= 0:  # fewer distinct points than clusters: any point will do
-            cand = rng.integers(n, size=trials)
-        else:
-            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
-            cand = np.minimum(cand, n - 1)
-        d2 = np.maximum(sq[None, :] - 2 * x64[cand] @ x64.T + sq[cand][:, None], 0)
-        new_closest = np.minimum(closest[None, :], d2)
-        best = int(np.argmin(new_closest.sum(1)))
-        centers[c] = x64[cand[best]]
-        closest = new_closest[best]
-    return centers.astype(np.float32)
-
-
-def pca_whitening(x: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fit PCA whitening (scikit-learn ``PCA(whiten=True, svd_solver="full")``) on ``n x D`` points.
-
-    Returns ``(mean (D,), W (D x d))`` such that ``(x - mean) @ W`` is the whitened ``n x d``
-    projection, ``d = min(dim, n, D)``. Directions with zero variance get weight 0.
-    """
-    from sklearn.decomposition import PCA
-
-    x = np.asarray(x, dtype=np.float64)
-    if dim < 1:
-        raise ValueError(f"PCA dimension must be >= 1, got {dim}")
-    d = min(dim, x.shape[0], x.shape[1])
-    if d < dim:
-        log.warning("PCA whitening to %d dimensions instead of %d (only %d points of dimension %d)",
-                    d, dim, x.shape[0], x.shape[1])  # fmt: skip
-    pca = PCA(n_components=d, whiten=True, svd_solver="full", random_state=seed).fit(x)
-    scale = np.sqrt(pca.explained_variance_)
-    w = np.divide(pca.components_.T, scale, out=np.zeros_like(pca.components_.T), where=scale > 1e-12)
-    return pca.mean_.astype(np.float32), w.astype(np.float32)
-
-
-def assign_clusters(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """``N x d`` points, ``k x d`` centroids -> ``(N,)`` int64 nearest-centroid (squared L2) ids."""
-    scores = x @ centroids.T - 0.5 * centroids.square().sum(1)
-    return scores.argmax(1)
 
 
 def prototype_confusion(clusters: np.ndarray, fg_hist: np.ndarray, bg_hist: np.ndarray, k: int) -> np.ndarray:
@@ -670,9 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--niter", type=int, default=100, help="K-means iterations per restart (default 100)")
     g.add_argument("--nredo", type=int, default=10, help="K-means restarts, the best objective is kept (default 10)")
-    g.add_argument(
-        "--backend", default="faiss", choices=("faiss", "sklearn"), help="K-means implementation (default faiss)"
-    )
+    g.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="K-means implementation: auto = faiss when installed, else torch (on CUDA when present); "
+                        "sklearn = the reference (default auto)")  # fmt: skip
     g.add_argument("--fit-pixels", type=int, default=100_000,
                    help="pixel protocol: pixels sampled (evenly over images) to fit K-means (default 100000)")  # fmt: skip
     g.add_argument("--matching", default=None, choices=("auto", "hungarian", "majority"),
@@ -710,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--k {k} needs at least {k - 1} images (one prototype per image), and {args.dataset} "
                          f"has {len(ds)} here; use a smaller --k or more images")  # fmt: skip
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    km = {"niter": args.niter, "nredo": args.nredo, "backend": args.backend}
+    km = {"niter": args.niter, "nredo": args.nredo, "backend": resolve_backend(args.backend)}
     settings = {
         "checkpoint": checkpoint_fingerprint(args.checkpoint), "output_stride": args.output_stride, "size": args.size,
         "dataset": args.dataset, "root": str(ds.root), "split": ds.split, "dataset_args": parse_key_values(args.dataset_arg),
@@ -718,6 +600,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }  # fmt: skip
     cache_dir = Path(args.cache) if args.cache else None
     progress = not args.no_progress
+    log.info("K-means backend: %s", km["backend"])
     log.info("evaluating %s on %s/%s (%d images, %d classes), %s protocol, k=%d", args.checkpoint, args.dataset,
              ds.split, len(ds), info.num_classes, args.protocol, k)  # fmt: skip
     common = {"k": k, "seeds": seeds, "pca_dim": args.pca_dim, "matching": args.matching, "km": km}
@@ -742,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "saliency_source": protocol.describe()["saliency_source"],
         "matching": protocol.matching,
         "pca_dim": args.pca_dim,
-        "kmeans": {**km, "gpu": _faiss_gpu() if args.backend == "faiss" else False},
+        "kmeans": {**km, "gpu": _kmeans_on_gpu(km["backend"])},
         "size": args.size,
         "units": "fractions in [0, 1]",
         "peak_rss_mib": peak_rss_mib(),
@@ -763,10 +646,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _faiss_gpu() -> bool:
-    import faiss
-
-    return faiss.get_num_gpus() > 0
+def _kmeans_on_gpu(backend: str) -> bool:
+    if backend == "faiss":
+        return faiss_gpu()
+    return backend == "torch" and torch.cuda.is_available()
 
 
 if __name__ == "__main__":
