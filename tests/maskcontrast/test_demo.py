@@ -127,8 +127,13 @@ def test_demo_downloads_the_data_and_runs_end_to_end(msrc_official_zip, fresh_en
     assert json.loads((out / "demo.json").read_text())["settings"]["data"] == str(data)
     summary = (out / "report" / "summary.md").read_text()
     assert f"Data: MSRC-v2 at `{data}` (24 images" in summary
-    assert set(headline) >= {"kmeans_prototype_miou", "kmeans_pixel_miou", "linear_miou"}
+    assert set(headline) >= {"kmeans_prototype_miou", "kmeans_prototype_fused_miou", "kmeans_pixel_miou",
+                             "linear_miou"}  # fmt: skip
     assert all(np.isfinite(v) for v in headline.values())
+    # both saliency sources named, the segment page linked and copied into the report
+    assert "the model's saliency head" in summary and "fused masks of `saliency.generate`" in summary
+    assert "(segment/index.html)" in summary and (out / "report" / "segment" / "index.html").is_file()
+    assert len(list((out / "report" / "overlays").glob("*.png"))) >= 1
     # a second run finds the data in the cache: no request, every stage skipped
     n = len(server.requests)
     demo.main(["--tiny", "--out", str(out), "--threads", "1"])
