@@ -204,10 +204,10 @@ class Clusters:
                 f"are {mine}. Fit the clusters with this checkpoint (eval.segment without --clusters)"
             )
         if self.size != size_key(model.size):
+            fix = f"--size {' '.join(map(str, self.size))}" if self.size else "--size 0 (native resolution)"
             raise ClustersError(
                 f"{source} was fitted at input size {_size_text(self.size)}, and the model runs at "
-                f"{_size_text(size_key(model.size))}; pass --size {' '.join(map(str, self.size or []))} "
-                "(or leave --size out: it follows the clusters)".replace("--size  ", "no --size ")
+                f"{_size_text(size_key(model.size))}; pass {fix} (or leave --size out: it follows the clusters)"
             )
         if self.embed_dim and self.embed_dim != model.embed_dim:
             raise ClustersError(f"{source}: {self.embed_dim}-d embeddings, the model gives {model.embed_dim}-d")
@@ -747,9 +747,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if size_given:
         from eval.arguments import _size_arg
 
-        size: Any = _size_arg(args.size)
+        size: Any = None if list(args.size) == [0] else _size_arg(args.size)
     elif saved is not None:
         size = None if saved.size is None else (saved.size[0] if len(saved.size) == 1 else tuple(saved.size))
+        log.info("input size from --clusters: %s", _size_text(saved.size))
     else:
         size = DEFAULT_SIZE
     ds = _build_images(args)

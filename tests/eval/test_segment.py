@@ -263,9 +263,9 @@ def test_real_checkpoint_cli_and_model_segment(folder, maskcontrast_ckpt, tmp_pa
     images, _ = folder
     out = tmp_path / "r"
     run(maskcontrast_ckpt, images, out, "--k", "2", "--protocol", "pixel", "--fit-pixels", "2000", "--nredo", "2")
-    model = maskcontrast.load_model(maskcontrast_ckpt, "cpu", size=48)
+    model = maskcontrast.load_model(maskcontrast_ckpt, "cpu", size=48, batch_size=4)  # the CLI's batches
     clusters = Clusters.load(out / "clusters.pt")
-    paths = sorted(images.glob("*.png"))[:3]
+    paths = sorted(images.glob("*.png"))[:4]
     labels = model.segment(paths, clusters)
     for p, lab in zip(paths, labels):
         np.testing.assert_array_equal(lab.numpy(), read_index_png(out / "labels" / p.name))
