@@ -212,6 +212,10 @@ class Clusters:
         if self.embed_dim and self.embed_dim != model.embed_dim:
             raise ClustersError(f"{source}: {self.embed_dim}-d embeddings, the model gives {model.embed_dim}-d")
 
+    def apply(self, model: FeatureModel, images: Any, *, masks: Any = None) -> Any:
+        """:func:`segment_images` with this clustering (what ``model.segment(images, clusters)`` calls)."""
+        return segment_images(model, images, self, masks=masks)
+
     def projection(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.pca_mean is None or self.pca_w is None:
             return None

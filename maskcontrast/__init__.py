@@ -31,11 +31,11 @@ _LAZY = {
     "FeatureOutput": "maskcontrast.api",
     "NoSaliencyHeadError": "maskcontrast.api",
     "build_dataset": "maskcontrast.data",
-    "fit_clusters": "maskcontrast.api",
+    "fit_clusters": "eval.segment",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from maskcontrast.api import FeatureModel, FeatureOutput, NoSaliencyHeadError, fit_clusters, load_model
+    from maskcontrast.api import FeatureModel, FeatureOutput, NoSaliencyHeadError, load_model
     from maskcontrast.data import build_dataset
 
 

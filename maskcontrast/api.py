@@ -77,7 +77,6 @@ __all__ = [
     "FeatureModel",
     "SegmentLikeOutput",
     "load_model",
-    "fit_clusters",
     "to_image_tensor",
     "target_size",
     "upsample_embedding",
@@ -495,17 +494,16 @@ class FeatureModel(nn.Module):
     def segment(self, images: Any, clusters: Any, *, masks: Any = None) -> torch.Tensor | list[torch.Tensor]:
         """Label every pixel with a fitted clustering: ``B x H x W`` int64, 0 = background, ``1..k``
         the clusters (a list when the image sizes differ), the same as ``python -m eval.segment``'s
-        label PNGs. ``clusters``: :func:`fit_clusters`, or ``eval.segment.Clusters.load("clusters.pt")``;
-        ``masks``: one ``H x W`` object mask per image for clusters fitted with a masks folder.
+        label PNGs. ``clusters``: ``maskcontrast.fit_clusters(...)``, or
+        ``eval.segment.Clusters.load("clusters.pt")``; ``masks``: one ``H x W`` object mask per image
+        for clusters fitted with a masks folder. The clustering applies itself (``clusters.apply``).
 
         Example::
 
             clusters = maskcontrast.fit_clusters(model, ["a.jpg", "b.jpg", "c.jpg"], k=2)
             labels = model.segment(["d.jpg", "e.jpg"], clusters)     # 2 x H x W when same-sized
         """
-        from eval.segment import segment_images
-
-        return segment_images(self, images, clusters, masks=masks)
+        return clusters.apply(self, images, masks=masks)
 
     def _collect(
         self, images: Any, what: str, size: int | Sequence[int] | None, resolution: str
@@ -583,14 +581,3 @@ def load_model(
     model.to(get_device(device))
     log.info("loaded %r", model)
     return model
-
-
-def fit_clusters(model: FeatureModel, images: Any, k: int, protocol: str = "prototype", **kwargs: Any) -> Any:
-    """Fit ``k`` clusters on images for :meth:`FeatureModel.segment` (``eval.segment.fit_clusters``,
-    whose docstring lists the options): the clustering ``python -m eval.segment`` writes as ``clusters.pt``.
-
-    Example: ``clusters = fit_clusters(model, images, k=10)``; ``clusters.centroids.shape == (10, 32)``.
-    """
-    from eval.segment import fit_clusters as _fit
-
-    return _fit(model, images, k, protocol, **kwargs)

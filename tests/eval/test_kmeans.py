@@ -202,3 +202,20 @@ def test_summarize_seeds_uses_given_mappings():
     fixed = summarize_seeds([conf], [0], ["a", "b"], "hungarian", mappings=[np.array([0, 1])])
     assert own["miou_mean"] == 1.0 and own["pixel_acc"] == 1.0
     assert fixed["miou_mean"] == 0.0 and fixed["pixel_acc"] == 0.0
+
+
+@pytest.mark.data
+def test_cli_fit_split(shared_root, moco_ckpt, tmp_path):
+    root = shared_root("pet")
+    out = tmp_path / "km.json"
+    result = main(["--checkpoint", str(moco_ckpt), "--dataset", "pet", "--root", str(root), "--dataset-arg",
+                   "target=species", "--fit-split", "trainval", "--split", "test", "--limit", "6", "--size", "64",
+                   "--workers", "0", "--seeds", "2", "--k", "3", "--saliency-source", "gt", "--json", str(out),
+                   "--no-progress"])  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["fit_split"] == "trainval" and data["split"] == "test" and data["fit"]["n_images"] == 6
+    assert data["seeds"][0]["mapping"] == result["seeds"][0]["mapping"]
+    assert 0 <= data["pixel_acc"] <= 1 and "pixel_acc_std" in data
+    with pytest.raises(ValueError, match="is the scored split itself"):
+        main(["--checkpoint", str(moco_ckpt), "--dataset", "pet", "--root", str(root), "--fit-split", "test",
+              "--split", "test", "--k", "3", "--saliency-source", "gt"])  # fmt: skip
