@@ -654,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest in ("checkpoint", "dataset"):
             action.required = False
             action.default = None
+        if action.dest == "size":
+            action.help = (f"network input size: one value = shorter side, two = H W, 0 = native resolution "
+                           f"(default {DEFAULT_SIZE}, or the size of --clusters)")  # fmt: skip
     p.add_argument("--model", default=None, help="an exported network (.onnx or TorchScript .pt from "
                    "python -m maskcontrast.export) instead of --checkpoint")  # fmt: skip
     c = p.add_argument_group("clustering")
@@ -892,7 +895,7 @@ def _cli_foreground(args: argparse.Namespace, sample: Any, out: FeatureOutput, h
 
 def _assign(
     args: argparse.Namespace, model: FeatureModel, ds: SegmentationDataset, clusters: Clusters,
-    fit_state: dict[str, Any] | None, out: FeatureModel | Path, identity: dict[str, Any], progress: bool,
+    fit_state: dict[str, Any] | None, out: Path, identity: dict[str, Any], progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """Pass 2 (resumable): label PNG and overlay of every image, its segments, and the confusion
     when the images have labels. The prototype protocol reuses pass 1's masks and prototypes."""
