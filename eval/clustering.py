@@ -275,7 +275,9 @@ def pca_whitening(x: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, n
     """Fit PCA whitening (scikit-learn ``PCA(whiten=True, svd_solver="full")``) on ``n x D`` points.
 
     Returns ``(mean (D,), W (D x d))`` such that ``(x - mean) @ W`` is the whitened ``n x d``
-    projection, ``d = min(dim, n, D)``. Directions with zero variance get weight 0.
+    projection, ``d = min(dim, n, D)``. Directions without variance get weight 0: those whose
+    variance is below ``1e-9`` of the largest (float rounding, not data; whitening would blow them
+    up to unit variance).
     """
     from sklearn.decomposition import PCA
 
@@ -287,8 +289,10 @@ def pca_whitening(x: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, n
         log.warning("PCA whitening to %d dimensions instead of %d (only %d points of dimension %d)",
                     d, dim, x.shape[0], x.shape[1])  # fmt: skip
     pca = PCA(n_components=d, whiten=True, svd_solver="full", random_state=seed).fit(x)
-    scale = np.sqrt(pca.explained_variance_)
-    w = np.divide(pca.components_.T, scale, out=np.zeros_like(pca.components_.T), where=scale > 1e-12)
+    var = pca.explained_variance_
+    keep = var > max(1e-24, 1e-9 * float(var.max(initial=0.0)))
+    scale = np.sqrt(var)
+    w = np.divide(pca.components_.T, scale, out=np.zeros_like(pca.components_.T), where=keep[None, :])
     return pca.mean_.astype(np.float32), w.astype(np.float32)
 
 

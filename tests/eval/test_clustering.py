@@ -128,3 +128,17 @@ def test_eval_kmeans_cli_without_faiss(shared_root, moco_ckpt, tmp_path, monkeyp
     # within the spread over K-means seeds
     tol = max(with_faiss["miou_std"], without["miou_std"], 1e-6)
     assert abs(without["miou_mean"] - with_faiss["miou_mean"]) <= tol
+
+
+def test_pca_whitening_leaves_rounding_noise_directions_at_zero():
+    from eval.clustering import pca_whitening
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((40, 4))
+    x[:, 0] = rng.normal(size=40)
+    x[:, 1] = rng.normal(size=40) * 0.1
+    x[:, 2] = 1e-9 * rng.normal(size=40)  # float noise, not data
+    mean, w = pca_whitening(x, 4)
+    y = (x - mean) @ w
+    np.testing.assert_allclose(y.var(0, ddof=1)[:2], [1, 1], rtol=1e-5)
+    assert np.abs(y[:, 2:]).max() < 1e-6
