@@ -494,6 +494,20 @@ class FeatureModel(nn.Module):
             return SegmentLikeOutput(torch.stack(hard), torch.stack(soft))
         return SegmentLikeOutput(hard, soft)
 
+    def segment(self, images: Any, clusters: Any, *, masks: Any = None) -> torch.Tensor | list[torch.Tensor]:
+        """Label every pixel with a fitted clustering: ``B x H x W`` int64, 0 = background, ``1..k``
+        the clusters (a list when the image sizes differ), the same as ``python -m eval.segment``'s
+        label PNGs. ``clusters``: ``maskcontrast.fit_clusters(...)``, or
+        ``eval.segment.Clusters.load("clusters.pt")``; ``masks``: one ``H x W`` object mask per image
+        for clusters fitted with a masks folder. The clustering applies itself (``clusters.apply``).
+
+        Example::
+
+            clusters = maskcontrast.fit_clusters(model, ["a.jpg", "b.jpg", "c.jpg"], k=2)
+            labels = model.segment(["d.jpg", "e.jpg"], clusters)     # 2 x H x W when same-sized
+        """
+        return clusters.apply(self, images, masks=masks)
+
     def _collect(
         self, images: Any, what: str, size: int | Sequence[int] | None, resolution: str
     ) -> torch.Tensor | list[torch.Tensor]:
