@@ -224,7 +224,9 @@ class Extracted:
     notes: list[str] = field(default_factory=list)
 
 
-def _section(ckpt: Mapping[str, Any], layout: str, init_key: str, source: str) -> tuple[Mapping[str, Any], str | None, str]:
+def _section(
+    ckpt: Mapping[str, Any], layout: str, init_key: str, source: str
+) -> tuple[Mapping[str, Any], str | None, str]:
     """``(state dict, entry name, prefix of the backbone keys)`` of ``layout``."""
     if layout == "maskcontrast":
         model = ckpt["model"]
@@ -284,7 +286,9 @@ def extract_backbone(
     return out
 
 
-def backbone_state_dict(ckpt: Mapping[str, Any], layout: str | None = None, init_key: str = "teacher") -> dict[str, torch.Tensor]:
+def backbone_state_dict(
+    ckpt: Mapping[str, Any], layout: str | None = None, init_key: str = "teacher"
+) -> dict[str, torch.Tensor]:
     """The backbone weights of a checkpoint with torchvision (ResNet) or timm (ViT) names."""
     return extract_backbone(ckpt, layout, init_key).sd
 
@@ -422,7 +426,9 @@ def _fit_pos_embed(sd: dict[str, torch.Tensor], target: nn.Module, notes: list[s
         return
     if have[1] != want[1]:
         pos = resample_abs_pos_embed(pos.float(), [want[1], want[1]], [have[1], have[1]], num_prefix_tokens=have[0])
-        notes.append(f"position embedding interpolated from {have[1]}x{have[1]} to {want[1]}x{want[1]} tokens (bicubic)")
+        notes.append(
+            f"position embedding interpolated from {have[1]}x{have[1]} to {want[1]}x{want[1]} tokens (bicubic)"
+        )
     sd["pos_embed"] = pos.to(own.dtype)
 
 
@@ -469,7 +475,11 @@ def load_backbone(
             f"missing keys {_first(missing)}, unexpected keys {_first(unexpected)}; only these may be left out "
             f"for this layout: {[rx for _, rx in IGNORABLE[layout]]}"
         )
-    bad = [f"{k} {tuple(ex.sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if tuple(ex.sd[k].shape) != tuple(own[k].shape)]
+    bad = [
+        f"{k} {tuple(ex.sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if tuple(ex.sd[k].shape) != tuple(own[k].shape)
+    ]
     if bad:
         raise CheckpointError(f"{what} but its shapes do not fit the {arch} backbone (file vs model): {bad[:10]}")
     result = target.load_state_dict(ex.sd, strict=False)
@@ -479,7 +489,9 @@ def load_backbone(
     return report
 
 
-def load_backbone_weights(backbone: nn.Module, source: str | Path | Mapping[str, Any], init_key: str = "teacher") -> str:
+def load_backbone_weights(
+    backbone: nn.Module, source: str | Path | Mapping[str, Any], init_key: str = "teacher"
+) -> str:
     """:func:`load_backbone`, returning only the detected layout."""
     return load_backbone(backbone, source, init_key).layout
 
@@ -549,7 +561,7 @@ def zoo_model_config(sd: Mapping[str, torch.Tensor], layout: str) -> tuple[Model
     return cfg, weights
 
 
-def model_from_checkpoint(source: str | Path | Mapping[str, Any]) -> nn.Module:
+def model_from_checkpoint(source: str | Path | Mapping[str, Any], name: str | None = None) -> nn.Module:
     """Rebuild a :class:`MaskContrastModel` from a maskcontrast checkpoint or an official MaskContrast
     zoo file (pretrained or linear-finetuned), weights loaded strictly; logs one report paragraph.
 
@@ -558,7 +570,7 @@ def model_from_checkpoint(source: str | Path | Mapping[str, Any]) -> nn.Module:
     """
     from maskcontrast.models.segmenter import MaskContrastModel
 
-    name = str(source) if isinstance(source, (str, Path)) else "checkpoint"
+    name = name or (str(source) if isinstance(source, (str, Path)) else "checkpoint")
     ckpt = read_checkpoint(source) if isinstance(source, (str, Path)) else source
     layout = detect_layout(ckpt, name)
     ignored: dict[str, list[str]] = {}
@@ -577,11 +589,11 @@ def model_from_checkpoint(source: str | Path | Mapping[str, Any]) -> nn.Module:
             if group:
                 ignored.setdefault(group, []).append(k)
         try:
-            cfg, weights = zoo_model_config({k: v for k, v in section.items() if k.startswith(keep) and
-                                             not any(k in ks for ks in ignored.values())}, layout)  # fmt: skip
+            cfg, weights = zoo_model_config({k: v for k, v in section.items() if k.startswith(keep)}, layout)
         except CheckpointError as err:
             raise CheckpointError(f"{name}: looked like {LAYOUTS[layout]} but {err}") from None
-        weights.update({k: v for k, v in section.items() if not k.startswith(keep)})  # reported as unexpected
+        dropped = {k for ks in ignored.values() for k in ks}
+        weights.update({k: v for k, v in section.items() if not k.startswith(keep) and k not in dropped})  # unexpected
     else:
         raise CheckpointError(f"{name}: not a maskcontrast checkpoint: a {layout} file holds a backbone only; use it as "
                               "model.backbone.init, or load_model() for features")  # fmt: skip

@@ -9,13 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from maskcontrast.config import ModelConfig
-from maskcontrast.config import BackboneConfig
+from maskcontrast.config import BackboneConfig, ModelConfig
 from maskcontrast.models.backbone import ResNetBackbone
 from maskcontrast.models.vit import ViTBackbone, is_vit_arch
 
-__all__ = ["DeepLabV3Head", "LightHead", "MaskContrastModel", "ModelOutput", "build_backbone", "default_aspp_rates",
-           "head_kind"]
+__all__ = [
+    "DeepLabV3Head",
+    "LightHead",
+    "MaskContrastModel",
+    "ModelOutput",
+    "build_backbone",
+    "default_aspp_rates",
+    "head_kind",
+]
 
 
 def default_aspp_rates(output_stride: int) -> list[int]:

@@ -75,7 +75,9 @@ def spec_of(arch: str, dim: int = 0, depth: int = 0) -> ViTSpec:
     return ViTSpec(s.patch, dim or s.dim, depth or s.depth, s.registers, s.layer_scale)
 
 
-def create_timm_vit(arch: str, img_size: int = 224, dim: int = 0, depth: int = 0, drop_path_rate: float = 0.0) -> nn.Module:
+def create_timm_vit(
+    arch: str, img_size: int = 224, dim: int = 0, depth: int = 0, drop_path_rate: float = 0.0
+) -> nn.Module:
     """``timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, ...)``.
 
     ``dim`` / ``depth`` (0 = the arch's own) override the width and depth; the head count is then
