@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 DEFAULT = "vit_small_patch16_224,vit_small_patch8_224,resnet50:8"
 TINY = "vit_small_patch16_224,vit_small_patch8_224,resnet18:8"
@@ -97,12 +99,14 @@ def _ask(proc: subprocess.Popen, cmd: str | None) -> dict:
 
 def run(configs: list[str], size: int, batch: int, steps: int, warmup: int, threads: int, tiny: bool) -> list[dict]:
     """One worker per config, steps interleaved round robin; returns one result dict per config."""
+    root = str(Path(__file__).resolve().parents[1])  # the workers import this checkout's maskcontrast
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     procs = []
     for conf in configs:
         cmd = [sys.executable, __file__, "--worker", conf, "--size", str(size), "--batch", str(batch),
                "--threads", str(threads), *(["--tiny"] if tiny else [])]  # fmt: skip
         procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))  # fmt: skip
+                                      text=True, env=env))  # fmt: skip
     try:
         for p in procs:
             _ask(p, None)  # built

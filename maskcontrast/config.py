@@ -242,6 +242,18 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"key '{key}': {msg}" if key else msg
 
 
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` (list items by index) exists, without resolving interpolations, so
+    that a key whose value reads an unset environment variable can still be overridden."""
+    parent, _, last = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False) if parent else cfg
+    if isinstance(node, DictConfig):
+        return last in node
+    from omegaconf import ListConfig
+
+    return isinstance(node, ListConfig) and last.isdigit() and int(last) < len(node)
+
+
 def load_config(
     schema: type[T] | T,
     path: str | Path | None = None,
@@ -279,14 +291,13 @@ def load_config(
             raise ConfigError(f"{path}: {_describe(err)}") from err
         except (TypeError, ValueError) as err:  # e.g. a mapping where the schema has a list
             raise ConfigError(f"{path}: {err}") from err
-    missing = object()
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         # list items are addressed by index: data.sources.0.masks=DIR
-        if OmegaConf.select(base, key, default=missing, throw_on_missing=False) is missing:
+        if not _has_key(base, key):
             raise ConfigError(f"override '{item}': unknown key '{key}'; check the spelling against the schema "
                               "(--help lists every key)")  # fmt: skip
         try:
