@@ -43,5 +43,7 @@ setup(
         # listed as a requirement because its wheels exist only for some CUDA versions.
         "gpu": [],
         "crf": ["pydensecrf2"],
+        # python -m maskcontrast.export --format onnx, and eval.segment --model F.onnx
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
     },
 )

@@ -42,9 +42,14 @@ from pathlib import Path
 
 # this checkout's packages, also when another checkout is installed (a run from its own git worktree)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/objectives.py, also when run by a test
 
 import torch
 import torchvision
+from objectives import LABELS as DENSE_LABELS
+from objectives import PRESET_DEFAULTS as DENSE_PRESETS
+from objectives import add_arguments as add_dense_arguments
+from objectives import train_rows
 from omegaconf import OmegaConf
 
 from maskcontrast.config import MocoConfig, PretrainConfig, load_config, save_config
@@ -70,6 +75,9 @@ EVAL_SETS = {
 }
 
 
+#: every model this bench can train: (a)-(d) here, (e)-(h) in bench/objectives.py
+MODELS = "abcdefgh"
+
 #: every evaluation this bench can run, cheapest and most telling first
 EVALS = ("prototype-folder", "linear", "prototype-model", "pixel")
 
@@ -85,6 +93,7 @@ PRESETS: dict[str, dict] = {
         "pretrain_steps": 720,  # about 15 epochs of the images with a usable mask
         "pretrain_lr": 0.03,
         "train_seeds": [0],
+        "models": ["a", "b", "d", "e", "f", "g", "h"],  # (c) on request: --models a b c d ...
         "evals": ["prototype-folder", "linear"],
         "linear_set": ["augment.crop_size=96"],
         "moco_set": ["trainer.precision=bf16", "trainer.channels_last=true", "optim.warmup_steps=50"],
@@ -177,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128, help="training view size")
     p.add_argument("--eval-size", type=int, default=160, help="shorter image side for every evaluation")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="training seeds of (c) and (d)")
-    p.add_argument("--models", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"],
-                   help="models to train and evaluate ((d) needs (b))")  # fmt: skip
+    p.add_argument("--models", nargs="+", default=["a", "b", "c", "d"], choices=list(MODELS),
+                   help="models to train and evaluate ((d) and (h) need (b); (g) needs (e) and (f))")  # fmt: skip
     p.add_argument("--evals", nargs="+", default=list(EVALS), choices=EVALS, help="evaluations to run")
     p.add_argument("--kmeans-seeds", type=int, default=5)
     p.add_argument("--linear-epochs", type=int, default=10)
@@ -196,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-models",
         nargs="+",
         default=None,
-        choices=["a", "b", "c", "d"],
+        choices=list(MODELS),
         help="evaluate only these models (default: every one of --models; e.g. d, when (b) is --moco-run's "
         "and was evaluated there)",
     )
@@ -204,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default="report", choices=("masks", "moco", "train", "report"),
                    help="stop after this stage (the rest can run later: every stage resumes)")  # fmt: skip
     p.add_argument("--report-only", action="store_true", help="only aggregate finished results")
+    add_dense_arguments(p)
     return p
 
 
@@ -211,12 +221,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     preset = p.parse_known_args(argv)[0].preset
     if preset is not None:
-        p.set_defaults(**PRESETS[preset])
+        p.set_defaults(**PRESETS[preset], **DENSE_PRESETS.get(preset, {}))
     args = p.parse_args(argv)
     if args.budget <= 0:
         p.error(f"--budget must be > 0, got {args.budget}")
-    if "d" in args.models and "b" not in args.models:
-        p.error("--models: (d) starts from (b); add b")
+    for row, needs in (("d", "b"), ("h", "b"), ("g", "e"), ("g", "f")):
+        if row in args.models and needs not in args.models:
+            p.error(f"--models: ({row}) needs ({needs}); add {needs}")
     for flag in ("moco_set", "pretrain_set", "linear_set"):
         bad = [o for o in getattr(args, flag) if "=" not in o]
         if bad:
@@ -285,8 +296,8 @@ class Quality:
                "trainer.save_every_epochs=0", "trainer.progress=false"]  # fmt: skip
         return out + ([f"trainer.threads={self.args.threads}"] if self.args.threads else [])
 
-    def train(self, until: str = "report", only: str = "abcd") -> dict[str, Path]:
-        """Train (b), (d), (c) (those of ``--models`` in ``only``; (d) needs (b)); write (a).
+    def train(self, until: str = "report", only: str = MODELS) -> dict[str, Path]:
+        """Train (b), (d), (c), then (e)-(h) (those of ``--models`` in ``only``; bench/objectives.py); write (a).
         Returns model name -> checkpoint."""
         a = self.args
         moco_cfg, pre_cfg = self.write_configs()
@@ -324,6 +335,7 @@ class Quality:
                                 done=run_dir / "done")  # fmt: skip
                 (run_dir / "done").touch()
                 models[f"{name}_seed{seed}"] = run_dir / "last.pt"
+        models.update(train_rows(self, models, only))
         self.export(models)
         return models
 
@@ -334,7 +346,7 @@ class Quality:
         dest.mkdir(exist_ok=True)
         first = self.args.train_seeds[0]
         for name in self.args.models:
-            src = models.get(name if name in "ab" else f"{name}_seed{first}")
+            src = models.get(name if name not in "cd" else f"{name}_seed{first}")
             if src is None:  # not trained yet
                 continue
             target = dest / f"{name}.pt"
@@ -364,7 +376,7 @@ class Quality:
                 out = self.out / "eval" / model / ev
                 km = [*base, "--size", str(a.eval_size), "--k", str(k), "--seeds", str(a.kmeans_seeds), "--overwrite"]
                 sources = [("folder", ["--saliency-source", "folder", "--saliency-dir", str(self.masks_dir(dataset))])]
-                if model[0] in "cd":
+                if model[0] in "cdg":  # MaskContrast models have a saliency head
                     sources.append(("model", ["--saliency-source", "model"]))
                 for src, extra in sources:
                     if f"prototype-{src}" not in a.evals:
@@ -380,7 +392,7 @@ class Quality:
                              *a.linear_set],
                              lin / "results.json"))  # fmt: skip
                 js = out / "kmeans_pixel.json"
-                slow = model[0] in "ab"  # backbone baselines: 512-d pixel features, the slowest of all
+                slow = model[0] in "abef"  # backbone baselines: 512-d pixel features, the slowest of all
                 pixel = ["eval.kmeans", *km, "--protocol", "pixel", "--json", str(js)]
                 if "pixel" in a.evals:
                     jobs.append((4 if slow else 3, f"eval:{model}:{ev}:pixel", pixel, js))
@@ -406,11 +418,12 @@ class Quality:
             )
 
         groups = {g: [g] for g in "ab" if g in self.args.models}
+        groups.update({g: [g] for g in "efgh" if g in self.args.models})
         for m in models:
             if m[0] in "cd" and "_seed" in m:
                 groups.setdefault(m[0], []).append(m)
         labels = {"a": "(a) random init", "b": "(b) MoCo v2 only", "c": "(c) MaskContrast from random",
-                  "d": "(d) MaskContrast from MoCo (paper recipe)"}  # fmt: skip
+                  "d": "(d) MaskContrast from MoCo (paper recipe)", **DENSE_LABELS}  # fmt: skip
         results: dict = {"datasets": {}, "stages": self.runner.finished}
         lines = []
         for ev in self.args.eval_sets:
@@ -437,7 +450,7 @@ class Quality:
             lines += [f"### {ev}", "",
                       "| model | K-means prototype (fused masks) | K-means prototype (own saliency) | K-means pixel | linear |",
                       "|---|---|---|---|---|", *rows, ""]  # fmt: skip
-        signal = {m: t for m in models if m[0] in "cd" and (t := training_signal(self.out / "train" / m))}
+        signal = {m: t for m in models if m[0] in "cdg" and (t := training_signal(self.out / "train" / m))}
         results["training"] = signal
         if signal:
             lines += ["### End of training (pixel-to-prototype task, mean of the last 10% of logged steps)", "",
@@ -485,7 +498,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     q = Quality(args, list(argv if argv is not None else sys.argv[1:]))
     names = [*(g for g in "ab" if g in args.models),
-             *(f"{g}_seed{s}" for s in args.train_seeds for g in "cd" if g in args.models)]  # fmt: skip
+             *(f"{g}_seed{s}" for s in args.train_seeds for g in "cd" if g in args.models),
+             *(g for g in "efgh" if g in args.models)]  # fmt: skip
     if not args.report_only:
         q.make_masks()
         if args.until == "masks":
@@ -493,9 +507,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.until in ("moco", "train"):
             q.train(args.until)
             raise SystemExit(f"stopped after training (--until {args.until}); models in {q.out / 'models'}")
-        # (a), (b), (d) are trained and evaluated before (c): an interrupted run has the paper's comparison
-        q.evaluate(q.train(only="abd"))
-        q.evaluate(q.train(only="abcd"))
+        # (a), (b), (d) first: an interrupted run has the paper's comparison; then (e), (f) (evaluated
+        # before (g), which starts from the better of them), (h), and (c) last
+        for only in ("abd", "abdef", "abdefgh", MODELS):
+            q.evaluate(q.train(only=only))
     q.report(names)
 
 

@@ -13,8 +13,10 @@ Two protocols (see docs/EVAL.md for the exact definitions):
   (the same number from every image) and applied to every pixel at label resolution; Hungarian
   matching when ``k`` equals the number of classes, majority vote when ``k`` is larger.
 
-K-means is faiss (GPU index when ``faiss.get_num_gpus() > 0``) with ``max_points_per_centroid``
-set so that every point is used and ``nredo`` restarts; ``--backend sklearn`` is the reference.
+K-means (eval/clustering.py) is faiss (GPU index when ``faiss.get_num_gpus() > 0``) with
+``max_points_per_centroid`` set so that every point is used and ``nredo`` restarts, or the same
+algorithm in torch (``--backend torch``, on CUDA when present; the default ``auto`` takes it when
+faiss is not installed); ``--backend sklearn`` is the reference.
 
 Memory grows with the number of prototypes (or sampled pixels), never with the full-resolution
 pixels of all images: each image's confusion is accumulated as it streams past.
@@ -48,6 +50,16 @@ from eval.arguments import (
     parse_key_values,
 )
 from eval.caches import StreamCache, checkpoint_fingerprint
+from eval.clustering import (
+    BACKENDS,
+    KMeansResult,
+    assign_clusters,
+    faiss_gpu,
+    kmeans,
+    kmeans_plus_plus,
+    pca_whitening,
+    resolve_backend,
+)
 from eval.metrics import apply_mapping, confusion_matrix, map_confusion, match_clusters, segmentation_scores
 from eval.outputs import (
     add_output_arguments,
@@ -65,6 +77,7 @@ from maskcontrast.cli import run_main
 from maskcontrast.data import DataError, SegmentationDataset
 from maskcontrast.data.base import read_id_list
 from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels
+from maskcontrast.runs import identity_digest
 from maskcontrast.utils import peak_rss_mib, setup_logging
 
 __all__ = [
@@ -89,138 +102,8 @@ log = logging.getLogger("eval.kmeans")
 
 
 # ----------------------------------------------------------------------------------------------
-# Clustering math
+# Confusions and seeds (the clustering maths itself is in eval/clustering.py)
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class KMeansResult:
-    """``centroids``: ``k x d`` float32; ``labels``: ``(n,)`` int64; ``objective``: the sum of
-    squared distances of the points to their centroids (scikit-learn's ``inertia_``)."""
-
-    centroids: np.ndarray
-    labels: np.ndarray
-    objective: float
-
-
-def kmeans(
-    x: np.ndarray,
-    k: int,
-    *,
-    seed: int = 0,
-    niter: int = 100,
-    nredo: int = 10,
-    backend: str = "faiss",
-    gpu: bool | None = None,
-) -> KMeansResult:
-    """K-means of ``n x d`` points into ``k`` clusters, the best of ``nredo`` restarts.
-
-    faiss: k-means++ seeding (:func:`kmeans_plus_plus`, seeded by ``(seed, restart)``), then
-    faiss's Lloyd iterations on every point (``max_points_per_centroid = ceil(n / k) + 1``; faiss's
-    default of 256 would subsample), on the GPU when ``gpu`` is True or (``gpu=None``) when
-    ``faiss.get_num_gpus() > 0``; the restart with the lowest objective is kept.
-    ``backend="sklearn"``: ``sklearn.cluster.KMeans(n_init=nredo, max_iter=niter)``.
-
-    Raises:
-        ValueError: fewer points than clusters, ``k < 1`` or an unknown backend.
-
-    Example: ``kmeans(np.random.rand(1000, 32).astype("float32"), 20, seed=1).labels.shape == (1000,)``
-    """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"points must be n x d, got shape {x.shape}")
-    n, d = x.shape
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if n < k:
-        raise ValueError(f"cannot make {k} clusters from {n} points; evaluate more images or use a smaller k")
-    if backend == "faiss":
-        import faiss
-
-        use_gpu = faiss.get_num_gpus() > 0 if gpu is None else gpu
-        best: tuple[float, np.ndarray, np.ndarray] | None = None
-        for redo in range(max(1, nredo)):
-            km = faiss.Kmeans(
-                d,
-                k,
-                niter=niter,
-                nredo=1,
-                seed=int(seed) + redo,
-                verbose=False,
-                gpu=bool(use_gpu),
-                max_points_per_centroid=math.ceil(n / k) + 1,
-                min_points_per_centroid=1,
-            )
-            km.train(x, init_centroids=kmeans_plus_plus(x, k, np.random.default_rng([int(seed), redo])))
-            dist, idx = km.index.search(x, 1)
-            obj = float(dist.astype(np.float64).sum())
-            if best is None or obj < best[0]:
-                best = (obj, np.asarray(km.centroids, dtype=np.float32).reshape(k, d), idx[:, 0].astype(np.int64))
-        assert best is not None
-        centroids, labels = best[1], best[2]
-    elif backend == "sklearn":
-        from sklearn.cluster import KMeans
-
-        skm = KMeans(n_clusters=k, n_init=nredo, max_iter=niter, random_state=seed).fit(x)
-        centroids = skm.cluster_centers_.astype(np.float32)
-        labels = skm.labels_.astype(np.int64)
-    else:
-        raise ValueError(f"backend must be faiss or sklearn, got {backend!r}")
-    diff = x.astype(np.float64) - centroids[labels].astype(np.float64)
-    return KMeansResult(centroids, labels, float(np.einsum("ij,ij->", diff, diff)))
-
-
-def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) with greedy local trials: each new centre
-    is the best of ``2 + ln k`` candidates drawn with probability proportional to the squared
-    distance to the nearest chosen centre. ``n x d`` float32 -> ``k x d`` float32."""
-    n = x.shape[0]
-    x64 = x.astype(np.float64)
-    sq = np.einsum("ij,ij->i", x64, x64)
-    centers = np.empty((k, x.shape[1]), dtype=np.float64)
-    centers[0] = x64[rng.integers(n)]
-    closest = np.maximum(sq - 2 * x64 @ centers[0] + centers[0] @ centers[0], 0)
-    trials = 2 + int(np.log(k))
-    for c in range(1, k):
-        total = closest.sum()
-        if total <= 0:  # fewer distinct points than clusters: any point will do
-            cand = rng.integers(n, size=trials)
-        else:
-            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
-            cand = np.minimum(cand, n - 1)
-        d2 = np.maximum(sq[None, :] - 2 * x64[cand] @ x64.T + sq[cand][:, None], 0)
-        new_closest = np.minimum(closest[None, :], d2)
-        best = int(np.argmin(new_closest.sum(1)))
-        centers[c] = x64[cand[best]]
-        closest = new_closest[best]
-    return centers.astype(np.float32)
-
-
-def pca_whitening(x: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fit PCA whitening (scikit-learn ``PCA(whiten=True, svd_solver="full")``) on ``n x D`` points.
-
-    Returns ``(mean (D,), W (D x d))`` such that ``(x - mean) @ W`` is the whitened ``n x d``
-    projection, ``d = min(dim, n, D)``. Directions with zero variance get weight 0.
-    """
-    from sklearn.decomposition import PCA
-
-    x = np.asarray(x, dtype=np.float64)
-    if dim < 1:
-        raise ValueError(f"PCA dimension must be >= 1, got {dim}")
-    d = min(dim, x.shape[0], x.shape[1])
-    if d < dim:
-        log.warning("PCA whitening to %d dimensions instead of %d (only %d points of dimension %d)",
-                    d, dim, x.shape[0], x.shape[1])  # fmt: skip
-    pca = PCA(n_components=d, whiten=True, svd_solver="full", random_state=seed).fit(x)
-    scale = np.sqrt(pca.explained_variance_)
-    w = np.divide(pca.components_.T, scale, out=np.zeros_like(pca.components_.T), where=scale > 1e-12)
-    return pca.mean_.astype(np.float32), w.astype(np.float32)
-
-
-def assign_clusters(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """``N x d`` points, ``k x d`` centroids -> ``(N,)`` int64 nearest-centroid (squared L2) ids."""
-    scores = x @ centroids.T - 0.5 * centroids.square().sum(1)
-    return scores.argmax(1)
 
 
 def prototype_confusion(clusters: np.ndarray, fg_hist: np.ndarray, bg_hist: np.ndarray, k: int) -> np.ndarray:
@@ -249,16 +132,20 @@ def summarize_seeds(
     class_names: Sequence[str],
     matching: str,
     objectives: Sequence[float] | None = None,
+    mappings: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Match every seed's ``k x C`` confusion, score it, and average over seeds.
 
+    ``mappings``: one cluster -> class mapping per seed fitted elsewhere (``--fit-split``: on
+    the fit split); None matches each confusion itself.
+
     Returns ``{"miou_mean", "miou_std" (sample std, 0 for one seed), "per_class" (mean IoU per
-    class over seeds), "pixel_acc" (mean), "seeds": [{"seed", "miou", "pixel_acc", "objective",
-    "mapping"}]}``; IoUs and accuracies are fractions in ``[0, 1]``.
+    class over seeds), "pixel_acc" (mean), "pixel_acc_std", "seeds": [{"seed", "miou",
+    "pixel_acc", "objective", "mapping"}]}``; IoUs and accuracies are fractions in ``[0, 1]``.
     """
     per_seed, ious = [], []
     for i, (seed, conf) in enumerate(zip(seeds, confs)):
-        mapping = match_clusters(conf, matching)
+        mapping = match_clusters(conf, matching) if mappings is None else np.asarray(mappings[i], dtype=np.int64)
         scores = segmentation_scores(map_confusion(conf, mapping))
         ious.append(scores.per_class_iou)
         per_seed.append({
@@ -274,6 +161,7 @@ def summarize_seeds(
         "miou_std": float(mious.std(ddof=1)) if len(mious) > 1 else 0.0,
         "per_class": {name: float(v) for name, v in zip(class_names, per_class)},
         "pixel_acc": float(np.mean([s["pixel_acc"] for s in per_seed])),
+        "pixel_acc_std": float(np.std([s["pixel_acc"] for s in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0,
         "seeds": per_seed,
     }
 
@@ -371,23 +259,56 @@ def cluster_prototypes(
     Returns per seed the ``(n,)`` cluster of every image (0 for images without a prototype, whose
     foreground histogram is empty anyway) and the K-means objective.
     """
+    clusters, objectives, _fits = fit_prototype_clusters(stats, k, seeds, pca_dim, **km)
+    return clusters, objectives
+
+
+@dataclass
+class ClusterFit:
+    """What applies a fitted clustering to other images: ``centroids`` per seed (``k x d``) and
+    the PCA whitening ``proj = (mean (D,), W (D x d))`` (None without)."""
+
+    centroids: list[np.ndarray]
+    proj: tuple[np.ndarray, np.ndarray] | None
+
+
+def fit_prototype_clusters(
+    stats: PrototypeStats, k: int, seeds: Sequence[int], pca_dim: int, **km: Any
+) -> tuple[list[np.ndarray], list[float], ClusterFit]:
+    """:func:`cluster_prototypes`, also returning the fit (:class:`ClusterFit`)."""
     x = stats.prototypes[stats.has_proto]
     if k < 2:
         raise ValueError(f"the prototype protocol needs k >= 2 (k - 1 object clusters + background), got {k}")
     if len(x) < k - 1:
         raise ValueError(f"{k - 1} object clusters need at least {k - 1} images with a salient region, got "
                          f"{len(x)}; evaluate more images or use a smaller --k")  # fmt: skip
-    if pca_dim > 0:
-        mean, w = pca_whitening(x, pca_dim)
-        x = (x - mean) @ w
-    clusters, objectives = [], []
+    proj = pca_whitening(x, pca_dim) if pca_dim > 0 else None
+    if proj is not None:
+        x = (x - proj[0]) @ proj[1]
+    clusters, objectives, cents = [], [], []
     for seed in seeds:
         res = kmeans(x, k - 1, seed=seed, **km)
         full = np.zeros(len(stats.ids), dtype=np.int64)
         full[stats.has_proto] = res.labels
         clusters.append(full)
         objectives.append(res.objective)
-    return clusters, objectives
+        cents.append(res.centroids)
+    return clusters, objectives, ClusterFit(cents, proj)
+
+
+def assign_prototypes(stats: PrototypeStats, fit: ClusterFit) -> list[np.ndarray]:
+    """Per seed, the ``(n,)`` nearest fitted cluster of every image's prototype (0 without one)."""
+    x = stats.prototypes[stats.has_proto]
+    if fit.proj is not None:
+        x = (x - fit.proj[0]) @ fit.proj[1]
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    out = []
+    for cent in fit.centroids:
+        full = np.zeros(len(stats.ids), dtype=np.int64)
+        if len(xt):
+            full[stats.has_proto] = assign_clusters(xt, torch.from_numpy(cent)).numpy()
+        out.append(full)
+    return out
 
 
 def run_prototype_protocol(
@@ -406,10 +327,11 @@ def run_prototype_protocol(
 ) -> tuple[dict[str, Any], PrototypeStats, list[np.ndarray]]:
     """The paper's protocol end to end. Returns (result dict, per-image stats, clusters per seed)."""
     stats = prototype_pass(model, ds, source, workers=workers, cache=cache, progress=progress)
-    clusters, objectives = cluster_prototypes(stats, k, seeds, pca_dim, **km)
+    clusters, objectives, fit = fit_prototype_clusters(stats, k, seeds, pca_dim, **km)
     confs = [prototype_confusion(cl, stats.fg_hist, stats.bg_hist, k) for cl in clusters]
     result = summarize_seeds(confs, seeds, ds.info.classes, matching, objectives)
     result.update(n_prototypes=int(stats.has_proto.sum()), n_without_mask=int((~stats.has_proto).sum()))
+    result["_fit"] = fit  # taken out by PrototypeProtocol.fit (not JSON)
     return result, stats, clusters
 
 
@@ -446,7 +368,6 @@ def run_pixel_protocol(
     Returns (result dict, centroids per seed, PCA ``(mean, W)`` or None).
     """
     info = ds.info
-    c = info.num_classes
     if fit_pixels < k:
         raise ValueError(f"--fit-pixels ({fit_pixels}) must be at least k ({k})")
     per_image = max(1, math.ceil(fit_pixels / len(ds)))
@@ -469,29 +390,48 @@ def run_pixel_protocol(
     results = [kmeans(xf, k, seed=s, **km) for s in seeds]
     centroids = [r.centroids for r in results]
     # pass 2: every pixel
-    device = model.device
-    cents = [torch.from_numpy(cc).to(device) for cc in centroids]
-    proj_t = (torch.from_numpy(proj[0]).to(device), torch.from_numpy(proj[1]).to(device)) if proj is not None else None
     cache2 = None
     if cache2_dir is not None:
         settings = dict(cache_settings or {}, centroids=_array_digest(centroids), proj=_array_digest(proj or []))
         cache2 = StreamCache(cache2_dir / "pixel_pass2.pt", settings, every=cache1.every if cache1 else 100)
-    done2, state2 = cache2.load() if cache2 is not None else (0, None)
-    confs = [cf.numpy() for cf in state2["confs"]] if state2 else [np.zeros((k, c), np.int64) for _ in seeds]
-    for i, sample, out in iter_model_outputs(model, ds, workers=workers, start=done2, desc="pixel assign",
+    confs = pixel_confusions(model, ds, ClusterFit(centroids, proj), k, workers=workers, cache=cache2,
+                             progress=progress)  # fmt: skip
+    result = summarize_seeds(confs, seeds, info.classes, matching, [r.objective for r in results])
+    result.update(fit_pixels=len(x), fit_pixels_per_image=per_image)
+    return result, centroids, proj
+
+
+def pixel_confusions(
+    model: FeatureModel,
+    ds: SegmentationDataset,
+    fit: ClusterFit,
+    k: int,
+    *,
+    workers: int = 0,
+    cache: StreamCache | None = None,
+    progress: bool = True,
+) -> list[np.ndarray]:
+    """Assign every pixel of ``ds`` to the fitted clusters: one ``k x C`` confusion per seed (resumable)."""
+    info = ds.info
+    c = info.num_classes
+    device = model.device
+    cents = [torch.from_numpy(cc).to(device) for cc in fit.centroids]
+    proj = fit.proj
+    proj_t = (torch.from_numpy(proj[0]).to(device), torch.from_numpy(proj[1]).to(device)) if proj is not None else None
+    done, state = cache.load() if cache is not None else (0, None)
+    confs = [cf.numpy() for cf in state["confs"]] if state else [np.zeros((k, c), np.int64) for _ in cents]
+    for i, sample, out in iter_model_outputs(model, ds, workers=workers, start=done, desc="pixel assign",
                                              progress=progress):  # fmt: skip
         label = _label_of(sample, ds)
         feats = normalised_pixels(out.embedding, sample.size, proj=proj_t)
         for j, cent in enumerate(cents):
             pred = assign_clusters(feats, cent).cpu().numpy()
             confs[j] += confusion_matrix(pred, label.reshape(-1), k, c, info.ignore_index)
-        if cache2 is not None and cache2.due(i + 1):
-            cache2.save(i + 1, {"confs": [torch.from_numpy(cf) for cf in confs]})
-    if cache2 is not None:
-        cache2.save(len(ds), {"confs": [torch.from_numpy(cf) for cf in confs]})
-    result = summarize_seeds(confs, seeds, info.classes, matching, [r.objective for r in results])
-    result.update(fit_pixels=len(x), fit_pixels_per_image=per_image)
-    return result, centroids, proj
+        if cache is not None and cache.due(i + 1):
+            cache.save(i + 1, {"confs": [torch.from_numpy(cf) for cf in confs]})
+    if cache is not None:
+        cache.save(len(ds), {"confs": [torch.from_numpy(cf) for cf in confs]})
+    return confs
 
 
 def _array_digest(arrays: Any) -> str:
@@ -536,6 +476,13 @@ class _Protocol:
 
     def predict(self, index: int, sample: Any, out: Any, ds: SegmentationDataset) -> np.ndarray:
         """The ``H x W`` cluster of every pixel of image ``index`` (first seed)."""
+        raise NotImplementedError
+
+    def confusions(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0,
+                   cache_dir: Path | None = None, settings: dict[str, Any] | None = None, save_every: int = 100,
+                   progress: bool = True) -> list[np.ndarray]:  # fmt: skip
+        """Apply the clustering fitted by :meth:`fit` to other images (``--fit-split``): one ``k x C``
+        confusion per seed; :meth:`predict` then refers to ``ds``."""
         raise NotImplementedError
 
     def pictures(self, vis_dir: Path, n: int, model: FeatureModel, ds: SegmentationDataset, mapping: np.ndarray,
@@ -588,7 +535,17 @@ class PrototypeProtocol(_Protocol):
             workers=workers, cache=cache, progress=progress, **self.km,
         )  # fmt: skip
         self.clusters = clusters[0]
+        self.fitted = result.pop("_fit")
         return result
+
+    def confusions(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0,
+                   cache_dir: Path | None = None, settings: dict[str, Any] | None = None, save_every: int = 100,
+                   progress: bool = True) -> list[np.ndarray]:  # fmt: skip
+        cache = StreamCache(cache_dir / "prototypes.pt", dict(settings or {}), save_every) if cache_dir else None
+        stats = prototype_pass(model, ds, self.source, workers=workers, cache=cache, progress=progress)
+        clusters = assign_prototypes(stats, self.fitted)
+        self.clusters = clusters[0]
+        return [prototype_confusion(cl, stats.fg_hist, stats.bg_hist, self.k) for cl in clusters]
 
     def predict(self, index: int, sample: Any, out: Any, ds: SegmentationDataset) -> np.ndarray:
         if self.clusters is None:
@@ -624,7 +581,14 @@ class PixelProtocol(_Protocol):
             progress=progress, **self.km,
         )  # fmt: skip
         self.centroids, self.proj = cents[0], proj
+        self.fitted = ClusterFit(cents, proj)
         return result
+
+    def confusions(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0,
+                   cache_dir: Path | None = None, settings: dict[str, Any] | None = None, save_every: int = 100,
+                   progress: bool = True) -> list[np.ndarray]:  # fmt: skip
+        cache = StreamCache(cache_dir / "pixel_pass2.pt", dict(settings or {}), save_every) if cache_dir else None
+        return pixel_confusions(model, ds, self.fitted, self.k, workers=workers, cache=cache, progress=progress)
 
     def predict(self, index: int, sample: Any, out: Any, ds: SegmentationDataset) -> np.ndarray:
         if self.centroids is None:
@@ -670,11 +634,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--niter", type=int, default=100, help="K-means iterations per restart (default 100)")
     g.add_argument("--nredo", type=int, default=10, help="K-means restarts, the best objective is kept (default 10)")
-    g.add_argument(
-        "--backend", default="faiss", choices=("faiss", "sklearn"), help="K-means implementation (default faiss)"
-    )
+    g.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="K-means implementation: auto = faiss when installed, else torch (on CUDA when present); "
+                        "sklearn = the reference (default auto)")  # fmt: skip
     g.add_argument("--fit-pixels", type=int, default=100_000,
                    help="pixel protocol: pixels sampled (evenly over images) to fit K-means (default 100000)")  # fmt: skip
+    g.add_argument("--fit-split", default=None,
+                   help="fit the clustering and the cluster -> class matching on this split and score --split "
+                        "with them (e.g. --fit-split train --split val). Default: fit and score on the same "
+                        "images, the paper's protocol (docs/EVAL.md)")  # fmt: skip
     g.add_argument("--matching", default=None, choices=("auto", "hungarian", "majority"),
                    help="cluster -> class mapping (default: hungarian for prototype; auto for pixel = hungarian "
                         "when k <= classes, majority vote when k > classes)")  # fmt: skip
@@ -702,15 +670,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError("--saliency-source folder needs --saliency-dir DIR")
     model = model_from_args(args)
     ds = dataset_from_args(args, masks=masks)
+    ds_fit = dataset_from_args(args, split=args.fit_split, masks=masks) if args.fit_split else None
+    if ds_fit is not None and ds_fit.split == ds.split and ds_fit.ids == ds.ids:
+        raise ValueError(f"--fit-split {args.fit_split} is the scored split itself; leave --fit-split out for the "
+                         "paper's protocol, or pass another split")  # fmt: skip
     info = ds.info
     if info.num_classes == 0:
         raise ValueError(f"dataset '{args.dataset}' has no labels; K-means evaluation needs ground truth")
     k = args.k if args.k is not None else info.num_classes
-    if args.protocol == "prototype" and k - 1 > len(ds):
+    fit_ds = ds_fit if ds_fit is not None else ds
+    if args.protocol == "prototype" and k - 1 > len(fit_ds):
         raise ValueError(f"--k {k} needs at least {k - 1} images (one prototype per image), and {args.dataset} "
-                         f"has {len(ds)} here; use a smaller --k or more images")  # fmt: skip
+                         f"has {len(fit_ds)} here; use a smaller --k or more images")  # fmt: skip
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    km = {"niter": args.niter, "nredo": args.nredo, "backend": args.backend}
+    km = {"niter": args.niter, "nredo": args.nredo, "backend": resolve_backend(args.backend)}
     settings = {
         "checkpoint": checkpoint_fingerprint(args.checkpoint), "output_stride": args.output_stride, "size": args.size,
         "dataset": args.dataset, "root": str(ds.root), "split": ds.split, "dataset_args": parse_key_values(args.dataset_arg),
@@ -718,6 +691,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }  # fmt: skip
     cache_dir = Path(args.cache) if args.cache else None
     progress = not args.no_progress
+    log.info("K-means backend: %s", km["backend"])
     log.info("evaluating %s on %s/%s (%d images, %d classes), %s protocol, k=%d", args.checkpoint, args.dataset,
              ds.split, len(ds), info.num_classes, args.protocol, k)  # fmt: skip
     common = {"k": k, "seeds": seeds, "pca_dim": args.pca_dim, "matching": args.matching, "km": km}
@@ -728,8 +702,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         protocol = PixelProtocol(fit_pixels=args.fit_pixels, first_seed=args.first_seed, **common)
     protocol.check(model, info)
-    result = protocol.fit(model, ds, workers=args.workers, cache_dir=cache_dir, settings=settings,
-                          save_every=args.save_every, progress=progress)  # fmt: skip
+    if ds_fit is None:
+        result = protocol.fit(model, ds, workers=args.workers, cache_dir=cache_dir, settings=settings,
+                              save_every=args.save_every, progress=progress)  # fmt: skip
+    else:
+        result = fit_on_other_split(protocol, model, ds_fit, ds, workers=args.workers, cache_dir=cache_dir,
+                                    settings=settings, save_every=args.save_every, progress=progress)  # fmt: skip
     result = {
         **result,
         "protocol": args.protocol,
@@ -737,12 +715,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "n_images": len(ds),
         "dataset": args.dataset,
         "split": ds.split,
+        "fit_split": ds_fit.split if ds_fit is not None else ds.split,
+        "fitted_on": "the scored images (the paper's protocol)"
+        if ds_fit is None
+        else f"split {ds_fit.split} ({len(ds_fit)} images): clustering and matching, scored on {ds.split}",
         "checkpoint": str(args.checkpoint),
         "layout": model.layout,
         "saliency_source": protocol.describe()["saliency_source"],
         "matching": protocol.matching,
         "pca_dim": args.pca_dim,
-        "kmeans": {**km, "gpu": _faiss_gpu() if args.backend == "faiss" else False},
+        "kmeans": {**km, "gpu": _kmeans_on_gpu(km["backend"])},
         "size": args.size,
         "units": "fractions in [0, 1]",
         "peak_rss_mib": peak_rss_mib(),
@@ -763,10 +745,46 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _faiss_gpu() -> bool:
-    import faiss
+def fit_on_other_split(
+    protocol: _Protocol,
+    model: FeatureModel,
+    ds_fit: SegmentationDataset,
+    ds: SegmentationDataset,
+    *,
+    workers: int = 0,
+    cache_dir: Path | None = None,
+    settings: dict[str, Any] | None = None,
+    save_every: int = 100,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``--fit-split``: fit the clustering (PCA, K-means per seed) and each seed's cluster -> class
+    matching on ``ds_fit``, then score ``ds`` with both, unchanged. Nothing of ``ds`` is seen
+    before it is scored. The result has the scores of ``ds`` and, under ``"fit"``, those of the
+    fit split (matched on itself, as the paper's protocol would score it)."""
+    settings = dict(settings or {})
+    fit_settings = {**settings, "split": ds_fit.split, "ids": ds_fit.ids}
+    fit_result = protocol.fit(model, ds_fit, workers=workers, cache_dir=cache_dir / "fit" if cache_dir else None,
+                              settings=fit_settings, save_every=save_every, progress=progress)  # fmt: skip
+    fitted = getattr(protocol, "fitted", None)
+    eval_settings = {**settings, "fit_split": ds_fit.split, "fit_ids": identity_digest(ds_fit.ids),
+                     "fit": _array_digest(fitted.centroids) if fitted is not None else None}  # fmt: skip
+    confs = protocol.confusions(model, ds, workers=workers, cache_dir=cache_dir / "scored" if cache_dir else None,
+                                settings=eval_settings, save_every=save_every, progress=progress)  # fmt: skip
+    mappings = [np.asarray(s["mapping"]) for s in fit_result["seeds"]]
+    result = summarize_seeds(confs, protocol.seeds, ds.info.classes, protocol.matching,
+                             [s["objective"] for s in fit_result["seeds"]], mappings=mappings)  # fmt: skip
+    result["fit"] = {
+        "split": ds_fit.split, "n_images": len(ds_fit), "miou_mean": fit_result["miou_mean"],
+        "miou_std": fit_result["miou_std"], "pixel_acc": fit_result["pixel_acc"],
+        **{k: v for k, v in fit_result.items() if k in ("n_prototypes", "n_without_mask", "fit_pixels")},
+    }  # fmt: skip
+    return result
 
-    return faiss.get_num_gpus() > 0
+
+def _kmeans_on_gpu(backend: str) -> bool:
+    if backend == "faiss":
+        return faiss_gpu()
+    return backend == "torch" and torch.cuda.is_available()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "FeatureModel", "FeatureOutput", "NoSaliencyHeadError", "build_dataset"]
+__all__ = [
+    "__version__",
+    "load_model",
+    "FeatureModel",
+    "FeatureOutput",
+    "NoSaliencyHeadError",
+    "build_dataset",
+    "fit_clusters",
+]
 
 _LAZY = {
     "load_model": "maskcontrast.api",
@@ -23,6 +31,7 @@ _LAZY = {
     "FeatureOutput": "maskcontrast.api",
     "NoSaliencyHeadError": "maskcontrast.api",
     "build_dataset": "maskcontrast.data",
+    "fit_clusters": "eval.segment",
 }
 
 if TYPE_CHECKING:  # pragma: no cover

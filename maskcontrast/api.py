@@ -272,7 +272,10 @@ def _backbone_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
 def _net_kind(net: nn.Module) -> _NetKind:
     """The :class:`_NetKind` of a MaskContrastModel (full network) or a ResNet / ViT backbone (baseline)."""
     if isinstance(net, MaskContrastModel):
-        return _NetKind("maskcontrast", net.backbone.arch, net.backbone.output_stride, net.cfg.head_channels,
+        feature_dim = (
+            net.backbone.out_channels if getattr(net.cfg, "head", "deeplab") == "stego" else net.cfg.head_channels
+        )
+        return _NetKind("maskcontrast", net.backbone.arch, net.backbone.output_stride, feature_dim,
                         net.embed_dim, net.saliency_head is not None, _maskcontrast_outputs)  # fmt: skip
     if isinstance(net, (ResNetBackbone, ViTBackbone)):
         return _NetKind("backbone", net.arch, net.output_stride, net.out_channels, net.out_channels, False,
@@ -497,6 +500,20 @@ class FeatureModel(nn.Module):
         if all(s.shape == soft[0].shape for s in soft):
             return SegmentLikeOutput(torch.stack(hard), torch.stack(soft))
         return SegmentLikeOutput(hard, soft)
+
+    def segment(self, images: Any, clusters: Any, *, masks: Any = None) -> torch.Tensor | list[torch.Tensor]:
+        """Label every pixel with a fitted clustering: ``B x H x W`` int64, 0 = background, ``1..k``
+        the clusters (a list when the image sizes differ), the same as ``python -m eval.segment``'s
+        label PNGs. ``clusters``: ``maskcontrast.fit_clusters(...)``, or
+        ``eval.segment.Clusters.load("clusters.pt")``; ``masks``: one ``H x W`` object mask per image
+        for clusters fitted with a masks folder. The clustering applies itself (``clusters.apply``).
+
+        Example::
+
+            clusters = maskcontrast.fit_clusters(model, ["a.jpg", "b.jpg", "c.jpg"], k=2)
+            labels = model.segment(["d.jpg", "e.jpg"], clusters)     # 2 x H x W when same-sized
+        """
+        return clusters.apply(self, images, masks=masks)
 
     def _collect(
         self, images: Any, what: str, size: int | Sequence[int] | None, resolution: str

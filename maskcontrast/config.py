@@ -49,6 +49,7 @@ __all__ = [
     "add_config_arguments",
     "resolve_config",
     "DataSourceConfig",
+    "RegionsConfig",
     "DataConfig",
     "AugmentConfig",
     "OptimConfig",
@@ -58,6 +59,14 @@ __all__ = [
     "MocoModelConfig",
     "MocoObjectiveConfig",
     "MocoConfig",
+    "DetConModelConfig",
+    "DetConObjectiveConfig",
+    "DetConConfig",
+    "DenseCLModelConfig",
+    "DenseCLObjectiveConfig",
+    "DenseCLConfig",
+    "StegoObjectiveConfig",
+    "StegoConfig",
 ]
 
 
@@ -215,20 +224,24 @@ class BackboneConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone -> head (DeepLabv3 or light) -> embedding head and saliency head.
+    """Backbone -> head (DeepLabv3, light or STEGO) -> embedding head and saliency head.
 
-    ``head``: ``deeplab`` (ASPP + 3x3 conv, the paper), ``light`` (1x1 + 3x3 conv) or ``auto``
+    ``head``: ``deeplab`` (ASPP + 3x3 conv, the paper), ``light`` (1x1 + 3x3 conv), ``stego``
+    (docs/OBJECTIVES.md) or ``auto``
     (deeplab on a ResNet, light on a ViT: a ViT's tokens already mix the whole image through
     self-attention, so ASPP's atrous context adds little, and on a 14-16 px token grid its
     dilations mostly sample padding).
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    head: str = bounded("auto", choices=("auto", "deeplab", "light"))
     head_channels: int = bounded(256, ge=1)
     aspp_rates: list[int] | None = None  # None: 12/24/36 at OS8, 6/12/18 at OS16
     embed_dim: int = bounded(32, ge=1)
     saliency_head: bool = True
+    # deeplab: ASPP decoder -> 1x1 embedding (MaskContrast); light: 1x1 + 3x3 conv decoder (docs/BACKBONES.md);
+    # auto: deeplab on a ResNet, light on a ViT; stego: a linear plus a nonlinear 1x1 branch straight on the
+    # backbone features (the STEGO head, docs/OBJECTIVES.md)
+    head: str = bounded("auto", choices=("auto", "deeplab", "light", "stego"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,6 +370,20 @@ class DataSourceConfig:
 
 
 @dataclass
+class RegionsConfig:
+    """Region masks made from the image itself (``data.mask_source: felzenszwalb | grid``), see
+    :mod:`maskcontrast.data.regions`. Felzenszwalb runs on the image as kept in memory
+    (``data.load_size``), once per image, cached under ``cache_dir``."""
+
+    grid_cells: int = bounded(4, ge=1, le=15)  # grid: cells per side
+    scale: float = bounded(100.0, gt=0.0)  # felzenszwalb: larger -> larger segments
+    sigma: float = bounded(0.8, ge=0.0)  # felzenszwalb: Gaussian pre-smoothing
+    min_size: int = bounded(50, ge=1)  # felzenszwalb: smallest segment, pixels at data.load_size
+    max_regions: int = bounded(32, ge=1, le=255)  # felzenszwalb: the smallest segments are merged down to this
+    cache_dir: str | None = "~/.cache/maskcontrast/regions"  # null: recompute every time (no disk cache)
+
+
+@dataclass
 class DataConfig:
     """Where training images (and object masks) come from and how they are loaded on the CPU."""
 
@@ -369,6 +396,10 @@ class DataConfig:
     )  # an image whose object mask covers less is skipped (counted)
     num_workers: int = bounded(2, ge=0)  # DataLoader worker processes (0 = load in the main process)
     cache_images: bool = False  # keep resized images in RAM after their first load (best with num_workers=0)
+    # the masks of an objective that needs them: masks (the sources' masks folders / own masks, e.g.
+    # saliency.generate's), felzenszwalb (segments of the image) or grid (data.regions.grid_cells^2 cells)
+    mask_source: str = bounded("masks", choices=("masks", "felzenszwalb", "grid"))
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
 
 
 @dataclass
@@ -514,3 +545,110 @@ def resolve_config(cfg: DictConfig, source: str = "config") -> DictConfig:
                           f"or as overrides, e.g. {missing[0]}=...")  # fmt: skip
     check_values(cfg, source)
     return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# The other dense objectives (docs/OBJECTIVES.md): DetCon, DenseCL, a STEGO-style head
+# ----------------------------------------------------------------------------------------------
+
+#: ResNets the dense objectives build (the keys of ``maskcontrast.models.ARCHS``)
+RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+@dataclass
+class DetConModelConfig:
+    """A ResNet (plain, output stride 32 as the paper, or dilated as MaskContrast's backbone) with
+    DetCon's MLP projector (and predictor for DetConB). Checkpoints keep the MoCo layout
+    (``module.encoder_q.<resnet key>``), so ``model.backbone.init`` of MaskContrast reads them."""
+
+    arch: str = bounded("resnet50", choices=RESNET_ARCHS)
+    output_stride: int = bounded(32, choices=(8, 16, 32))  # 32: the paper; 8: 8x finer regions at small views
+    init: str = "random"  # random | torchvision | a checkpoint of any known layout (backbone only)
+    proj_hidden: int = bounded(4096, ge=1)  # projector / predictor: Linear(C, hidden) BN ReLU Linear(hidden, dim)
+    proj_dim: int = bounded(256, ge=1)
+
+
+@dataclass
+class DetConObjectiveConfig:
+    """DetCon's region contrastive loss (DetConS: SimCLR-style; DetConB: predictor + momentum target)."""
+
+    variant: str = bounded("b", choices=("s", "b"))
+    temperature: float = bounded(0.1, gt=0.0)  # paper: 0.1
+    regions_per_image: int = bounded(16, ge=1)  # paper: 16 masks sampled per image
+    key_momentum: float = bounded(0.996, ge=0.0, le=1.0)  # DetConB target EMA (paper: BYOL's 0.996, cosine to 1)
+
+
+@dataclass
+class DetConConfig:
+    """``python -m maskcontrast.detcon``: every option of a DetCon run."""
+
+    model: DetConModelConfig = field(default_factory=DetConModelConfig)
+    objective: DetConObjectiveConfig = field(default_factory=DetConObjectiveConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(mask_source="felzenszwalb"))
+    # region masks cover the image: no object-area constraint on the crops
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(blur_p=0.5, min_mask_area=0.0,
+                                                                         max_mask_area=1.0))  # fmt: skip
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=256, lr=0.3, schedule="cosine",
+                                                                   weight_decay=1e-6, warmup_steps=0))  # fmt: skip
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(run_dir="runs/detcon", epochs=300))
+
+
+@dataclass
+class DenseCLModelConfig:
+    """A ResNet with DenseCL's two heads: the global MLP of MoCo v2 (``fc``) and a dense 1x1-conv MLP.
+    Checkpoints keep the MoCo layout plus ``module.dense_head_q.*``."""
+
+    arch: str = bounded("resnet50", choices=RESNET_ARCHS)
+    output_stride: int = bounded(32, choices=(8, 16, 32))  # 32: the paper (7x7 dense grid at 224 px)
+    init: str = "random"
+    dim: int = bounded(128, ge=1)
+
+
+@dataclass
+class DenseCLObjectiveConfig:
+    """MoCo v2's global InfoNCE plus the dense InfoNCE over matched locations."""
+
+    temperature: float = bounded(0.2, gt=0.0)
+    queue_size: int = bounded(65536, ge=0)  # global and dense queues (paper: 65,536 each)
+    key_momentum: float = bounded(0.999, ge=0.0, le=1.0)
+    dense_weight: float = bounded(0.5, ge=0.0, le=1.0)  # lambda: (1 - lambda) L_global + lambda L_dense
+
+
+@dataclass
+class DenseCLConfig:
+    """``python -m maskcontrast.densecl``: every option of a DenseCL run."""
+
+    model: DenseCLModelConfig = field(default_factory=DenseCLModelConfig)
+    objective: DenseCLObjectiveConfig = field(default_factory=DenseCLObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(blur_p=0.5))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=256, lr=0.03, schedule="cosine"))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(run_dir="runs/densecl", epochs=200))
+
+
+@dataclass
+class StegoObjectiveConfig:
+    """STEGO's correspondence loss over three kinds of pairs, each with its weight and shift ``b``."""
+
+    neighbours: int = bounded(7, ge=1)  # K nearest neighbours by frozen global feature (paper: 7)
+    self_weight: float = bounded(0.67, ge=0.0)
+    self_shift: float = 0.18
+    knn_weight: float = bounded(0.25, ge=0.0)
+    knn_shift: float = 0.12
+    random_weight: float = bounded(0.63, ge=0.0)
+    random_shift: float = 0.46
+    pointwise: bool = True  # centre the feature correlation per location (STEGO's pointwise option)
+
+
+@dataclass
+class StegoConfig:
+    """``python -m maskcontrast.stego``: a STEGO-style head on a frozen backbone (``model.head=stego``)."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(head="stego", embed_dim=70, saliency_head=False))
+    objective: StegoObjectiveConfig = field(default_factory=StegoObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=32, lr=0.01, schedule="constant",
+                                                                   weight_decay=0.0))  # fmt: skip
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(run_dir="runs/stego", epochs=0,
+                                                                         max_steps=5000))  # fmt: skip

@@ -17,11 +17,15 @@ On that data it runs, each stage through the same command line a user would type
 1. ``saliency.generate``: unsupervised object masks (fused classical estimators);
 2. ``maskcontrast.moco``: a MoCo v2 initialisation on the images (labels unused);
 3. ``maskcontrast.pretrain``: MaskContrast from that initialisation, with the masks of step 1;
-4. ``eval.linear`` (CPU config, seeded 80/20 split) and ``eval.kmeans`` (prototype and pixel
-   protocols);
-5. a report folder: ``summary.md`` (headline numbers, per-class IoU, every command with its wall
-   time), ``per_class_iou.png``, ``overlays/`` (image | ground truth | K-means | linear) and the
-   TensorBoard logs of every training stage.
+4. ``eval.linear`` (CPU config, seeded 80/20 split) and ``eval.kmeans`` (prototype protocol with
+   the object masks of the model's saliency head and with the fused masks of step 1, and the pixel
+   protocol);
+5. ``eval.segment`` on the linear probe's held-out images (fused masks, the network at the
+   training image size): label maps, overlays, contact sheets and an ``index.html``;
+6. a report folder: ``summary.md`` (headline numbers, per-class IoU, every command with its wall
+   time, a link to the segment page), ``per_class_iou.png``, ``overlays/`` (image | ground truth |
+   fused mask | K-means with the model's saliency | K-means with the fused masks | linear),
+   ``segment/`` (the page) and the TensorBoard logs of every training stage.
 
 Every stage is resumable: run the same command again after an interruption and finished stages
 are skipped. ``--overwrite`` starts afresh. The stages run as subprocesses, so this module imports
@@ -95,7 +99,7 @@ PRESETS = {
     "default": Budget(moco_steps=120, moco_batch=64, pretrain_steps=300, pretrain_batch=16, image_size=128,
                       linear_epochs=10, kmeans_seeds=5, overlays=6),
     "fast": Budget(moco_steps=20, moco_batch=32, pretrain_steps=40, pretrain_batch=8, image_size=96,
-                   linear_epochs=3, kmeans_seeds=2, overlays=4),
+                   linear_epochs=3, kmeans_seeds=2, overlays=4, fit_pixels=30000),
     "tiny": Budget(moco_steps=2, moco_batch=8, pretrain_steps=2, pretrain_batch=4, image_size=64,
                    linear_epochs=1, kmeans_seeds=1, overlays=1, linear_size=64, fit_pixels=5000),
 }  # fmt: skip
@@ -134,6 +138,10 @@ class Demo:
     def report_dir(self) -> Path:
         return self.out / "report"
 
+    @property
+    def segment_dir(self) -> Path:
+        return self.eval_dir / "segment"
+
     # -- running -------------------------------------------------------------------------------
     def run(self, name: str, args: list[str], done: Path | None = None) -> None:
         try:
@@ -168,12 +176,20 @@ class Demo:
         self.run("linear", ["eval.linear", "--config", str(CONFIGS / "eval" / "linear_cpu.yaml"), *common,
                             "--out", str(linear), "--vis", str(b.overlays), f"epochs={b.linear_epochs}",
                             f"data.split_seed={self.seed}", *linear_size], done=linear / "results.json")  # fmt: skip
-        for protocol in ("prototype", "pixel"):
-            js = self.eval_dir / f"kmeans_{protocol}.json"
+        fused = ["--saliency-source", "folder", "--saliency-dir", str(self.masks)]
+        for name, protocol, extra in (("prototype", "prototype", []), ("prototype_fused", "prototype", fused),
+                                      ("pixel", "pixel", [])):  # fmt: skip
+            js = self.eval_dir / f"kmeans_{name}.json"
             fit = ["--fit-pixels", str(b.fit_pixels)] if protocol == "pixel" and b.fit_pixels is not None else []
-            self.run(f"kmeans-{protocol}", ["eval.kmeans", *common, "--protocol", protocol, "--k", "21",
+            self.run(f"kmeans-{name.replace('_', '-')}", ["eval.kmeans", *common, "--protocol", protocol, "--k", "21",
                                             "--seeds", str(b.kmeans_seeds), "--json", str(js), "--vis", str(b.overlays),
-                                            "--vis-ids", str(linear / "split_val.txt"), "--overwrite", *fit], done=js)  # fmt: skip
+                                            "--vis-ids", str(linear / "split_val.txt"), "--overwrite", *extra, *fit],
+                     done=js)  # fmt: skip
+        n_val = len([x for x in (linear / "split_val.txt").read_text().split() if x])
+        self.run("segment", ["eval.segment", *common, "--ids", str(linear / "split_val.txt"), "--k",
+                             str(max(1, min(20, n_val))), "--saliency-source", "folder", "--masks", str(self.masks),
+                             "--size", str(b.image_size), "--seed", str(self.seed), "--out", str(self.segment_dir)],
+                 done=self.segment_dir / "segment.json")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,29 +230,36 @@ def per_class_chart(path: Path, results: dict[str, dict[str, float | None]], tit
 
 
 def overlay_panels(demo: Demo, n: int) -> list[Path]:
-    """``image | ground truth | K-means (prototype) | linear`` for the linear probe's first val images."""
+    """``image | ground truth | fused mask | K-means (prototype, model saliency) | K-means (prototype,
+    fused masks) | linear`` for the linear probe's first val images."""
     from maskcontrast.data import build_dataset
 
     ds = build_dataset("msrc", demo.data)
     palette = ds.info.palette_array()
     lin_pred = demo.eval_dir / "linear" / "vis" / "pred"
     km_pred = demo.eval_dir / "kmeans_prototype_vis" / "pred"
+    km_fused_pred = demo.eval_dir / "kmeans_prototype_fused_vis" / "pred"
     out_dir = demo.report_dir / "overlays"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def by_name(folder: Path) -> dict[str, Path]:  # "<index>_<safe id>.png" -> "<safe id>.png"
         return {p.name.split("_", 1)[1]: p for p in sorted(folder.glob("*.png"))}
 
-    km_files = by_name(km_pred)
+    km_files, km_fused_files = by_name(km_pred), by_name(km_fused_pred) if km_fused_pred.is_dir() else {}
     written = []
     for name, lin in list(by_name(lin_pred).items())[:n]:
-        km = km_files.get(name)
-        if km is None:
+        km, km_fused = km_files.get(name), km_fused_files.get(name)
+        if km is None or km_fused is None:
             continue
-        sample = ds.load(Path(name).stem.replace("__", "/"))
+        sample_id = Path(name).stem.replace("__", "/")
+        sample = ds.load(sample_id)
         gt = palette[sample.label] if sample.label is not None else np.zeros_like(sample.image)
+        mask_file = demo.masks / f"{sample_id}.png"
+        fused = read_index_png(mask_file) > 0 if mask_file.is_file() else np.zeros(sample.image.shape[:2], bool)
+        mask_rgb = np.where(fused[..., None], sample.image, (sample.image * 0.25).astype(np.uint8))
         target = out_dir / name
-        write_panel(target, [sample.image, gt, palette[read_index_png(km)], palette[read_index_png(lin)]])
+        write_panel(target, [sample.image, gt, mask_rgb, palette[read_index_png(km)],
+                             palette[read_index_png(km_fused)], palette[read_index_png(lin)]])  # fmt: skip
         written.append(target)
     return written
 
@@ -246,17 +269,22 @@ def write_report(demo: Demo) -> dict[str, Any]:
     rep = demo.report_dir
     rep.mkdir(parents=True, exist_ok=True)
     km_proto = _load_json(demo.eval_dir / "kmeans_prototype.json")
+    km_fused = _load_json(demo.eval_dir / "kmeans_prototype_fused.json")
+    segment = _load_json(demo.segment_dir / "segment.json")
     km_pixel = _load_json(demo.eval_dir / "kmeans_pixel.json")
     linear = _load_json(demo.eval_dir / "linear" / "results.json")
     headline = {
         "kmeans_prototype_miou": km_proto["miou_mean"],
         "kmeans_prototype_miou_std": km_proto["miou_std"],
+        "kmeans_prototype_fused_miou": km_fused["miou_mean"],
+        "kmeans_prototype_fused_miou_std": km_fused["miou_std"],
         "kmeans_pixel_miou": km_pixel["miou_mean"],
         "kmeans_pixel_miou_std": km_pixel["miou_std"],
         "linear_miou": linear["miou"],
     }
     per_class = {
-        "K-means, prototype": km_proto["per_class"],
+        "K-means, prototype (model saliency)": km_proto["per_class"],
+        "K-means, prototype (fused masks)": km_fused["per_class"],
         "K-means, pixel": km_pixel["per_class"],
         "linear probe": linear["per_class"],
     }
@@ -267,6 +295,15 @@ def write_report(demo: Demo) -> dict[str, Any]:
                       ("linear", demo.eval_dir / "linear" / "tb")):  # fmt: skip
         if src.is_dir():
             shutil.copytree(src, tb / name, dirs_exist_ok=True)
+    seg_report = rep / "segment"
+    for part in ("index.html", "overlays", "sheets", "labels", "clusters.pt", "segment.json"):
+        src = demo.segment_dir / part
+        if src.is_dir():
+            shutil.copytree(src, seg_report / part, dirs_exist_ok=True)
+        elif src.is_file():
+            seg_report.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, seg_report / part)
+    seg_scores = segment.get("scores") or {}
     classes = list(km_proto["per_class"])
 
     def pct(v: float | None) -> str:
@@ -282,12 +319,30 @@ def write_report(demo: Demo) -> dict[str, Any]:
         "",
         "| evaluation | mIoU | notes |",
         "|---|---|---|",
-        f"| K-means, prototype protocol (paper) | {pct(km_proto['miou_mean'])} ± {pct(km_proto['miou_std'])} | "
-        f"k = {km_proto['k']}, {len(km_proto['seeds'])} seeds, all images, saliency from the model |",
+        f"| K-means, prototype protocol (paper), object masks = the model's saliency head | "
+        f"{pct(km_proto['miou_mean'])} ± {pct(km_proto['miou_std'])} | k = {km_proto['k']}, "
+        f"{len(km_proto['seeds'])} seeds, all images, pixel accuracy {pct(km_proto['pixel_acc'])} |",
+        f"| K-means, prototype protocol (paper), object masks = the fused masks of `saliency.generate` | "
+        f"{pct(km_fused['miou_mean'])} ± {pct(km_fused['miou_std'])} | k = {km_fused['k']}, "
+        f"{len(km_fused['seeds'])} seeds, all images, pixel accuracy {pct(km_fused['pixel_acc'])} |",
         f"| K-means, pixel protocol | {pct(km_pixel['miou_mean'])} ± {pct(km_pixel['miou_std'])} | "
-        f"k = {km_pixel['k']}, {len(km_pixel['seeds'])} seeds, all images |",
+        f"k = {km_pixel['k']}, {len(km_pixel['seeds'])} seeds, all images, no object masks, pixel accuracy "
+        f"{pct(km_pixel['pixel_acc'])} |",
         f"| linear probe | {pct(linear['miou'])} | trained on {linear['n_train']} images, scored on {linear['n_val']} "
         "held-out images (seeded split) |",
+        "",
+        "After a short run the saliency head often calls almost everything salient, so the first row's clusters "
+        "cover whole images; the second row uses the fused classical masks the model was trained with.",
+        "",
+        f"**Segment page**: [segment/index.html](segment/index.html): `eval.segment` on the {segment['n_segmented']} "
+        f"held-out images, {segment['k']} clusters, fused masks, network input {demo.budget.image_size} px"
+        + (
+            f" (mIoU {pct(seg_scores.get('miou'))}, pixel accuracy {pct(seg_scores.get('pixel_acc'))} after "
+            "matching, one K-means seed)"
+            if seg_scores
+            else ""
+        )
+        + ".",
         "",
         "These numbers come from a few minutes of CPU training; they show that the pipeline works, not what the "
         "method reaches with a full budget (docs/BENCHMARKS.md compares baselines at a fixed budget).",
@@ -296,15 +351,16 @@ def write_report(demo: Demo) -> dict[str, Any]:
         "",
         "![per-class IoU](per_class_iou.png)",
         "",
-        "| class | K-means prototype | K-means pixel | linear |",
-        "|---|---|---|---|",
+        "| class | K-means prototype (model saliency) | K-means prototype (fused masks) | K-means pixel | linear |",
+        "|---|---|---|---|---|",
         *(
-            f"| {c} | {pct(km_proto['per_class'].get(c))} | {pct(km_pixel['per_class'].get(c))} | "
-            f"{pct(linear['per_class'].get(c))} |"
+            f"| {c} | {pct(km_proto['per_class'].get(c))} | {pct(km_fused['per_class'].get(c))} | "
+            f"{pct(km_pixel['per_class'].get(c))} | {pct(linear['per_class'].get(c))} |"
             for c in classes
         ),
         "",
-        "## Pictures (image | ground truth | K-means prototype | linear probe)",
+        "## Pictures (image | ground truth | fused object mask | K-means prototype, model saliency | "
+        "K-means prototype, fused masks | linear probe)",
         "",
         *(f"![{p.stem}](overlays/{p.name})" for p in overlays),
         "",
@@ -481,6 +537,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"maskcontrast demo finished in {total / 60:.1f} min; report: {demo.report_dir / 'summary.md'}")
     print(f"  K-means, prototype protocol: mIoU {100 * headline['kmeans_prototype_miou']:.1f} "
           f"± {100 * headline['kmeans_prototype_miou_std']:.1f} %")  # fmt: skip
+    print(f"  K-means, prototype, fused masks: mIoU {100 * headline['kmeans_prototype_fused_miou']:.1f} "
+          f"± {100 * headline['kmeans_prototype_fused_miou_std']:.1f} %")  # fmt: skip
+    print(f"  segment page: {demo.report_dir / 'segment' / 'index.html'}")
     print(f"  K-means, pixel protocol:     mIoU {100 * headline['kmeans_pixel_miou']:.1f} "
           f"± {100 * headline['kmeans_pixel_miou_std']:.1f} %")  # fmt: skip
     print(f"  linear probe:                mIoU {100 * headline['linear_miou']:.1f} %")

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from maskcontrast.config import ConfigError, config_to_dict, save_config
 from maskcontrast.data import DataError, SegmentationDataset, build_dataset
+from maskcontrast.data.regions import RegionMaker
 from maskcontrast.data.views import EpochBatchSampler, PairedViewDataset, Views, ViewSampler
 from maskcontrast.momentum import update_momentum
 from maskcontrast.objectives.base import Objective
@@ -212,10 +213,21 @@ def build_sources(data_cfg: Any, need_mask: bool) -> list[SegmentationDataset]:
     return out
 
 
+def region_maker(data_cfg: Any) -> RegionMaker | None:
+    """The :class:`RegionMaker` of ``data.mask_source`` (None for ``masks``: mask files are read)."""
+    source = str(data_cfg.get("mask_source", "masks"))
+    if source == "masks":
+        return None
+    r = data_cfg.regions
+    return RegionMaker(source, grid_cells=r.grid_cells, scale=r.scale, sigma=r.sigma, min_size=r.min_size,
+                       max_regions=r.max_regions, cache_dir=r.cache_dir)  # fmt: skip
+
+
 def build_view_dataset(cfg: Any, need_mask: bool) -> PairedViewDataset:
     """The :class:`PairedViewDataset` of a training config (``data``, ``augment``, ``trainer.seed``)."""
+    regions = region_maker(cfg.data) if need_mask else None
     return PairedViewDataset(
-        build_sources(cfg.data, need_mask),
+        build_sources(cfg.data, need_mask and regions is None),
         image_size=cfg.data.image_size,
         need_mask=need_mask,
         augment=cfg.augment,
@@ -223,6 +235,7 @@ def build_view_dataset(cfg: Any, need_mask: bool) -> PairedViewDataset:
         min_mask_fraction=cfg.data.min_mask_fraction,
         seed=cfg.trainer.seed,
         cache_images=cfg.data.cache_images,
+        regions=regions,
     )
 
 
@@ -310,6 +323,7 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
     if len(dataset) < ocfg.batch_size:
         raise ConfigError(f"{len(dataset)} usable images are fewer than one batch (optim.batch_size="
                           f"{ocfg.batch_size}); lower the batch size or add data")  # fmt: skip
+    objective.prepare_data(dataset)  # e.g. STEGO's frozen-feature bank and neighbours (a no-op for most)
     batch_sampler = EpochBatchSampler(len(dataset), per_rank, tcfg.seed, env.rank, env.world_size)
     workers = int(cfg.data.num_workers)
     loader = DataLoader(

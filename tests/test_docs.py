@@ -74,6 +74,10 @@ def _schema(module: str):
         from maskcontrast.config import MocoConfig
 
         return MocoConfig
+    if module in ("maskcontrast.detcon", "maskcontrast.densecl", "maskcontrast.stego"):
+        import importlib
+
+        return importlib.import_module(module).CLI["schema"]
     if module == "saliency.refine":
         from saliency.refine import RefineConfig
 
@@ -99,7 +103,8 @@ def test_the_docs_show_commands_of_every_entry_point():
     modules = {m for _, m, _ in COMMANDS}
     for entry in ("maskcontrast.pretrain", "maskcontrast.moco", "eval.kmeans", "eval.linear", "saliency.generate",
                   "saliency.refine", "saliency.evaluate", "maskcontrast.extract", "eval.oneshot", "eval.propagation",
-                  "maskcontrast.data.download"):  # fmt: skip
+                  "maskcontrast.data.download", "maskcontrast.detcon", "maskcontrast.densecl",
+                  "maskcontrast.stego"):  # fmt: skip
         assert entry in modules, f"no documented command of python -m {entry}"
 
 

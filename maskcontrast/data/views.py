@@ -44,6 +44,7 @@ from torch.utils.data import Dataset, Sampler
 from maskcontrast.config import AugmentConfig
 from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.data.record import DataError
+from maskcontrast.data.regions import RegionMaker
 
 __all__ = [
     "Views",
@@ -70,12 +71,14 @@ class Views:
         key: ``B x 3 x S x S`` (second view).
         query_mask: ``B x S x S`` long object ids of the query view, or None (MoCo).
         key_mask: ``B x S x S`` long object ids of the key view, or None.
+        index: ``B`` long dataset entries the views come from (:class:`PairedViewDataset`), or None.
     """
 
     query: torch.Tensor
     key: torch.Tensor
     query_mask: torch.Tensor | None = None
     key_mask: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -156,7 +159,8 @@ class PairedViewDataset(Dataset):
     * ``mask``: ``L x L`` uint8 object ids (``0 x 0`` when ``need_mask`` is False);
     * ``boxes``: ``views x 5`` float ``(x0, y0, w, h, flip)`` inside the valid image area;
     * ``skipped``: images passed over for this item (no usable mask, or no valid view);
-    * ``redraws``: crop boxes redrawn for the mask-area constraint.
+    * ``redraws``: crop boxes redrawn for the mask-area constraint;
+    * ``index``: the entry the item was made from (another one than asked when that was skipped).
 
     Args:
         datasets: readers from ``maskcontrast.data``; their images are concatenated.
@@ -167,6 +171,8 @@ class PairedViewDataset(Dataset):
         min_mask_fraction: an image whose mask covers less of it is skipped.
         seed: base seed of the per-item generators.
         cache_images: keep resized images in memory after their first load.
+        regions: make each image's mask from the image itself (Felzenszwalb or a grid,
+            :class:`~maskcontrast.data.regions.RegionMaker`) instead of reading mask files.
     """
 
     def __init__(
@@ -180,6 +186,7 @@ class PairedViewDataset(Dataset):
         seed: int = 0,
         cache_images: bool = False,
         views: int = 2,
+        regions: RegionMaker | None = None,
     ) -> None:
         if not datasets:
             raise ValueError("PairedViewDataset needs at least one dataset (data.sources is empty)")
@@ -204,12 +211,15 @@ class PairedViewDataset(Dataset):
         self.seed = seed
         self.views = views
         self.cache_images = cache_images
+        self.regions = regions if need_mask else None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None, int, int]] = {}
         self._bad: set[int] = set()
         self.entries: list[tuple[int, str]] = []
         for di, ds in enumerate(self.datasets):
             ids = list(ds.ids)
-            if need_mask and ds.mask_dir is not None:
+            if self.regions is not None:  # masks are made from the images: no mask files needed
+                pass
+            elif need_mask and ds.mask_dir is not None:
                 have = [i for i in ids if (ds.mask_dir / f"{i}.png").is_file()]
                 if not have:
                     raise DataError(
@@ -254,6 +264,14 @@ class PairedViewDataset(Dataset):
         di, sid = self.entries[index]
         sample = self.datasets[di].load(sid)
         mask = sample.mask
+        if self.regions is not None:
+            img, _, nh, nw = self._resize(sample.image, None)
+            regions = np.zeros(img.shape[:2], dtype=np.uint8)
+            regions[:nh, :nw] = self.regions(img[:nh, :nw], key=f"{self.datasets[di].root}/{sid}")
+            item = (img, regions, nh, nw)
+            if self.cache_images:
+                self._cache[index] = item
+            return item
         if self.need_mask:
             if mask is None or float((mask > 0).mean()) < self.min_mask_fraction:
                 return None
@@ -264,12 +282,26 @@ class PairedViewDataset(Dataset):
             self._cache[index] = item
         return item
 
+    def load_resized(self, index: int) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+        """Entry ``index`` as kept in memory: ``(L x L x 3 image, L x L mask or None, h, w)``, the image
+        in its top-left ``h x w``.
+
+        Raises:
+            DataError: the entry has no usable mask (only when masks are needed).
+        """
+        item = self._load(index)
+        if item is None:
+            di, sid = self.entries[index]
+            raise DataError(f"{self.datasets[di]!r}: image '{sid}' has no usable mask")
+        return item
+
     def _draw_boxes(
         self, rng: np.random.Generator, h: int, w: int, mask: np.ndarray | None
     ) -> tuple[list[tuple[int, int, int, int]], int] | None:
         """One box per view; None when a view fails the mask-area constraint ``view_attempts`` times."""
         a = self.augment
-        integral = _integral(mask[:h, :w]) if mask is not None else None
+        # region masks cover the whole image: the object-area constraint does not apply to them
+        integral = _integral(mask[:h, :w]) if mask is not None and self.regions is None else None
         boxes, redraws = [], 0
         for _ in range(self.views):
             for attempt in range(a.view_attempts):
@@ -309,6 +341,7 @@ class PairedViewDataset(Dataset):
                     "boxes": box_arr,
                     "skipped": torch.tensor(skipped),
                     "redraws": torch.tensor(redraws),
+                    "index": torch.tensor(index),
                 }
             index = int(rng.integers(0, len(self)))
         raise DataError(
@@ -425,4 +458,5 @@ class ViewSampler(nn.Module):
         x = self.color(x) if len(self.color) else x
         x = (x - self.mean) / self.std
         q, k = x[:b], x[b : 2 * b]
-        return Views(q, k, masks[0] if masks else None, masks[1] if masks else None)
+        index = batch["index"].to(device, non_blocking=True) if "index" in batch else None
+        return Views(q, k, masks[0] if masks else None, masks[1] if masks else None, index)

@@ -14,6 +14,7 @@ from maskcontrast.models.backbone import ResNetBackbone
 from maskcontrast.models.vit import ViTBackbone, is_vit_arch
 
 __all__ = [
+    "CorrespondenceHead",
     "DeepLabV3Head",
     "LightHead",
     "MaskContrastModel",
@@ -72,13 +73,30 @@ def build_backbone(cfg: BackboneConfig | Any) -> ResNetBackbone | ViTBackbone:
 
 
 def head_kind(cfg: ModelConfig | Any) -> str:
-    """``deeplab`` or ``light``: ``cfg.head``, where ``auto`` means deeplab on a ResNet, light on a ViT."""
+    """``deeplab``, ``light`` or ``stego``: ``cfg.head``, where ``auto`` means deeplab on a ResNet,
+    light on a ViT."""
     head = str(getattr(cfg, "head", "auto"))
     if head == "auto":
         return "light" if is_vit_arch(cfg.backbone.arch) else "deeplab"
-    if head not in ("deeplab", "light"):
-        raise ValueError(f"model.head must be auto, deeplab or light, got {head!r}")
+    if head not in ("deeplab", "light", "stego"):
+        raise ValueError(f"model.head must be auto, deeplab, light or stego, got {head!r}")
     return head
+
+
+class CorrespondenceHead(nn.Module):
+    """STEGO's head: a linear 1x1 conv plus a nonlinear branch (1x1 conv, ReLU, 1x1 conv), summed:
+    ``B x C x h x w -> B x D x h x w``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Conv2d(in_channels, out_channels, 1)
+        self.nonlinear = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(in_channels, out_channels, 1)
+        )
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.nonlinear(x)
 
 
 class ModelOutput(NamedTuple):
@@ -116,12 +134,20 @@ class MaskContrastModel(nn.Module):
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone)
         self.decoder: nn.Module
-        if head_kind(cfg) == "deeplab":
+        self.embed_head: nn.Module
+        head = head_kind(cfg)
+        if head == "stego":  # the head sits straight on the backbone features
+            if cfg.saliency_head:
+                raise ValueError("model.head=stego has no saliency head: set model.saliency_head=false")
+            self.decoder = nn.Identity()
+            self.embed_head = CorrespondenceHead(self.backbone.out_channels, cfg.embed_dim)
+        elif head == "deeplab":
             rates = list(cfg.aspp_rates) if cfg.aspp_rates else default_aspp_rates(self.backbone.output_stride)
             self.decoder = DeepLabV3Head(self.backbone.out_channels, rates, cfg.head_channels)
+            self.embed_head = nn.Conv2d(cfg.head_channels, cfg.embed_dim, 1)
         else:
             self.decoder = LightHead(self.backbone.out_channels, cfg.head_channels)
-        self.embed_head = nn.Conv2d(cfg.head_channels, cfg.embed_dim, 1)
+            self.embed_head = nn.Conv2d(cfg.head_channels, cfg.embed_dim, 1)
         self.saliency_head = nn.Conv2d(cfg.head_channels, 1, 1, bias=False) if cfg.saliency_head else None
 
     @property

@@ -11,7 +11,18 @@ Example::
 """
 
 from maskcontrast.objectives.base import Objective
+from maskcontrast.objectives.densecl import DenseCLObjective
+from maskcontrast.objectives.detcon import DetConObjective
 from maskcontrast.objectives.maskcontrast import MaskContrastObjective
 from maskcontrast.objectives.moco import MocoObjective, moco_encoder
+from maskcontrast.objectives.stego import StegoObjective
 
-__all__ = ["Objective", "MaskContrastObjective", "MocoObjective", "moco_encoder"]
+__all__ = [
+    "Objective",
+    "MaskContrastObjective",
+    "MocoObjective",
+    "moco_encoder",
+    "DetConObjective",
+    "DenseCLObjective",
+    "StegoObjective",
+]

@@ -57,6 +57,11 @@ class Objective(nn.Module):
         """Restore the state written by :meth:`checkpoint` (strictly)."""
         raise NotImplementedError
 
+    def prepare_data(self, dataset: Any) -> None:
+        """Called once by the trainer with the training :class:`~maskcontrast.data.views.PairedViewDataset`,
+        after the objective is built and moved to its device; objectives that need the whole data set
+        (STEGO's nearest neighbours) read it here. Default: nothing."""
+
     def prepare_input(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
         """A view batch (``B x 3 x H x W``) in the memory layout this objective's networks want;
         the trainer calls it on the query and key views of every step."""

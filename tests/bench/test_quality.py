@@ -46,4 +46,4 @@ def test_eval_models_restricts_the_evaluations(tmp_path: Path, monkeypatch) -> N
     q.evaluate({"b": tmp_path / "b.pt", "d_seed0": tmp_path / "d.pt"})
     assert ran and all(name.startswith("eval:d_seed0:") for name in ran)
     with pytest.raises(SystemExit):
-        quality.parse_args(["--eval-models", "e"])
+        quality.parse_args(["--eval-models", "z"])

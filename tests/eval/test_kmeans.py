@@ -172,3 +172,50 @@ def test_cli_checks_k_before_loading_anything(tmp_path):
     with pytest.raises(ValueError, match="--k must be >= 2"):
         main(["--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "weizmann", "--root", str(tmp_path),
               "--k", "1"])  # fmt: skip
+
+
+@pytest.mark.parametrize("protocol", ["prototype", "pixel"])
+def test_fit_split_scores_with_the_fitted_clustering_and_matching(synthetic, tmp_path, protocol):
+    from eval.kmeans import PixelProtocol, PrototypeProtocol, fit_on_other_split
+
+    ds_fit, model = synthetic
+    (tmp_path / "other").mkdir()
+    ds = type(ds_fit)(tmp_path / "other", n_classes=4, n_images=9, seed=1)  # other images, same classes
+    common = {"k": 4, "seeds": [0, 1]}
+    proto = (PrototypeProtocol(SaliencySource("model"), **common) if protocol == "prototype"
+             else PixelProtocol(fit_pixels=2000, **common))  # fmt: skip
+    result = fit_on_other_split(proto, model, ds_fit, ds, progress=False, cache_dir=tmp_path / "cache")
+    assert result["miou_mean"] == pytest.approx(1.0) and result["pixel_acc"] == pytest.approx(1.0)
+    assert result["fit"]["n_images"] == 12 and result["fit"]["miou_mean"] == pytest.approx(1.0)
+    assert "pixel_acc_std" in result
+    # the scored split's confusion is scored with the fit split's mapping, never re-matched
+    confs = proto.confusions(model, ds, progress=False)
+    mapping = np.asarray(result["seeds"][0]["mapping"])
+    assert (confs[0][np.arange(4), mapping].sum()) == confs[0].sum()
+
+
+def test_summarize_seeds_uses_given_mappings():
+    from eval.kmeans import summarize_seeds
+
+    conf = np.array([[0, 5], [5, 0]])
+    own = summarize_seeds([conf], [0], ["a", "b"], "hungarian")
+    fixed = summarize_seeds([conf], [0], ["a", "b"], "hungarian", mappings=[np.array([0, 1])])
+    assert own["miou_mean"] == 1.0 and own["pixel_acc"] == 1.0
+    assert fixed["miou_mean"] == 0.0 and fixed["pixel_acc"] == 0.0
+
+
+@pytest.mark.data
+def test_cli_fit_split(shared_root, moco_ckpt, tmp_path):
+    root = shared_root("pet")
+    out = tmp_path / "km.json"
+    result = main(["--checkpoint", str(moco_ckpt), "--dataset", "pet", "--root", str(root), "--dataset-arg",
+                   "target=species", "--fit-split", "trainval", "--split", "test", "--limit", "6", "--size", "64",
+                   "--workers", "0", "--seeds", "2", "--k", "3", "--saliency-source", "gt", "--json", str(out),
+                   "--no-progress"])  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["fit_split"] == "trainval" and data["split"] == "test" and data["fit"]["n_images"] == 6
+    assert data["seeds"][0]["mapping"] == result["seeds"][0]["mapping"]
+    assert 0 <= data["pixel_acc"] <= 1 and "pixel_acc_std" in data
+    with pytest.raises(ValueError, match="is the scored split itself"):
+        main(["--checkpoint", str(moco_ckpt), "--dataset", "pet", "--root", str(root), "--fit-split", "test",
+              "--split", "test", "--k", "3", "--saliency-source", "gt"])  # fmt: skip

@@ -127,8 +127,13 @@ def test_demo_downloads_the_data_and_runs_end_to_end(msrc_official_zip, fresh_en
     assert json.loads((out / "demo.json").read_text())["settings"]["data"] == str(data)
     summary = (out / "report" / "summary.md").read_text()
     assert f"Data: MSRC-v2 at `{data}` (24 images" in summary
-    assert set(headline) >= {"kmeans_prototype_miou", "kmeans_pixel_miou", "linear_miou"}
+    assert set(headline) >= {"kmeans_prototype_miou", "kmeans_prototype_fused_miou", "kmeans_pixel_miou",
+                             "linear_miou"}  # fmt: skip
     assert all(np.isfinite(v) for v in headline.values())
+    # both saliency sources named, the segment page linked and copied into the report
+    assert "the model's saliency head" in summary and "fused masks of `saliency.generate`" in summary
+    assert "(segment/index.html)" in summary and (out / "report" / "segment" / "index.html").is_file()
+    assert len(list((out / "report" / "overlays").glob("*.png"))) >= 1
     # a second run finds the data in the cache: no request, every stage skipped
     n = len(server.requests)
     demo.main(["--tiny", "--out", str(out), "--threads", "1"])
@@ -140,3 +145,48 @@ def _backoff_0(fn):
         return fn(*args, **{**kwargs, "backoff_s": 0.0})
 
     return call
+
+
+@pytest.mark.data
+def test_report_names_both_saliency_sources_and_links_the_segment_page(shared_root, tmp_path):
+    """write_report on hand-made stage outputs (the stages themselves: the end-to-end test)."""
+    from maskcontrast.data import write_mask
+
+    data = shared_root("msrc")
+    ds = build_dataset("msrc", data)
+    sid = ds.ids[0]
+    h, w = ds.load(sid).image.shape[:2]
+    d = demo.Demo(out=tmp_path / "out", data=data, budget=demo.PRESETS["tiny"])
+    classes = list(ds.info.classes)
+
+    def km(miou):
+        return {"miou_mean": miou, "miou_std": 0.01, "pixel_acc": 0.5, "k": 21, "seeds": [{}], "n_images": 5,
+                "per_class": {c: miou for c in classes}}  # fmt: skip
+
+    for name, miou in (("prototype", 0.1), ("prototype_fused", 0.2), ("pixel", 0.05)):
+        (d.eval_dir).mkdir(parents=True, exist_ok=True)
+        (d.eval_dir / f"kmeans_{name}.json").write_text(json.dumps(km(miou)))
+    (d.eval_dir / "linear").mkdir()
+    (d.eval_dir / "linear" / "results.json").write_text(
+        json.dumps({"miou": 0.3, "per_class": {c: 0.3 for c in classes}, "n_train": 4, "n_val": 1}))  # fmt: skip
+    d.segment_dir.mkdir()
+    (d.segment_dir / "segment.json").write_text(json.dumps({"n_segmented": 1, "k": 2, "scores": {"miou": 0.25,
+                                                                                                "pixel_acc": 0.6}}))  # fmt: skip
+    (d.segment_dir / "index.html").write_text("<html></html>")
+    label = np.zeros((h, w), np.uint8)
+    for folder in ("linear/vis/pred", "kmeans_prototype_vis/pred", "kmeans_prototype_fused_vis/pred"):
+        write_mask(d.eval_dir / folder / f"0000_{sid}.png", label)
+    mask = np.zeros((h, w), np.uint8)
+    mask[: h // 2] = 255
+    write_mask(d.masks / f"{sid}.png", mask)
+    headline = demo.write_report(d)
+    summary = (d.report_dir / "summary.md").read_text()
+    assert headline["kmeans_prototype_fused_miou"] == 0.2 and headline["kmeans_prototype_miou"] == 0.1
+    assert "object masks = the model's saliency head | 10.0 ± 1.0" in summary
+    assert "object masks = the fused masks of `saliency.generate` | 20.0 ± 1.0" in summary
+    assert "[segment/index.html](segment/index.html)" in summary and "mIoU 25.0" in summary
+    assert (d.report_dir / "segment" / "index.html").is_file()
+    from PIL import Image
+
+    panel = Image.open(d.report_dir / "overlays" / f"{sid}.png")
+    assert panel.size == (6 * w + 5 * 4, h)  # image | gt | fused mask | K-means x 2 | linear

@@ -1,0 +1,146 @@
+"""Every objective learns on synthetic data (64 images of 64 px, 4 object kinds defined by shape and
+texture, random colours and backgrounds, exact masks): with a fixed seed, a few dozen steps raise
+the objective's own training accuracy (mean of the last 10 steps) to at least 5x chance, and for
+DetCon, K-means on the trained object prototypes finds the object kinds better than the same
+network at its initialisation. For MaskContrast that second check is a known negative at this
+budget, kept as a strict xfail. Everything is seeded and runs on the CPU, so the tests fail only
+when learning breaks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+
+from maskcontrast.api import load_model
+from maskcontrast.train import train
+from maskcontrast.utils import seed_everything
+
+from .conftest import build, objective_cfg
+
+STEPS = 40
+
+
+def kind_accuracy(checkpoint, shapes, gray: bool = False) -> float:
+    """K-means (k = 4) on one prototype per object (mask mean of the L2-normalised embedding),
+    matched to the object kinds with the Hungarian method: the share of objects in the right cluster.
+    ``gray``: the images in grayscale (for a network trained on grayscale views)."""
+    model = load_model(checkpoint, device="cpu")
+    protos, kinds = [], []
+    for path in sorted((shapes / "images").glob("*.png")):
+        image = Image.open(path).convert("L").convert("RGB") if gray else Image.open(path)
+        emb = model.embed(image, resolution="input")[0]  # D x H x W
+        objects = torch.from_numpy(np.asarray(Image.open(shapes / "masks" / path.name)).astype(np.int64))
+        kind_map = np.asarray(Image.open(shapes / "kinds" / path.name))
+        for obj in objects.unique().tolist():
+            if obj == 0:
+                continue
+            sel = objects == obj
+            if int(sel.sum()) < 20:  # an object mostly covered by the other one
+                continue
+            protos.append(torch.nn.functional.normalize(emb[:, sel].mean(1), dim=0).numpy())
+            kinds.append(int(np.bincount(kind_map[sel.numpy()]).argmax()))
+    x, y = np.stack(protos), np.array(kinds) - 1
+    pred = KMeans(4, n_init=10, random_state=0).fit_predict(x)
+    table = np.zeros((4, 4))
+    np.add.at(table, (pred, y), 1)
+    rows, cols = linear_sum_assignment(-table)
+    return float(table[rows, cols].sum() / len(y))
+
+
+def init_checkpoint(name, cfg, path):
+    """The network at its initialisation (seeded as the trainer seeds it), as a checkpoint file."""
+    seed_everything(cfg.trainer.seed)
+    torch.save(build(name, cfg)().checkpoint(), path)
+    return path
+
+
+#: no colour augmentation: a few dozen steps from random weights cannot learn colour invariance
+NO_COLOUR = ["augment.color_jitter_p=0", "augment.grayscale_p=0"]
+
+
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("maskcontrast", ["objective.queue_size=16", "optim.lr=0.1", "objective.momentum=0.9", *NO_COLOUR]),
+        (
+            "detcon",
+            [
+                "data.mask_source=grid",
+                "data.regions.grid_cells=4",
+                "augment.min_mask_area=0.0",
+                "augment.max_mask_area=1.0",
+                "optim.lr=0.1",
+                "objective.key_momentum=0.9",
+                *NO_COLOUR,
+            ],
+        ),
+        ("densecl", ["objective.queue_size=32", "optim.lr=0.05", "objective.key_momentum=0.9"]),
+        ("stego", ["optim.lr=0.2"]),
+    ],
+)
+def test_objective_learns_on_synthetic_shapes(name, extra, shapes, moco_backbone, tmp_path):
+    cfg = objective_cfg(
+        name,
+        shapes,
+        tmp_path / "run",
+        f"trainer.max_steps={STEPS}",
+        "trainer.log_every_steps=1",
+        *extra,
+        init=moco_backbone,
+    )
+    history: list[dict[str, float]] = []
+
+    def recording():  # the objective, with its metrics of every step kept
+        obj = build(name, cfg)()
+        forward = obj.forward
+
+        def forward_and_record(views):
+            loss, metrics = forward(views)
+            history.append({k: float(v) for k, v in metrics.items()})
+            return loss, metrics
+
+        obj.forward = forward_and_record
+        return obj
+
+    result = train(cfg, recording, {"maskcontrast": "pretrain"}.get(name, name))
+    m = {k: float(np.mean([h[k] for h in history[-10:]])) for k in history[-1]}  # the last 10 steps
+    print(name, {k: round(v, 4) for k, v in m.items()}, "first:", history[0].get("acc_top1"))
+    if name == "maskcontrast":
+        chance = 1.0 / (m["prototypes"] + 16)
+    elif name == "detcon":
+        chance = 1.0 / max(2 * m["regions"] * 8 - 1, 1)  # every valid region of both views but the row itself
+    elif name == "densecl":
+        chance = 1.0 / (1 + 32)
+    else:
+        chance = 1.0 / (4 * 4 - 1)  # 32 px views at output stride 8: 16 locations
+    assert m["acc_top1"] >= 5 * chance, (name, m)
+    if name == "detcon":
+        before = kind_accuracy(init_checkpoint(name, cfg, tmp_path / "init.pt"), shapes)
+        after = kind_accuracy(result.checkpoint, shapes)
+        assert after > before, (name, before, after)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a known negative: a few dozen MaskContrast steps from random weights learn "
+    "to tell object instances apart (above) but not the object kinds; strict, so a change that "
+    "makes them learn kinds shows up here (docs/OBJECTIVES.md)",
+)
+def test_maskcontrast_prototypes_find_the_kinds_better_than_at_init(shapes, tmp_path):
+    cfg = objective_cfg(
+        "maskcontrast",
+        shapes,
+        tmp_path / "run",
+        f"trainer.max_steps={STEPS}",
+        "objective.queue_size=16",
+        "optim.lr=0.1",
+        "objective.momentum=0.9",
+        *NO_COLOUR,
+    )
+    result = train(cfg, build("maskcontrast", cfg), "pretrain")
+    before = kind_accuracy(init_checkpoint("maskcontrast", cfg, tmp_path / "init.pt"), shapes)
+    assert kind_accuracy(result.checkpoint, shapes) > before
