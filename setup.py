@@ -34,6 +34,7 @@ setup(
         "scikit-image>=0.21",
         "numba>=0.58",
         "matplotlib>=3.7",
+        "timm>=1.0",  # ViT backbones (maskcontrast.models.vit); never downloads weights
     ],
     extras_require={
         # opencv-python-headless: needed by pysodmetrics, which the Makefile installs with --no-deps

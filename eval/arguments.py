@@ -26,8 +26,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, with_size: bool = True)
     """``--checkpoint``, ``--device``, ``--output-stride``, ``--size`` (unless ``with_size=False``),
     ``--batch-size``, ``--amp``, ``--workers``."""
     g = parser.add_argument_group("model")
-    g.add_argument("--checkpoint", required=True, help="maskcontrast checkpoint, official MoCo file or torchvision "
-                   "ResNet state dict (MoCo/torchvision: backbone-only features)")  # fmt: skip
+    g.add_argument("--checkpoint", required=True, help="maskcontrast checkpoint, official MaskContrast zoo file, or a "
+                   "backbone-only MoCo / torchvision / DINO / DINOv2 / MAE file (docs/BACKBONES.md)")  # fmt: skip
     g.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: CUDA when present)")
     g.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32),
                    help="output stride of backbone-only models (default 8, dilated); maskcontrast checkpoints keep theirs")  # fmt: skip
@@ -35,6 +35,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, with_size: bool = True)
         g.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
                        help="resize images before the network: one value = shorter side, two = H W "
                             "(default: native resolution). Predictions are always scored at label resolution")  # fmt: skip
+    g.add_argument("--init-key", default="teacher", choices=("teacher", "student"),
+                   help="network of a full DINO training checkpoint (default teacher)")  # fmt: skip
     g.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     g.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
     g.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2; 0 = main)")
@@ -114,6 +116,7 @@ def model_from_args(args: argparse.Namespace) -> FeatureModel:
         size=_size_arg(getattr(args, "size", None)),
         batch_size=args.batch_size,
         amp=args.amp,
+        init_key=getattr(args, "init_key", "teacher"),
     )
 
 

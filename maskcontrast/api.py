@@ -22,8 +22,12 @@ Outputs:
 sigmoid for saliency); ``resolution="feature"`` returns the network's output grid
 (``ceil(H' / output_stride)`` for a network input of height ``H'``).
 
-Backbone-only models (MoCo, torchvision) are built as a dilated ResNet with output stride 8 by
-default (``output_stride=`` picks 16 or 32), the same dense backbone the MaskContrast model uses.
+Backbone-only ResNet files (MoCo, torchvision) are built as a dilated ResNet with output stride 8
+by default (``output_stride=`` picks 16 or 32), the same dense backbone the MaskContrast model
+uses. Backbone-only ViT files (DINO, full DINO checkpoints, DINOv2, MAE) are built as the timm
+variant their tensors show (patch size, width, depth, registers); their output stride is the patch
+size and ``features`` are the patch tokens. The official MaskContrast zoo files load as full
+models (docs/BACKBONES.md).
 
 Example::
 
@@ -53,10 +57,11 @@ from maskcontrast.models import (
     CheckpointError,
     MaskContrastModel,
     ResNetBackbone,
-    backbone_state_dict,
+    ViTBackbone,
     detect_layout,
-    infer_resnet_arch,
-    load_backbone_weights,
+    extract_backbone,
+    infer_backbone_arch,
+    load_backbone,
     model_from_checkpoint,
     read_checkpoint,
 )
@@ -265,17 +270,19 @@ def _backbone_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def _net_kind(net: nn.Module) -> _NetKind:
-    """The :class:`_NetKind` of a MaskContrastModel (full network) or a ResNetBackbone (baseline)."""
+    """The :class:`_NetKind` of a MaskContrastModel (full network) or a ResNet / ViT backbone (baseline)."""
     if isinstance(net, MaskContrastModel):
         feature_dim = (
             net.backbone.out_channels if getattr(net.cfg, "head", "deeplab") == "stego" else net.cfg.head_channels
         )
         return _NetKind("maskcontrast", net.backbone.arch, net.backbone.output_stride, feature_dim,
                         net.embed_dim, net.saliency_head is not None, _maskcontrast_outputs)  # fmt: skip
-    if isinstance(net, ResNetBackbone):
+    if isinstance(net, (ResNetBackbone, ViTBackbone)):
         return _NetKind("backbone", net.arch, net.output_stride, net.out_channels, net.out_channels, False,
                         _backbone_outputs)  # fmt: skip
-    raise ValueError(f"FeatureModel wraps a MaskContrastModel or a ResNetBackbone, got {type(net).__name__}")
+    raise ValueError(
+        f"FeatureModel wraps a MaskContrastModel, a ResNetBackbone or a ViTBackbone, got {type(net).__name__}"
+    )
 
 
 class FeatureModel(nn.Module):
@@ -544,17 +551,21 @@ def load_model(
     stride: int | None = None,
     batch_size: int = 8,
     amp: bool = False,
+    init_key: str = "teacher",
 ) -> FeatureModel:
     """Load a checkpoint of any known layout as a frozen :class:`FeatureModel` in eval mode.
 
     Args:
-        path: a maskcontrast checkpoint (full network), an official MoCo (v1/v2) file or a
-            torchvision ResNet state dict (backbone-only: ``features`` are layer4 features,
-            ``embed`` is their L2 normalisation, ``saliency`` raises :class:`NoSaliencyHeadError`).
+        path: a maskcontrast checkpoint or an official MaskContrast zoo file (full network), or a
+            backbone-only file: MoCo, torchvision ResNet, DINO, full DINO, DINOv2, MAE
+            (``features`` are layer4 features or ViT patch tokens, ``embed`` is their L2
+            normalisation, ``saliency`` raises :class:`NoSaliencyHeadError`). The layout is
+            detected from the contents (docs/BACKBONES.md); a ViT's variant from its tensors.
         device: ``cuda``, ``cpu``, ... (default: CUDA when present).
         output_stride: for backbone-only files: 8 (dilated layer3/layer4, default), 16 or 32.
-            maskcontrast checkpoints keep the stride they were trained with.
+            maskcontrast checkpoints keep the stride they were trained with; a ViT's is its patch size.
         size, stride, batch_size, amp: see :class:`FeatureModel`.
+        init_key: for a full DINO training checkpoint, ``teacher`` (default) or ``student``.
 
     Raises:
         maskcontrast.models.CheckpointError: missing file, unknown layout, or weights that do not fit.
@@ -568,18 +579,25 @@ def load_model(
     name = str(path)
     layout = detect_layout(ckpt, name)
     net: nn.Module
-    if layout == "maskcontrast":
-        net = model_from_checkpoint(ckpt)
+    if layout in ("maskcontrast", "maskcontrast_zoo", "maskcontrast_zoo_linear"):
+        net = model_from_checkpoint(ckpt, name)
         if output_stride != 8 and output_stride != net.backbone.output_stride:
             log.warning("%s: output_stride=%d ignored; the model keeps its trained stride %d",
                         name, output_stride, net.backbone.output_stride)  # fmt: skip
     else:
-        arch = infer_resnet_arch(backbone_state_dict(ckpt, layout))
-        net = ResNetBackbone(arch, output_stride)
         try:
-            load_backbone_weights(net, ckpt)
+            found = infer_backbone_arch(extract_backbone(ckpt, layout, init_key, name).sd)
         except CheckpointError as err:
-            raise CheckpointError(f"{name}: {err}") from err
+            raise CheckpointError(f"{name}: {layout} layout: {err}") from err
+        if "vit" in found:
+            vit = found["vit"]
+            net = ViTBackbone(found["arch"], vit["img_size"], vit["dim"], vit["depth"])
+            if output_stride != 8:
+                log.warning("%s: output_stride=%d ignored; a ViT's stride is its patch size %d",
+                            name, output_stride, net.output_stride)  # fmt: skip
+        else:
+            net = ResNetBackbone(found["arch"], output_stride)
+        load_backbone(net, ckpt, init_key, name=name)
     model = FeatureModel(net, size=size, stride=stride, batch_size=batch_size, amp=amp, source=name, layout=layout)
     model.to(get_device(device))
     log.info("loaded %r", model)

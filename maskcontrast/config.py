@@ -38,6 +38,9 @@ __all__ = [
     "bounded",
     "checks",
     "check_values",
+    "RESNET_ARCHS",
+    "VIT_ARCHS",
+    "ViTConfig",
     "BackboneConfig",
     "ModelConfig",
     "load_config",
@@ -173,32 +176,72 @@ def check_values(cfg: DictConfig, source: str = "config", prefix: str = "") -> N
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class BackboneConfig:
-    """A dilated torchvision ResNet.
+RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: timm ViT names ``model.backbone.arch`` accepts (their shapes: ``maskcontrast.models.vit.VIT_SPECS``)
+VIT_ARCHS = (
+    "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224",
+    "vit_small_patch8_224", "vit_base_patch8_224",
+    "vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_large_patch14_dinov2",
+    "vit_small_patch14_reg4_dinov2", "vit_base_patch14_reg4_dinov2", "vit_large_patch14_reg4_dinov2",
+)  # fmt: skip
 
-    ``init`` is ``random``, ``torchvision`` (torchvision's own ImageNet weights, needs internet
-    or a warm torch hub cache) or the path to a checkpoint file: an official MoCo v2 file, a
-    torchvision state dict, or a maskcontrast checkpoint. The layout of a file is detected.
+
+@dataclass
+class ViTConfig:
+    """Options that only a ViT backbone reads (see docs/BACKBONES.md).
+
+    ``img_size`` is the input side at which the position embedding is stored; any other input
+    size (a multiple of the patch size) interpolates it on the fly, and a checkpoint stored at
+    another size (DINOv2: 518 px) is interpolated to it when loaded. ``dim`` / ``depth`` (0 = the
+    arch's own) shrink a ViT for tests and quick experiments; heads are ``max(1, dim // 64)``.
     """
 
-    arch: str = bounded("resnet50", choices=("resnet18", "resnet34", "resnet50", "resnet101"))
-    output_stride: int = bounded(8, choices=(8, 16))  # 8 (paper) or 16
+    img_size: int = bounded(224, ge=8)
+    dim: int = bounded(0, ge=0)
+    depth: int = bounded(0, ge=0)
+    drop_path_rate: float = bounded(0.0, ge=0.0, lt=1.0)
+
+
+@dataclass
+class BackboneConfig:
+    """A dilated torchvision ResNet or a timm ViT.
+
+    ``init`` is ``random``, ``torchvision`` (torchvision's own ImageNet weights, needs internet
+    or a warm torch hub cache; ResNets only) or the path to a checkpoint file of any layout of
+    docs/BACKBONES.md (MoCo, torchvision, DINO, DINOv2, MAE, the official MaskContrast zoo, ours).
+    The layout of a file is detected from its contents. ``init_key`` picks the network of a full
+    DINO training checkpoint (``teacher``, the default, or ``student``).
+
+    ``output_stride`` applies to ResNets; a ViT's feature stride is its patch size.
+    """
+
+    arch: str = bounded("resnet50", choices=RESNET_ARCHS + VIT_ARCHS)
+    output_stride: int = bounded(8, choices=(8, 16))  # 8 (paper) or 16; ResNets only
     init: str = "random"
+    init_key: str = bounded("teacher", choices=("teacher", "student"))
+    vit: ViTConfig = field(default_factory=ViTConfig)
 
 
 @dataclass
 class ModelConfig:
-    """DeepLabv3 head on a dilated ResNet with an embedding head and a saliency head."""
+    """Backbone -> head (DeepLabv3, light or STEGO) -> embedding head and saliency head.
+
+    ``head``: ``deeplab`` (ASPP + 3x3 conv, the paper), ``light`` (1x1 + 3x3 conv), ``stego``
+    (docs/OBJECTIVES.md) or ``auto``
+    (deeplab on a ResNet, light on a ViT: a ViT's tokens already mix the whole image through
+    self-attention, so ASPP's atrous context adds little, and on a 14-16 px token grid its
+    dilations mostly sample padding).
+    """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head_channels: int = bounded(256, ge=1)
     aspp_rates: list[int] | None = None  # None: 12/24/36 at OS8, 6/12/18 at OS16
     embed_dim: int = bounded(32, ge=1)
     saliency_head: bool = True
-    # deeplab: ASPP decoder -> 1x1 embedding (MaskContrast); stego: a linear plus a nonlinear 1x1 branch
-    # straight on the backbone features (the STEGO head, docs/OBJECTIVES.md)
-    head: str = bounded("deeplab", choices=("deeplab", "stego"))
+    # deeplab: ASPP decoder -> 1x1 embedding (MaskContrast); light: 1x1 + 3x3 conv decoder (docs/BACKBONES.md);
+    # auto: deeplab on a ResNet, light on a ViT; stego: a linear plus a nonlinear 1x1 branch straight on the
+    # backbone features (the STEGO head, docs/OBJECTIVES.md)
+    head: str = bounded("auto", choices=("auto", "deeplab", "light", "stego"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +253,18 @@ def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None) or getattr(err, "key", None)
     msg = str(err).splitlines()[0]
     return f"key '{key}': {msg}" if key else msg
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` (list items by index) exists, without resolving interpolations, so
+    that a key whose value reads an unset environment variable can still be overridden."""
+    parent, _, last = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False) if parent else cfg
+    if isinstance(node, DictConfig):
+        return last in node
+    from omegaconf import ListConfig
+
+    return isinstance(node, ListConfig) and last.isdigit() and int(last) < len(node)
 
 
 def load_config(
@@ -249,14 +304,13 @@ def load_config(
             raise ConfigError(f"{path}: {_describe(err)}") from err
         except (TypeError, ValueError) as err:  # e.g. a mapping where the schema has a list
             raise ConfigError(f"{path}: {err}") from err
-    missing = object()
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         # list items are addressed by index: data.sources.0.masks=DIR
-        if OmegaConf.select(base, key, default=missing, throw_on_missing=False) is missing:
+        if not _has_key(base, key):
             raise ConfigError(f"override '{item}': unknown key '{key}'; check the spelling against the schema "
                               "(--help lists every key)")  # fmt: skip
         try:
@@ -435,12 +489,15 @@ class PretrainConfig:
 
 @dataclass
 class MocoModelConfig:
-    """Image-level MoCo v2 encoder: a standard (undilated) torchvision ResNet with an MLP head."""
+    """Image-level MoCo v2 encoder: a standard (undilated) torchvision ResNet, or a timm ViT (its
+    class token), with an MLP head."""
 
-    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 (resnet101 works too)
+    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 (resnet101 works too) | a ViT of VIT_ARCHS
     dim: int = bounded(128, ge=1)  # output dimension of the projection
     mlp: bool = True  # MoCo v2: Linear(C, C) + ReLU + Linear(C, dim); False: MoCo v1's Linear(C, dim)
     init: str = "random"  # random | a checkpoint path of any known layout (backbone only)
+    init_key: str = bounded("teacher", choices=("teacher", "student"))  # full DINO checkpoints
+    vit: ViTConfig = field(default_factory=ViTConfig)
 
 
 @dataclass

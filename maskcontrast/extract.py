@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the output stride)")  # fmt: skip
     p.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32),
                    help="output stride of backbone-only models (default 8)")  # fmt: skip
+    p.add_argument("--init-key", default="teacher", choices=("teacher", "student"),
+                   help="network of a full DINO training checkpoint (default teacher)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA when present)")
@@ -90,6 +92,7 @@ def _settings(args: argparse.Namespace, layout: str) -> dict[str, Any]:
         "size": args.size,
         "stride": args.stride,
         "output_stride": args.output_stride,
+        **({"init_key": args.init_key} if args.init_key != "teacher" else {}),  # older manifests have none
     }
 
 
@@ -138,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ds = build_dataset("image_folder", images)
     out = Path(args.out).expanduser()
     model = load_model(args.checkpoint, args.device, output_stride=args.output_stride, size=size, stride=args.stride,
-                       batch_size=args.batch_size, amp=args.fp16)  # fmt: skip
+                       batch_size=args.batch_size, amp=args.fp16, init_key=args.init_key)  # fmt: skip
     if args.what == "saliency" and not model.has_saliency:
         raise NoSaliencyHeadError(
             f"{args.checkpoint} ({model.layout}) has no saliency head; use --what embed or features"

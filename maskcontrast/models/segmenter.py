@@ -1,18 +1,28 @@
-"""The MaskContrast network: dilated ResNet + DeepLabv3 head + embedding and saliency heads."""
+"""The MaskContrast network: dilated ResNet or ViT + DeepLabv3 (or light) head + embedding and saliency heads."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from maskcontrast.config import ModelConfig
+from maskcontrast.config import BackboneConfig, ModelConfig
 from maskcontrast.models.backbone import ResNetBackbone
+from maskcontrast.models.vit import ViTBackbone, is_vit_arch
 
-__all__ = ["CorrespondenceHead", "DeepLabV3Head", "MaskContrastModel", "ModelOutput", "default_aspp_rates"]
+__all__ = [
+    "CorrespondenceHead",
+    "DeepLabV3Head",
+    "LightHead",
+    "MaskContrastModel",
+    "ModelOutput",
+    "build_backbone",
+    "default_aspp_rates",
+    "head_kind",
+]
 
 
 def default_aspp_rates(output_stride: int) -> list[int]:
@@ -32,6 +42,45 @@ class DeepLabV3Head(nn.Sequential):
             nn.ReLU(inplace=True),
         )
         self.out_channels = channels
+
+
+class LightHead(nn.Sequential):
+    """1x1 conv + BN + ReLU, then 3x3 conv + BN + ReLU: ``B x C_in x h x w -> B x 256 x h x w``.
+
+    The default head on a ViT (``model.head=auto``): self-attention already gives every token the
+    whole image as context, which is what ASPP adds to a CNN, so a projection and one local conv
+    suffice; it costs a fraction of ASPP on 384-768-d tokens.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 256) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.out_channels = channels
+
+
+def build_backbone(cfg: BackboneConfig | Any) -> ResNetBackbone | ViTBackbone:
+    """A dilated :class:`ResNetBackbone` or a :class:`ViTBackbone` as ``cfg.arch`` says (random init)."""
+    if is_vit_arch(cfg.arch):
+        vit = cfg.vit
+        return ViTBackbone(cfg.arch, vit.img_size, vit.dim, vit.depth, vit.drop_path_rate)
+    return ResNetBackbone(cfg.arch, cfg.output_stride)
+
+
+def head_kind(cfg: ModelConfig | Any) -> str:
+    """``deeplab``, ``light`` or ``stego``: ``cfg.head``, where ``auto`` means deeplab on a ResNet,
+    light on a ViT."""
+    head = str(getattr(cfg, "head", "auto"))
+    if head == "auto":
+        return "light" if is_vit_arch(cfg.backbone.arch) else "deeplab"
+    if head not in ("deeplab", "light", "stego"):
+        raise ValueError(f"model.head must be auto, deeplab, light or stego, got {head!r}")
+    return head
 
 
 class CorrespondenceHead(nn.Module):
@@ -65,7 +114,8 @@ class ModelOutput(NamedTuple):
 
 
 class MaskContrastModel(nn.Module):
-    """Dilated ResNet -> DeepLabv3 head -> 1x1 conv embedding (D) and bias-free 1x1 conv saliency.
+    """Dilated ResNet or ViT -> DeepLabv3 or light head -> 1x1 conv embedding (D) and bias-free 1x1
+    conv saliency.
 
     ``forward(x)`` with ``x`` of shape ``B x 3 x H x W`` returns a :class:`ModelOutput` whose
     embedding and saliency are bilinearly upsampled to ``H x W`` (pass ``upsample=False`` to keep
@@ -82,19 +132,22 @@ class MaskContrastModel(nn.Module):
         super().__init__()
         cfg = cfg if cfg is not None else ModelConfig()
         self.cfg = cfg
-        self.backbone = ResNetBackbone(cfg.backbone.arch, cfg.backbone.output_stride)
-        head = getattr(cfg, "head", "deeplab")
+        self.backbone = build_backbone(cfg.backbone)
+        self.decoder: nn.Module
+        self.embed_head: nn.Module
+        head = head_kind(cfg)
         if head == "stego":  # the head sits straight on the backbone features
             if cfg.saliency_head:
                 raise ValueError("model.head=stego has no saliency head: set model.saliency_head=false")
-            self.decoder: nn.Module = nn.Identity()
-            self.embed_head: nn.Module = CorrespondenceHead(self.backbone.out_channels, cfg.embed_dim)
+            self.decoder = nn.Identity()
+            self.embed_head = CorrespondenceHead(self.backbone.out_channels, cfg.embed_dim)
         elif head == "deeplab":
-            rates = list(cfg.aspp_rates) if cfg.aspp_rates else default_aspp_rates(cfg.backbone.output_stride)
+            rates = list(cfg.aspp_rates) if cfg.aspp_rates else default_aspp_rates(self.backbone.output_stride)
             self.decoder = DeepLabV3Head(self.backbone.out_channels, rates, cfg.head_channels)
             self.embed_head = nn.Conv2d(cfg.head_channels, cfg.embed_dim, 1)
         else:
-            raise ValueError(f"model.head must be deeplab or stego, got {head!r}")
+            self.decoder = LightHead(self.backbone.out_channels, cfg.head_channels)
+            self.embed_head = nn.Conv2d(cfg.head_channels, cfg.embed_dim, 1)
         self.saliency_head = nn.Conv2d(cfg.head_channels, 1, 1, bias=False) if cfg.saliency_head else None
 
     @property

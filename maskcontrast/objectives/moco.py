@@ -19,6 +19,7 @@ from maskcontrast.config import MocoModelConfig, MocoObjectiveConfig
 from maskcontrast.data.views import Views
 from maskcontrast.losses import info_nce_loss, topk_accuracy
 from maskcontrast.models import ARCHS, CheckpointError, load_backbone_weights
+from maskcontrast.models.vit import create_timm_vit, is_vit_arch
 from maskcontrast.momentum import MemoryBank, batch_shuffle, batch_unshuffle, make_momentum_copy
 from maskcontrast.objectives.base import Objective
 
@@ -27,12 +28,24 @@ __all__ = ["MocoObjective", "moco_encoder"]
 PREFIX = "module."
 
 
-def moco_encoder(arch: str = "resnet50", dim: int = 128, mlp: bool = True) -> nn.Module:
+def moco_encoder(arch: str = "resnet50", dim: int = 128, mlp: bool = True, vit: Any = None) -> nn.Module:
     """A torchvision ResNet whose ``fc`` maps to ``dim``: with ``mlp``, ``fc = Sequential(Linear(C, C),
     ReLU, Linear(C, dim))`` as in MoCo v2 (parameter names ``fc.0.*``, ``fc.2.*``).
 
+    A timm ViT name (``maskcontrast.config.VIT_ARCHS``; ``vit`` = its :class:`ViTConfig`) gives a
+    timm ViT whose class token goes through the same projection as ``head`` (``head.0.*``,
+    ``head.2.*``); its other parameters keep timm's names, so ``model.backbone.init`` reads them.
+
     Input ``B x 3 x H x W``; output ``B x dim`` (not normalised).
     """
+    if is_vit_arch(arch):
+        net = create_timm_vit(arch, int(getattr(vit, "img_size", 224)), int(getattr(vit, "dim", 0)),
+                              int(getattr(vit, "depth", 0)), float(getattr(vit, "drop_path_rate", 0.0)))  # fmt: skip
+        c = int(net.num_features)
+        net.head = (
+            nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, dim)) if mlp else nn.Linear(c, dim)
+        )
+        return net
     if arch not in ARCHS:
         raise ValueError(f"unknown MoCo arch '{arch}'; choose one of {sorted(ARCHS)}")
     net = ARCHS[arch][0](weights=None, num_classes=dim)
@@ -60,9 +73,9 @@ class MocoObjective(Objective):
         self.arch = str(model_cfg.arch)
         self.dim = int(model_cfg.dim)
         self.mlp = bool(model_cfg.mlp)
-        self.encoder_q = moco_encoder(self.arch, self.dim, self.mlp)
+        self.encoder_q = moco_encoder(self.arch, self.dim, self.mlp, getattr(model_cfg, "vit", None))
         if model_cfg.init not in ("random", "", None):
-            load_backbone_weights(self.encoder_q, model_cfg.init)
+            load_backbone_weights(self.encoder_q, model_cfg.init, str(getattr(model_cfg, "init_key", "teacher")))
         self.encoder_k = make_momentum_copy(self.encoder_q)
         self.bank = MemoryBank(cfg.queue_size, self.dim)
         self.momentum = float(cfg.momentum)

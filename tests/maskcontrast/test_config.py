@@ -14,6 +14,7 @@ from maskcontrast.config import (
     BackboneConfig,
     ConfigError,
     ModelConfig,
+    PretrainConfig,
     add_config_arguments,
     config_to_dict,
     load_config,
@@ -179,3 +180,15 @@ def test_max_steps_may_be_null_and_interpolations_are_checked_once_resolved(tmp_
     cfg = load_config(MocoConfig, path)  # an interpolation is checked after resolving
     with pytest.raises(ConfigError, match=r"key 'optim\.batch_size' must be >= 1, got 0"):
         resolve_config(cfg)
+
+
+def test_a_key_reading_an_unset_environment_variable_can_be_overridden(monkeypatch):
+    """configs/pretrain/voc_unsup_saliency.yaml sets backbone.init from $MOCO_CKPT; overriding the
+    key must not need the variable, and an unknown key is still refused."""
+    monkeypatch.delenv("MOCO_CKPT", raising=False)
+    cfg = load_config(PretrainConfig, "configs/pretrain/voc_unsup_saliency.yaml", ["model.backbone.init=x.pth"])
+    assert cfg.model.backbone.init == "x.pth"
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.backbone\.inti'"):
+        load_config(PretrainConfig, "configs/pretrain/voc_unsup_saliency.yaml", ["model.backbone.inti=x.pth"])
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.sources\.5\.root'"):
+        load_config(PretrainConfig, "configs/pretrain/voc_unsup_saliency.yaml", ["data.sources.5.root=x"])

@@ -14,7 +14,14 @@ from maskcontrast.config import (
     resolve_config,
 )
 from maskcontrast.moco import main as moco_main
-from maskcontrast.models import ResNetBackbone, build_model, detect_layout, load_backbone_weights, read_checkpoint
+from maskcontrast.models import (
+    CheckpointError,
+    ResNetBackbone,
+    build_model,
+    detect_layout,
+    load_backbone_weights,
+    read_checkpoint,
+)
 from maskcontrast.objectives import MocoObjective, moco_encoder
 from maskcontrast.train import train
 
@@ -126,3 +133,22 @@ def test_infonce_goes_down_on_real_images(shared_root, tmp_path):
     train(cfg, lambda: Recording(cfg.model, cfg.objective), "moco")
     first, last = np.mean(losses[2:8]), np.mean(losses[-6:])  # from step 2 on the queue holds real keys
     assert last < first - 0.05, f"InfoNCE did not go down: {first:.3f} -> {last:.3f} ({losses})"
+
+
+def test_moco_on_a_vit_and_its_backbone_starts_maskcontrast(images, tmp_path):
+    """MoCo trains a timm ViT (class token -> MLP); its file initialises a ViT MaskContrast model."""
+    vit = ["model.arch=vit_small_patch16_224", "model.vit.img_size=32", "model.vit.dim=64", "model.vit.depth=2"]
+    cfg = cfg_for(images, tmp_path / "vit", "trainer.max_steps=2", *vit)
+    obj = MocoObjective(cfg.model, cfg.objective)
+    assert "head.0.weight" in obj.encoder_q.state_dict() and obj.encoder_q(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+    res = train(cfg, build(cfg), "moco")
+    assert res.steps == 2
+    path = tmp_path / "vit" / "last.pt"
+    assert detect_layout(read_checkpoint(path)) == "moco"
+    mcfg = load_config(ModelConfig, overrides=["backbone.arch=vit_small_patch16_224", "backbone.vit.img_size=32",
+                                               "backbone.vit.dim=64", "backbone.vit.depth=2", f"backbone.init={path}"])  # fmt: skip
+    model = build_model(mcfg)
+    sd = read_checkpoint(path)["state_dict"]
+    assert torch.equal(model.backbone.vit.blocks[1].mlp.fc2.weight, sd["module.encoder_q.blocks.1.mlp.fc2.weight"])
+    with pytest.raises(CheckpointError, match="a ResNet"):
+        load_backbone_weights(ResNetBackbone("resnet18"), path)

@@ -248,3 +248,43 @@ def test_schedule_unit_epoch_holds_the_rate_for_an_epoch(data, tmp_path):
     assert res.metrics["lr"] == pytest.approx(lr_at(3, 5, cfg.optim.lr, "poly", 0.9))
     with pytest.raises(ConfigError, match=r"optim\.schedule_unit"):
         tiny_cfg(data, tmp_path / "x", "optim.schedule_unit=iteration")
+
+
+VIT_TINY = ["model.backbone.arch=vit_small_patch16_224", "model.backbone.vit.img_size=32", "model.backbone.vit.dim=64",
+            "model.backbone.vit.depth=2"]  # fmt: skip
+
+
+def test_vit_run_resumes_bit_exactly_after_sigkill(data, tmp_path):
+    """A tiny ViT MaskContrast run killed with SIGKILL (a separate process) and resumed ends with
+    exactly the weights, key model and queue of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps = ["trainer.max_steps=8", "trainer.save_every_steps=1", "objective.freeze_early_layers=true"]
+    full = tiny_cfg(data, tmp_path / "full", *VIT_TINY, *steps)
+    assert train(full, build(full), "pretrain").steps == 8
+
+    src = f"data.sources=[{{name: image_folder, root: {data / 'images'}, masks: {data / 'masks'}}}]"
+    cmd = [sys.executable, "-m", "maskcontrast.pretrain", "--config", TINY, src, f"trainer.run_dir={tmp_path / 'kill'}",
+           "data.image_size=32", "optim.batch_size=4", "trainer.progress=false", "trainer.threads=1", *VIT_TINY, *steps]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    last = tmp_path / "kill" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = read_checkpoint(last)["trainer"]["step"]
+    assert 1 <= killed_at < 8
+
+    resumed = tiny_cfg(data, tmp_path / "kill", *VIT_TINY, *steps, "trainer.resume=auto")
+    assert train(resumed, build(resumed), "pretrain").steps == 8
+    a, b = state_of(tmp_path / "full" / "last.pt"), state_of(last)
+    assert a.keys() == b.keys()
+    bad = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not bad, f"resumed (killed at step {killed_at}) differs in {bad[:5]}"
+    assert model_from_checkpoint(last).backbone.arch == "vit_small_patch16_224"
