@@ -551,9 +551,6 @@ def resolve_config(cfg: DictConfig, source: str = "config") -> DictConfig:
 # The other dense objectives (docs/OBJECTIVES.md): DetCon, DenseCL, a STEGO-style head
 # ----------------------------------------------------------------------------------------------
 
-#: ResNets the dense objectives build (the keys of ``maskcontrast.models.ARCHS``)
-RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
-
 
 @dataclass
 class DetConModelConfig:
@@ -561,9 +558,11 @@ class DetConModelConfig:
     DetCon's MLP projector (and predictor for DetConB). Checkpoints keep the MoCo layout
     (``module.encoder_q.<resnet key>``), so ``model.backbone.init`` of MaskContrast reads them."""
 
-    arch: str = bounded("resnet50", choices=RESNET_ARCHS)
+    arch: str = bounded("resnet50", choices=RESNET_ARCHS + VIT_ARCHS)  # a ViT: its patch map (stride = patch)
     output_stride: int = bounded(32, choices=(8, 16, 32))  # 32: the paper; 8: 8x finer regions at small views
     init: str = "random"  # random | torchvision | a checkpoint of any known layout (backbone only)
+    init_key: str = bounded("teacher", choices=("teacher", "student"))  # full DINO checkpoints
+    vit: ViTConfig = field(default_factory=ViTConfig)  # ViT archs only
     proj_hidden: int = bounded(4096, ge=1)  # projector / predictor: Linear(C, hidden) BN ReLU Linear(hidden, dim)
     proj_dim: int = bounded(256, ge=1)
 
@@ -598,9 +597,11 @@ class DenseCLModelConfig:
     """A ResNet with DenseCL's two heads: the global MLP of MoCo v2 (``fc``) and a dense 1x1-conv MLP.
     Checkpoints keep the MoCo layout plus ``module.dense_head_q.*``."""
 
-    arch: str = bounded("resnet50", choices=RESNET_ARCHS)
+    arch: str = bounded("resnet50", choices=RESNET_ARCHS + VIT_ARCHS)  # a ViT: its patch map (stride = patch)
     output_stride: int = bounded(32, choices=(8, 16, 32))  # 32: the paper (7x7 dense grid at 224 px)
     init: str = "random"
+    init_key: str = bounded("teacher", choices=("teacher", "student"))  # full DINO checkpoints
+    vit: ViTConfig = field(default_factory=ViTConfig)  # ViT archs only
     dim: int = bounded(128, ge=1)
 
 

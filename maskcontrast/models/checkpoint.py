@@ -104,8 +104,11 @@ IGNORABLE: dict[str, tuple[tuple[str, str], ...]] = {
                          ("momentum key model", r"module\.model_k\."),
                          ("prototype queue", r"module\.queue(_ptr)?$")),
     "maskcontrast_zoo_linear": (("DeepLab head and class conv (decoder)", r"decoder\."),),
+    # also DenseCL's and DetCon's files (maskcontrast.densecl / maskcontrast.detcon), which keep this layout
     "moco": (("projection head", r"module\.encoder_q\.(fc|head)\."), ("momentum key encoder", r"module\.encoder_k\."),
-             ("key queue", r"module\.queue(_ptr)?$")),
+             ("key queue", r"module\.queue(_ptr)?$"), ("DenseCL dense heads", r"module\.dense_head_[qk]\."),
+             ("DenseCL dense queue", r"module\.dense_queue(_ptr)?$"),
+             ("DetCon projectors and predictor", r"module\.(projector_[qk]|predictor)\.")),
     "dino_full": (("DINO projection head", r"(module\.)?head\."),),
     "dinov2": (("iBOT mask token", r"mask_token$"),),
     "mae": (("MAE decoder", _MAE_DECODER), ("classifier", r"(head|fc_norm)\.")),

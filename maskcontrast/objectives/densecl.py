@@ -20,25 +20,25 @@ from maskcontrast.config import DenseCLModelConfig, DenseCLObjectiveConfig
 from maskcontrast.data.views import Views
 from maskcontrast.dense_losses.densecl import dense_correspondence, densecl_dense_loss
 from maskcontrast.losses import info_nce_loss, topk_accuracy
-from maskcontrast.models import CheckpointError, ResNetBackbone, init_backbone
+from maskcontrast.models import CheckpointError, build_backbone, init_backbone
 from maskcontrast.momentum import MemoryBank, batch_shuffle, batch_unshuffle, make_momentum_copy
 from maskcontrast.objectives.base import Objective
-from maskcontrast.objectives.layout import PREFIX, pack_modules, unpack_modules
+from maskcontrast.objectives.layout import PREFIX, backbone_in_layout, pack_modules, unpack_modules
 
 __all__ = ["DenseCLObjective", "DenseCLEncoder"]
 
 
 class DenseCLEncoder(nn.Module):
-    """A ResNet (``backbone``), MoCo v2's global MLP on its average-pooled features (``fc``) and the
+    """A ResNet or a ViT (``backbone``), MoCo v2's global MLP on its average-pooled features (``fc``) and the
     dense MLP of 1x1 convs on every location (``dense``).
 
     ``forward(x)`` with ``x`` of shape ``B x 3 x H x W`` returns ``(features B x C x h x w,
     global B x dim, dense B x dim x h x w)``, none normalised.
     """
 
-    def __init__(self, arch: str, output_stride: int, dim: int) -> None:
+    def __init__(self, model_cfg: DenseCLModelConfig | Any, dim: int) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(arch, output_stride)
+        self.backbone = build_backbone(model_cfg)  # a dilated ResNet or a ViT (its patch map)
         c = self.backbone.out_channels
         self.fc = nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, dim))
         self.dense = nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU(inplace=True), nn.Conv2d(c, dim, 1))
@@ -73,8 +73,8 @@ class DenseCLObjective(Objective):
             raise ValueError(f"objective.dense_weight must be in [0, 1], got {cfg.dense_weight}")
         self.arch = str(model_cfg.arch)
         self.dim = int(model_cfg.dim)
-        self.encoder_q = DenseCLEncoder(self.arch, int(model_cfg.output_stride), self.dim)
-        init_backbone(self.encoder_q.backbone, model_cfg.init)
+        self.encoder_q = DenseCLEncoder(model_cfg, self.dim)
+        init_backbone(self.encoder_q.backbone, model_cfg.init, str(getattr(model_cfg, "init_key", "teacher")))
         self.encoder_k = make_momentum_copy(self.encoder_q)
         self.bank = MemoryBank(cfg.queue_size, self.dim)
         self.dense_bank = MemoryBank(cfg.queue_size, self.dim)
@@ -161,11 +161,12 @@ class _MocoView(nn.Module):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
         enc = self.__dict__["_encoder"]
-        out = dict(enc.backbone.state_dict())
+        out = dict(backbone_in_layout(enc.backbone).state_dict())
         out.update({f"fc.{k}": v for k, v in enc.fc.state_dict().items()})
         return out
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
         enc = self.__dict__["_encoder"]
         enc.fc.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("fc.")}, strict=strict)
-        return enc.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=strict)
+        backbone = backbone_in_layout(enc.backbone)
+        return backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=strict)

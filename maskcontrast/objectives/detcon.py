@@ -19,10 +19,10 @@ from maskcontrast.data import DataError
 from maskcontrast.data.views import Views
 from maskcontrast.dense_losses.detcon import region_contrastive_loss, region_pool, sample_regions
 from maskcontrast.losses import topk_accuracy
-from maskcontrast.models import ResNetBackbone, init_backbone
+from maskcontrast.models import build_backbone, init_backbone
 from maskcontrast.momentum import concat_all_gather, make_momentum_copy, rank
 from maskcontrast.objectives.base import Objective
-from maskcontrast.objectives.layout import pack_modules, unpack_modules
+from maskcontrast.objectives.layout import backbone_in_layout, pack_modules, unpack_modules
 
 __all__ = ["DetConObjective", "mlp"]
 
@@ -80,8 +80,8 @@ class DetConObjective(Objective):
             raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
         self.arch = str(model_cfg.arch)
         self.variant = str(cfg.variant)
-        self.encoder_q = ResNetBackbone(self.arch, int(model_cfg.output_stride))
-        init_backbone(self.encoder_q, model_cfg.init)
+        self.encoder_q = build_backbone(model_cfg)  # a dilated ResNet or a ViT (its patch map)
+        init_backbone(self.encoder_q, model_cfg.init, str(getattr(model_cfg, "init_key", "teacher")))
         c, hidden, dim = self.encoder_q.out_channels, int(model_cfg.proj_hidden), int(model_cfg.proj_dim)
         self.projector_q = mlp(c, hidden, dim)
         if self.variant == "b":
@@ -96,7 +96,8 @@ class DetConObjective(Objective):
         names = ["encoder_q", "projector_q"] + (
             ["predictor", "encoder_k", "projector_k"] if self.variant == "b" else []
         )
-        return {n: getattr(self, n) for n in names}
+        # the encoders in their published key layout (torchvision's / timm's): model.backbone.init reads them
+        return {n: backbone_in_layout(getattr(self, n)) if n.startswith("encoder") else getattr(self, n) for n in names}
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         if self.variant == "s":

@@ -15,9 +15,17 @@ from torch import nn
 
 from maskcontrast.models import CheckpointError
 
-__all__ = ["PREFIX", "pack_modules", "unpack_modules"]
+__all__ = ["PREFIX", "backbone_in_layout", "pack_modules", "unpack_modules"]
 
 PREFIX = "module."
+
+
+def backbone_in_layout(backbone: nn.Module) -> nn.Module:
+    """The module whose state dict is the backbone's published key layout: a ResNet itself
+    (torchvision keys), a ViT's timm model (timm keys, as DINO and MoCo v3 files hold them)."""
+    from maskcontrast.models.vit import ViTBackbone
+
+    return backbone.vit if isinstance(backbone, ViTBackbone) else backbone
 
 
 def pack_modules(modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:

@@ -82,3 +82,32 @@ def test_checkpoint_has_the_moco_layout_and_starts_maskcontrast(shapes, tmp_path
     resumed = objective_cfg("detcon", shapes, tmp_path / "run", "trainer.max_steps=3", "trainer.resume=auto",
                             "data.mask_source=grid", "augment.min_mask_area=0.0", "augment.max_mask_area=1.0")  # fmt: skip
     assert train(resumed, build("detcon", resumed), "detcon").steps == 3
+
+
+def test_detcon_and_densecl_train_a_vit_whose_file_starts_a_vit_maskcontrast(tmp_path):
+    """A tiny ViT (patch 16, 64-d, 2 blocks) under both objectives; their MoCo-layout files hold timm
+    keys, which a ViT MaskContrast model reads through model.backbone.init."""
+    from maskcontrast.config import DenseCLModelConfig, DenseCLObjectiveConfig
+    from maskcontrast.objectives import DenseCLObjective
+
+    vit = {"arch": "vit_small_patch16_224", "output_stride": 8}
+    tiny_vit = {"img_size": 32, "dim": 64, "depth": 2, "drop_path_rate": 0.0}
+    mcfg = load_config(DetConModelConfig, overrides=[f"arch={vit['arch']}", "proj_hidden=16", "proj_dim=8",
+                                                     *(f"vit.{k}={v}" for k, v in tiny_vit.items())])  # fmt: skip
+    detcon = DetConObjective(mcfg, DetConObjectiveConfig(variant="b", regions_per_image=2))
+    loss, _ = detcon(views_with(halves(size=64), halves(size=64), size=64))
+    loss.backward()
+    dcfg = load_config(DenseCLModelConfig, overrides=[f"arch={vit['arch']}", "dim=8",
+                                                      *(f"vit.{k}={v}" for k, v in tiny_vit.items())])  # fmt: skip
+    densecl = DenseCLObjective(dcfg, DenseCLObjectiveConfig(queue_size=4))
+    loss2, _ = densecl(Views(torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)))
+    assert torch.isfinite(loss) and torch.isfinite(loss2)
+    for obj in (detcon, densecl):
+        path = tmp_path / f"{type(obj).__name__}.pt"
+        torch.save(obj.checkpoint(), path)
+        assert "module.encoder_q.blocks.1.mlp.fc2.weight" in torch.load(path, weights_only=True)["state_dict"]
+        model = build_model(load_config(ModelConfig, overrides=[
+            f"backbone.arch={vit['arch']}", *(f"backbone.vit.{k}={v}" for k, v in tiny_vit.items()),
+            f"backbone.init={path}"]))  # fmt: skip
+        assert torch.equal(model.backbone.vit.blocks[1].mlp.fc2.weight,
+                           torch.load(path, weights_only=True)["state_dict"]["module.encoder_q.blocks.1.mlp.fc2.weight"])  # fmt: skip
