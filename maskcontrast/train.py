@@ -48,6 +48,14 @@ from maskcontrast.data import DataError, SegmentationDataset, build_dataset
 from maskcontrast.data.views import EpochBatchSampler, PairedViewDataset, Views, ViewSampler
 from maskcontrast.momentum import update_momentum
 from maskcontrast.objectives.base import Objective
+from maskcontrast.preemption import (
+    PeerWatch,
+    Preempted,
+    agreed_request,
+    control_group,
+    ignore_signals_in_worker,
+    section,
+)
 from maskcontrast.runs import (
     RunClaim,
     RunFolderError,
@@ -319,6 +327,7 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
         pin_memory=env.device.type == "cuda",
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(tcfg.seed),
+        worker_init_fn=ignore_signals_in_worker,
     )
     sampler = ViewSampler(cfg.augment, cfg.data.image_size).to(env.device)
     spe = len(dataset) // ocfg.batch_size
@@ -475,11 +484,13 @@ class TrainingLog:
         self.bar.close()
 
 
-def train_one_epoch(s: TrainingSetup, step: int, logger: TrainingLog, save: Callable[[str, int], None]) -> int:
+def train_one_epoch(s: TrainingSetup, step: int, logger: TrainingLog, save: Callable[[str, int], None],
+                    stop: Callable[[int], None] | None = None) -> int:  # fmt: skip
     """Run the steps of the epoch that ``step`` lies in (from ``step`` on, up to the step budget).
 
     ``save(name, step)`` writes a checkpoint (``last.pt`` at the epoch end, at the end of the
     budget and every ``save_every_steps``; ``epoch_<n>.pt`` every ``save_every_epochs``).
+    ``stop(step)``, called after every step and its saves, may end the run (a preemption signal).
     Returns the step count after the epoch.
     """
     tcfg, spe = s.cfg.trainer, s.steps_per_epoch
@@ -499,6 +510,8 @@ def train_one_epoch(s: TrainingSetup, step: int, logger: TrainingLog, save: Call
             save("last.pt", step)
         if step >= s.total_steps:
             break
+        if stop is not None:
+            stop(step)
     return step
 
 
@@ -532,7 +545,9 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
         torch.set_num_threads(tcfg.threads)
     run_dir = Path(tcfg.run_dir).expanduser()
     last_path = run_dir / "last.pt"
+    watch = PeerWatch.start_if_distributed()  # a failing process ends the others within seconds
     try:
+        group = control_group() if env.world_size > 1 else None
         claim, resume_path = claim_training_run(tcfg)
         if env.world_size > 1:
             dist.barrier()
@@ -567,9 +582,24 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
                     if name == "last.pt":
                         saved["step"] = at
 
+                def stop(at: int) -> None:
+                    signum = agreed_request(group)
+                    if signum is None:
+                        return
+                    if saved["step"] != at:
+                        save("last.pt", at)
+                    if env.world_size > 1:
+                        dist.barrier()
+                    err = Preempted(signum, f"{stage} training", step=at, saved=last_path,
+                                    hint="resume with --resume (trainer.resume=auto)")  # fmt: skip
+                    if env.is_main:
+                        log.warning("%s", err)
+                    raise err
+
                 try:
-                    while step < s.total_steps:
-                        step = train_one_epoch(s, step, logger, save)
+                    with section(f"{stage} training"):
+                        while step < s.total_steps:
+                            step = train_one_epoch(s, step, logger, save, stop)
                 except NonFiniteLossError as err:
                     good = saved["step"]
                     raise NonFiniteLossError(
@@ -586,7 +616,13 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
             if env.is_main:
                 log.info("%s finished after %d steps; checkpoint %s", stage, step, last_path)
         return RunResult(run_dir, last_path, step, step / max(s.steps_per_epoch, 1), logger.last)
+    except BaseException as err:
+        if watch is not None and not isinstance(err, (Preempted, NonFiniteLossError)):
+            watch.fail(err)  # an error the other processes do not share: they stop too
+        raise
     finally:
+        if watch is not None:
+            watch.stop()
         if env.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
         torch.set_num_threads(threads_before)

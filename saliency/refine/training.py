@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from maskcontrast.config import ConfigError, config_to_dict, save_config
 from maskcontrast.models import init_backbone
+from maskcontrast.preemption import Preempted, requested, section
 from maskcontrast.runs import (
     RunLayout,
     capture_rng_state,
@@ -126,15 +127,37 @@ def train_refiner(
         first_round, first_epoch = int(state["round"]), int(state["epoch"])
         history = list(state["history"])
         restore_rng_state(state["rng"])
-        log.info("resumed %s at round %d, epoch %d", last, first_round + 1, first_epoch + 1)
+        log.info("resumed %s at round %d, epoch %d%s", last, first_round + 1, first_epoch + 1,
+                 f", step {int(state['step'])}" if "step" in state else "")  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * first_round + first_epoch)
+    if claim.resume and last.is_file() and "gen" in state:
+        gen.set_state(state["gen"])  # the augmentation stream continues where it stopped
+
+    def state_now(rnd: int, epoch: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            **optim_state(opt, sched),
+            "targets": torch.round(targets * 255).to(torch.uint8),
+            "average": torch.round(average * 255).to(torch.uint8),
+            "confidence": conf,
+            "round": rnd,
+            "epoch": epoch,
+            "history": history,
+            "rng": capture_rng_state(),
+            "gen": gen.get_state(),
+            **extra,
+        }
+
     train_start = time.perf_counter()
-    with tensorboard(out / "tb") as writer:
+    with tensorboard(out / "tb") as writer, section("saliency refiner"):
         for rnd in range(first_round, cfg.rounds):
             for epoch in range(first_epoch if rnd == first_round else 0, cfg.epochs_per_round):
-                perm = torch.randperm(n, generator=gen)
-                losses = []
-                bar = tqdm(range(steps_per_epoch), desc=f"round {rnd + 1}/{cfg.rounds} epoch {epoch + 1}/{cfg.epochs_per_round}", unit="step", leave=False)  # fmt: skip
+                first_step, losses = 0, []
+                if claim.resume and last.is_file() and "step" in state and (rnd, epoch) == (first_round, first_epoch):
+                    perm, first_step, losses = state["perm"], int(state["step"]), list(state["losses"])
+                else:
+                    perm = torch.randperm(n, generator=gen)
+                bar = tqdm(range(first_step, steps_per_epoch), desc=f"round {rnd + 1}/{cfg.rounds} epoch {epoch + 1}/{cfg.epochs_per_round}", unit="step", leave=False)  # fmt: skip
                 for step in bar:
                     idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                     x = normalize(images[idx].to(device))
@@ -150,6 +173,12 @@ def train_refiner(
                     sched.step()
                     losses.append(loss.item())
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                    if (signum := requested()) is not None and step + 1 < steps_per_epoch:
+                        save_state(last, state_now(rnd, epoch, step=step + 1, perm=perm, losses=losses))
+                        err = Preempted(signum, "saliency refiner", saved=last, hint="resume with --resume",
+                                        step=f"round {rnd + 1}, epoch {epoch + 1}, step {step + 1}")  # fmt: skip
+                        log.warning("%s", err)
+                        raise err
                 entry = {"round": rnd + 1, "epoch": epoch + 1, "loss": float(np.mean(losses)),
                          "confident_fraction": float(conf.float().mean()), "seconds": time.perf_counter() - train_start}  # fmt: skip
                 history.append(entry)
@@ -168,6 +197,8 @@ def train_refiner(
                     average, targets, conf = update_targets(
                         average, preds, cfg.target_momentum, cfg.margin, fused, cfg.target_anchor
                     )
+                    # on the 1/255 grid that last.pt stores them on, so that a resumed run is bit-exact
+                    average, targets = torch.round(average * 255) / 255.0, torch.round(targets * 255) / 255.0
                     log.info("round %d done: predicted foreground %.3f (fused %.3f), agreement with the fused label on its "
                              "confident pixels %.3f, unconfident pixels called foreground %.3f; next targets: %.1f%% of "
                              "pixels confident", rnd + 1, diag["foreground_share"], diag["fused_foreground_share"],
@@ -175,20 +206,12 @@ def train_refiner(
                     if writer is not None:
                         for k, v in diag.items():
                             writer.add_scalar(f"refine/{k}", v, rnd + 1)
-                save_state(
-                    last,
-                    {
-                        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                        **optim_state(opt, sched),
-                        "targets": torch.round(targets * 255).to(torch.uint8),
-                        "average": torch.round(average * 255).to(torch.uint8),
-                        "confidence": conf,
-                        "round": next_round,
-                        "epoch": next_epoch,
-                        "history": history,
-                        "rng": capture_rng_state(),
-                    },
-                )
+                save_state(last, state_now(next_round, next_epoch))
+                if (signum := requested()) is not None and (next_round, next_epoch) != (cfg.rounds, 0):
+                    err = Preempted(signum, "saliency refiner", saved=last, hint="resume with --resume",
+                                    step=f"end of round {rnd + 1}, epoch {epoch + 1}")  # fmt: skip
+                    log.warning("%s", err)
+                    raise err
     seconds = time.perf_counter() - start
     save_state(final, _final_checkpoint(net, cfg, history=history, n_images=n))
     summary = {"checkpoint": str(final), "history": history, "seconds": seconds, "pseudo_label_seconds": pseudo_seconds,
