@@ -67,7 +67,7 @@ from maskcontrast.preemption import Preempted, ignore_signals_in_worker, request
 from maskcontrast.runs import (
     RunLayout,
     claim_run_folder,
-    load_state,
+    load_state_or_previous,
     open_tensorboard,
     optim_state,
     restore_optim_state,
@@ -497,7 +497,7 @@ def run_linear_probe(
     state_path = out_dir / "state.pt"
     start_epoch, start_batch, state = 0, 0, {}
     if state_path.is_file():
-        state = load_state(state_path)
+        state = load_state_or_previous(state_path)
         probe.load_state_dict(state["probe"])
         restore_optim_state(state, optim, sched)
         start_epoch, start_batch = int(state["epoch"]), int(state.get("batch", 0))
@@ -544,7 +544,7 @@ def run_linear_probe(
                 if (signum := requested()) is not None and batch * cfg.batch_size < len(data):
                     save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch,
                                             "batch": batch, "rng": json.dumps(rng.bit_generator.state),
-                                            "loss_sum": total, "loss_count": count})  # fmt: skip
+                                            "loss_sum": total, "loss_count": count}, keep_previous=True)  # fmt: skip
                     err = Preempted(signum, "linear probe", step=f"batch {batch} of epoch {epoch + 1}", saved=state_path,
                                     hint="rerun the same command to continue")  # fmt: skip
                     log.warning("%s", err)
@@ -555,7 +555,8 @@ def run_linear_probe(
             writer.add_scalar("linear/lr", optim.param_groups[0]["lr"], epoch + 1)
             log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, mean_loss)
             history.append({"epoch": epoch + 1, "loss": mean_loss})
-            save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch + 1})
+            save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch + 1},
+                       keep_previous=True)  # fmt: skip
             _stop_if_requested(f"end of epoch {epoch + 1}", state_path)
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
                 if val_cache is not None:
@@ -624,8 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: what a linear-probe run writes in ``--out`` (its identity is ``run.json``; ``results.json`` marks it finished)
 RUN_LAYOUT = RunLayout(
     "linear-probe run",
-    owned=("state.pt", "results.json", "run.json", "config.yaml", "split_train.txt", "split_val.txt", "features",
-           "vis", "tb"),
+    owned=("state.pt", "state.prev.pt", "state.damaged*.pt", "results.json", "run.json", "config.yaml",
+           "split_train.txt", "split_val.txt", "features", "vis", "tb"),
     state=("state.pt",),
     identity_file="run.json",
     finished="results.json",

@@ -61,10 +61,12 @@ from maskcontrast.runs import (
     RunFolderError,
     RunLayout,
     capture_rng_state,
+    checkpoint_problem,
     claim_run_folder,
     identity_diff,
     load_state,
     optim_state,
+    previous_path,
     restore_optim_state,
     restore_rng_state,
     run_log,
@@ -241,8 +243,17 @@ def build_view_dataset(cfg: Any, need_mask: bool) -> PairedViewDataset:
 #: what a training run writes in ``trainer.run_dir`` (``last.pt`` and ``epoch_*.pt`` hold its progress)
 RUN_LAYOUT = RunLayout(
     "run",
-    owned=("config.yaml", "config.resumed-step*.yaml", "last.pt", "train.log", "tb", "epoch_*.pt"),
-    state=("last.pt", "epoch_*.pt"),
+    owned=(
+        "config.yaml",
+        "config.resumed-step*.yaml",
+        "last.pt",
+        "last.prev.pt",
+        "last.damaged*.pt",
+        "train.log",
+        "tb",
+        "epoch_*.pt",
+    ),
+    state=("last.pt", "last.prev.pt", "epoch_*.pt"),
     resume_hint="trainer.resume=auto (--resume)",
     overwrite_hint="--overwrite (trainer.overwrite=true)",
     writer="maskcontrast.train",
@@ -269,10 +280,33 @@ def claim_training_run(tcfg: Any) -> tuple[RunClaim, Path | None]:
         raise RunDirError(str(err)) from err
     if explicit:
         return claim, Path(resume).expanduser()
-    if claim.resume and not (run_dir / "last.pt").is_file():
+    last = run_dir / "last.pt"
+    if claim.resume and not last.is_file() and not previous_path(last).is_file():
         raise RunDirError(f"run folder {run_dir} holds epoch checkpoints but no last.pt; pass trainer.resume=<one of "
                           "them> to continue from it, --overwrite to start afresh, or choose another trainer.run_dir")  # fmt: skip
-    return claim, (run_dir / "last.pt") if claim.resume else None
+    if not claim.resume:
+        return claim, None
+    return claim, _complete_checkpoint(claim, last)
+
+
+def _complete_checkpoint(claim: RunClaim, last: Path) -> Path:
+    """``last``, or when it is damaged (truncated, corrupted) the newest complete one of ``last.prev.pt``
+    and ``epoch_*.pt``; the damaged ``last.pt`` is renamed ``last.damaged.pt`` by ``claim.prepare()``."""
+    epochs = sorted(last.parent.glob("epoch_*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    problems: list[str] = []
+    for path in [last, previous_path(last), *epochs]:
+        if not path.is_file():
+            continue
+        why = checkpoint_problem(path)
+        if why is None:
+            if problems:
+                log.warning("%s; resuming from %s, the newest complete checkpoint, instead (the damaged last.pt is "
+                            "kept, renamed last.damaged.pt)", "; ".join(problems), path)  # fmt: skip
+                claim.damaged = [last] if last.is_file() else []
+            return path
+        problems.append(f"{path} is damaged ({why})")
+    raise RunDirError(f"{'; '.join(problems)}; no complete checkpoint is left to resume from. Pass --overwrite to "
+                      "start afresh (the damaged files are deleted then) or trainer.resume=<a good checkpoint>")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,6 +580,7 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
     run_dir = Path(tcfg.run_dir).expanduser()
     last_path = run_dir / "last.pt"
     watch = PeerWatch.start_if_distributed()  # a failing process ends the others within seconds
+    claim: RunClaim | None = None
     try:
         group = control_group() if env.world_size > 1 else None
         claim, resume_path = claim_training_run(tcfg)
@@ -578,7 +613,8 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
 
                 def save(name: str, at: int) -> None:
                     if env.is_main:
-                        save_state(run_dir / name, training_checkpoint(s, step=at, stage=stage, cfg_dict=cfg_dict))
+                        save_state(run_dir / name, training_checkpoint(s, step=at, stage=stage, cfg_dict=cfg_dict),
+                                   keep_previous=name == "last.pt")  # fmt: skip
                     if name == "last.pt":
                         saved["step"] = at
 
@@ -623,6 +659,8 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
     finally:
         if watch is not None:
             watch.stop()
+        if claim is not None:
+            claim.release()  # the run folder's writer lock
         if env.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
         torch.set_num_threads(threads_before)

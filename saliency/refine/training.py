@@ -23,7 +23,7 @@ from maskcontrast.runs import (
     capture_rng_state,
     claim_run_folder,
     identity_diff,
-    load_state,
+    load_state_or_previous,
     optim_state,
     read_identity,
     restore_optim_state,
@@ -40,8 +40,9 @@ from saliency.refine.selftrain import align_mean, augment, confident_bce, target
 log = logging.getLogger("saliency.refine")
 
 #: what a refiner run writes in its folder (``pseudo_labels.pt`` is a keyed cache that an overwrite keeps)
-RUN_LAYOUT = RunLayout("refiner run", owned=("last.pt", "refiner.pt", "history.json"), state=("last.pt", "refiner.pt"),
-                       writer="saliency.refine")  # fmt: skip
+RUN_LAYOUT = RunLayout("refiner run", owned=("last.pt", "last.prev.pt", "last.damaged*.pt", "refiner.pt",
+                                              "history.json"),
+                       state=("last.pt", "last.prev.pt", "refiner.pt"), writer="saliency.refine")  # fmt: skip
 
 
 @torch.no_grad()
@@ -119,7 +120,7 @@ def train_refiner(
     history: list[dict[str, Any]] = []
     first_round, first_epoch = 0, 0
     if claim.resume and last.is_file():
-        state = load_state(last)
+        state = load_state_or_previous(last, "--overwrite")
         net.load_state_dict(state["model"])
         restore_optim_state(state, opt, sched)
         targets, conf = state["targets"].float() / 255.0, state["confidence"].bool()
@@ -174,7 +175,9 @@ def train_refiner(
                     losses.append(loss.item())
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
                     if (signum := requested()) is not None and step + 1 < steps_per_epoch:
-                        save_state(last, state_now(rnd, epoch, step=step + 1, perm=perm, losses=losses))
+                        save_state(
+                            last, state_now(rnd, epoch, step=step + 1, perm=perm, losses=losses), keep_previous=True
+                        )
                         err = Preempted(signum, "saliency refiner", saved=last, hint="resume with --resume",
                                         step=f"round {rnd + 1}, epoch {epoch + 1}, step {step + 1}")  # fmt: skip
                         log.warning("%s", err)
@@ -206,7 +209,7 @@ def train_refiner(
                     if writer is not None:
                         for k, v in diag.items():
                             writer.add_scalar(f"refine/{k}", v, rnd + 1)
-                save_state(last, state_now(next_round, next_epoch))
+                save_state(last, state_now(next_round, next_epoch), keep_previous=True)
                 if (signum := requested()) is not None and (next_round, next_epoch) != (cfg.rounds, 0):
                     err = Preempted(signum, "saliency refiner", saved=last, hint="resume with --resume",
                                     step=f"end of round {rnd + 1}, epoch {epoch + 1}")  # fmt: skip

@@ -103,3 +103,45 @@ def test_sigterm_to_the_process_group_of_the_cli(data, tmp_path):
     step = read_checkpoint(run / "last.pt")["trainer"]["step"]
     assert 3 <= step < 400
     assert f"stopped by SIGTERM at step {step}" in err and "--resume" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# A damaged checkpoint
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_truncated_last_pt_resumes_from_the_previous_complete_one_and_is_kept(data, tmp_path, caplog):
+    from maskcontrast.train import RunDirError
+
+    run = tmp_path / "run"
+    cfg = tiny_cfg(data, run, "trainer.max_steps=4", "trainer.save_every_steps=1")
+    train(cfg, build(cfg), "pretrain")
+    assert read_checkpoint(run / "last.prev.pt")["trainer"]["step"] == 3  # the save before the last one
+    good = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(good[: len(good) // 2])  # a copy cut short
+    more = tiny_cfg(data, run, "trainer.max_steps=5", "trainer.save_every_steps=1", "trainer.resume=auto")
+    assert train(more, build(more), "pretrain").steps == 5
+    assert (run / "last.damaged.pt").read_bytes() == good[: len(good) // 2]  # kept, never deleted
+    assert "last.pt is damaged" in caplog.text and "resuming from" in caplog.text and "last.prev.pt" in caplog.text
+    assert read_checkpoint(run / "last.pt")["trainer"]["step"] == 5
+
+    # nothing complete left: one error naming the files and the way out; nothing is deleted
+    for p in (run / "last.pt", run / "last.prev.pt"):
+        p.write_bytes(b"PK\x03\x04 not a whole zip")
+    with pytest.raises(RunDirError, match=r"last\.pt is damaged.*--overwrite"):
+        train(more, build(more), "pretrain")
+    assert (run / "last.pt").read_bytes() == b"PK\x03\x04 not a whole zip"
+
+
+def test_a_corrupted_member_is_found_and_the_epoch_checkpoint_is_used(data, tmp_path, caplog):
+    run = tmp_path / "run"
+    cfg = tiny_cfg(data, run, "trainer.max_steps=4", "trainer.save_every_epochs=1")
+    train(cfg, build(cfg), "pretrain")
+    raw = bytearray((run / "last.pt").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside a tensor: the file still opens as a zip
+    (run / "last.pt").write_bytes(bytes(raw))
+    (run / "last.prev.pt").unlink()
+    more = tiny_cfg(data, run, "trainer.max_steps=4", "trainer.resume=auto")
+    res = train(more, build(more), "pretrain")
+    assert res.steps == 4  # resumed at step 3 (epoch_0001.pt) and ran step 4 again
+    assert "epoch_0001.pt" in caplog.text and (run / "last.damaged.pt").is_file()
