@@ -86,8 +86,15 @@ class Preempted(SystemExit):
     traceback, and ``except Exception`` blocks do not swallow it). ``str()`` is the message.
     """
 
-    def __init__(self, signum: int, what: str, *, step: int | str | None = None, saved: str | Path | None = None,
-                 hint: str = "rerun the same command with --resume to continue") -> None:  # fmt: skip
+    def __init__(
+        self,
+        signum: int,
+        what: str,
+        *,
+        step: int | str | None = None,
+        saved: str | Path | None = None,
+        hint: str = "rerun the same command with --resume to continue",
+    ) -> None:
         self.signum, self.what, self.step, self.saved = int(signum), what, step, saved
         super().__init__(exit_status(signum))
         at = "" if step is None else f" at step {step}" if isinstance(step, int) else f" ({step})"
@@ -110,8 +117,11 @@ def _handler(signum: int, frame: Any) -> None:
     _state["signum"], _state["at"] = signum, time.time()
     if os.getpid() == _state["owner"]:
         with suppress(OSError):  # not logging: the handler may run inside a logging call
-            os.write(2, f"{signal_name(signum)} received: finishing the current step, saving, then stopping "
-                        "(send it again to stop at once)\n".encode())  # fmt: skip
+            os.write(
+                2,
+                f"{signal_name(signum)} received: finishing the current step, saving, then stopping "
+                "(send it again to stop at once)\n".encode(),
+            )
 
 
 def _restore() -> None:
@@ -238,8 +248,9 @@ class PeerWatch:
             watch.stop()
     """
 
-    def __init__(self, store: Any, rank: int, world_size: int, interval: float = 1.0,
-                 timeout: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, store: Any, rank: int, world_size: int, interval: float = 1.0, timeout: float | None = None
+    ) -> None:
         self.store, self.rank, self.world = store, rank, world_size
         self.interval = interval
         self.timeout = float(os.environ.get("MASKCONTRAST_PEER_TIMEOUT", "30")) if timeout is None else timeout
@@ -281,8 +292,12 @@ class PeerWatch:
     def _exit(self, why: str) -> None:
         if self._stop.is_set():
             return
-        log.error("%s; stopping process %d too (exit status %d); the last complete checkpoint is kept", why,
-                  self.rank, PEER_FAILED_STATUS)  # fmt: skip
+        log.error(
+            "%s; stopping process %d too (exit status %d); the last complete checkpoint is kept",
+            why,
+            self.rank,
+            PEER_FAILED_STATUS,
+        )
         for h in logging.getLogger().handlers:
             with suppress(Exception):
                 h.flush()
@@ -318,6 +333,7 @@ class PeerWatch:
                     return
                 errors += 1
                 if errors >= 3:
-                    self._exit(f"the rendezvous store is gone ({type(err).__name__}: {err}); the process that hosted "
-                               "it died")  # fmt: skip
+                    self._exit(
+                        f"the rendezvous store is gone ({type(err).__name__}: {err}); the process that hosted it died"
+                    )
                     return

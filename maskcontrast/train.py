@@ -93,6 +93,8 @@ __all__ = [
     "TrainingSetup",
     "setup_training",
     "restore_training",
+    "RESUME_MAY_CHANGE",
+    "refused_config_changes",
     "training_checkpoint",
     "train_step",
     "train_one_epoch",
@@ -402,16 +404,62 @@ def training_checkpoint(s: TrainingSetup, *, step: int, stage: str, cfg_dict: di
     return ckpt
 
 
+#: the config keys (``fnmatch`` patterns of dotted keys; list items as ``sources.0.root``) whose
+#: value may differ when a run is resumed: the budget, the cadence of saves and logs, where and how
+#: fast it runs, where the data and the run folder now live. Any other change (the model, the
+#: objective, the data, the image size, the augmentation, the optimizer, the seed) is refused.
+RESUME_MAY_CHANGE: tuple[str, ...] = (
+    "trainer.max_steps", "trainer.epochs", "trainer.resume", "trainer.overwrite", "trainer.run_dir",
+    "trainer.save_every_steps", "trainer.save_every_epochs", "trainer.log_every_steps", "trainer.progress",
+    "trainer.threads", "trainer.device", "trainer.precision", "trainer.channels_last",
+    "data.num_workers", "data.cache_images", "data.sources.*.root", "data.sources.*.masks", "data.masks",
+    "model.backbone.init",  # used before a resume only: the weights then come from the checkpoint
+)  # fmt: skip
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix.rstrip("."): value}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def refused_config_changes(old: dict, new: dict) -> list[str]:
+    """``"key: old -> new"`` for every changed key that :data:`RESUME_MAY_CHANGE` does not allow."""
+    from fnmatch import fnmatchcase
+
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>")
+            and not any(fnmatchcase(k, pat) for pat in RESUME_MAY_CHANGE)]  # fmt: skip
+
+
 def restore_training(s: TrainingSetup, path: Path, stage: str, cfg_dict: dict) -> tuple[int, list[str]]:
     """Load a :func:`training_checkpoint` into the set-up; returns ``(step, config changes)``.
 
     Raises:
         RunDirError: not a training checkpoint of this stage.
+        ConfigError: the config differs from the checkpoint's in a key outside
+            :data:`RESUME_MAY_CHANGE` (the message names the keys).
     """
     ckpt = load_state(path)
     tstate = ckpt.get("trainer")
     if not isinstance(tstate, dict) or tstate.get("stage") != stage:
         raise RunDirError(f"{path}: not a {stage} training checkpoint of this trainer")
+    refused = refused_config_changes(tstate.get("config", {}), cfg_dict) if "config" in tstate else []
+    if refused:
+        raise ConfigError(
+            f"cannot resume {path} with a changed config: {'; '.join(refused[:8])}. These change the model, the "
+            f"method or the data; resume with the run's own settings ({path.parent / 'config.yaml'}), or start a new "
+            f"run (another trainer.run_dir, or --overwrite). Keys that may change on resume: "
+            f"{', '.join(RESUME_MAY_CHANGE)}"
+        )
     s.objective.load_checkpoint(ckpt)
     restore_optim_state({"optimizer": ckpt["optimizer"], "scaler": tstate.get("scaler")}, s.optimizer,
                         scaler=s.scaler)  # fmt: skip
