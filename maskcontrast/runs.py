@@ -165,7 +165,12 @@ def lock_run_folder(folder: str | Path) -> None:
     key = str(folder.resolve())
     if key in _HELD:
         return
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as err:
+        raise RunFolderError(
+            f"run folder {folder} cannot be written ({err.strerror}); make it writable or choose another folder"
+        ) from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -333,7 +338,10 @@ class RunClaim:
         Raises:
             RunFolderInUse: another live process took the folder since the claim.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except PermissionError as err:
+            raise RunFolderError(f"cannot create the run folder {self.path} ({err.strerror}); choose another") from err
         lock_run_folder(self.path)  # before anything is removed or written
         if self.remove:
             log.info("%s: removing %s", self.path, ", ".join(p.name for p in self.remove[:6]))

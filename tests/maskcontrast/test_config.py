@@ -179,3 +179,11 @@ def test_max_steps_may_be_null_and_interpolations_are_checked_once_resolved(tmp_
     cfg = load_config(MocoConfig, path)  # an interpolation is checked after resolving
     with pytest.raises(ConfigError, match=r"key 'optim\.batch_size' must be >= 1, got 0"):
         resolve_config(cfg)
+
+
+@pytest.mark.parametrize("override", ["optim.lr=nan", "objective.temperature=nan", "augment.flip_p=nan"])
+def test_nan_config_values_are_refused_naming_the_key(override):
+    from maskcontrast.config import ConfigError, PretrainConfig, load_config
+
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(PretrainConfig, None, [override])

@@ -239,3 +239,23 @@ def test_a_damaged_state_falls_back_to_the_previous_save_and_is_kept(tmp_path):
     with pytest.raises(CheckpointError, match=r"other\.pt.*damaged.*--overwrite"):
         load_state_or_previous(other)
     assert other.read_bytes() == cut
+
+
+def test_an_unwritable_run_folder_is_refused_by_name(tmp_path, monkeypatch):
+    """(Tests run as root here, where chmod does not block: the refusal of the OS is simulated.)"""
+    import os
+
+    from maskcontrast import runs
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(runs.LOCK_FILE) and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(runs.os, "open", read_only)
+    folder = tmp_path / "ro"
+    claim = claim_run_folder(folder, RunLayout("test run", owned=("a.txt",)))
+    with pytest.raises(RunFolderError, match=r"run folder .*ro cannot be written \(Permission denied\)"):
+        claim.prepare()
