@@ -172,37 +172,3 @@ def test_cli_checks_k_before_loading_anything(tmp_path):
     with pytest.raises(ValueError, match="--k must be >= 2"):
         main(["--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "weizmann", "--root", str(tmp_path),
               "--k", "1"])  # fmt: skip
-
-
-@pytest.mark.parametrize("cached", [True, False])
-def test_sigterm_saves_the_cache_at_that_image_and_the_rerun_equals_a_full_pass(synthetic, tmp_path, cached):
-    import os
-    import signal
-
-    from maskcontrast.preemption import Preempted
-
-    ds, model = synthetic
-    full = prototype_pass(model, ds, SaliencySource("model"), progress=False)
-    path = tmp_path / "c" / "prototypes.pt"
-    real, calls = model.run, {"n": 0}
-
-    def signal_at_image_four(images, **kwargs):
-        for item in real(images, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 4:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield item
-
-    model.run = signal_at_image_four
-    with pytest.raises(Preempted) as info:
-        prototype_pass(model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}) if cached else None,
-                       progress=False)  # fmt: skip
-    assert info.value.code == 143
-    if not cached:
-        assert "after 6 images" in str(info.value) and "nothing needed saving" in str(info.value)
-        return
-    assert torch.load(path, weights_only=True)["done"] == 4 and "after 4 images" in str(info.value)
-    model.run = real
-    resumed = prototype_pass(model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}), progress=False)
-    np.testing.assert_array_equal(resumed.fg_hist, full.fg_hist)
-    np.testing.assert_array_equal(resumed.has_proto, full.has_proto)
