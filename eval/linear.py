@@ -62,7 +62,7 @@ from maskcontrast.config import (
     load_config,
     save_config,
 )
-from maskcontrast.data import DataError, Sample, SegmentationDataset
+from maskcontrast.data import IGNORE_INDEX, DataError, Sample, SegmentationDataset
 from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
 from maskcontrast.runs import (
     RunLayout,
@@ -95,8 +95,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("eval.linear")
-
-IGNORE = 255
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +242,7 @@ def warp_label(label: torch.Tensor, p: AffineParams, crop: int, in_hw: tuple[int
     shifted = (label.float() + 1)[None, None]
     out = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]
     out = out.round().long() - 1
-    out[out < 0] = IGNORE
+    out[out < 0] = IGNORE_INDEX
     return out
 
 
@@ -534,8 +532,8 @@ def run_linear_probe(
                 else:
                     feats, labels = _train_batch_from_images(model, items, cfg, rng)
                 logits = probe(feats, tuple(labels.shape[-2:]))
-                if bool((labels != IGNORE).any()):
-                    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+                if bool((labels != IGNORE_INDEX).any()):
+                    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
                     optim.zero_grad(set_to_none=True)
                     loss.backward()
                     optim.step()
