@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.outputs import jsonable
+from maskcontrast.preemption import Preempted, requested
 from maskcontrast.runs import ChangedIdentityError, identity_digest, load_state, remove_stale_temporaries, save_state
 
 __all__ = ["checkpoint_fingerprint", "StreamCache"]
@@ -59,8 +60,15 @@ class StreamCache:
         return int(data["done"]), data["state"]
 
     def due(self, done: int) -> bool:
-        return self.path is not None and done % self.every == 0
+        """Time to save: every ``every`` images, and at once when SIGTERM/SIGINT arrived."""
+        return self.path is not None and (done % self.every == 0 or requested() is not None)
 
     def save(self, done: int, state: dict[str, Any]) -> None:
+        """Save; then, when SIGTERM/SIGINT arrived, stop with :class:`maskcontrast.preemption.Preempted`."""
         if self.path is not None:
             save_state(self.path, {"settings": self.settings, "done": done, "state": state})
+            if (signum := requested()) is not None:
+                err = Preempted(signum, "evaluation pass", step=f"after {done} images", saved=self.path,
+                                hint="rerun the same command to continue from the cache")  # fmt: skip
+                log.warning("%s", err)
+                raise err

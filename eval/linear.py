@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
@@ -61,11 +62,12 @@ from maskcontrast.config import (
     load_config,
     save_config,
 )
-from maskcontrast.data import DataError, Sample, SegmentationDataset
+from maskcontrast.data import IGNORE_INDEX, DataError, Sample, SegmentationDataset
+from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
 from maskcontrast.runs import (
     RunLayout,
     claim_run_folder,
-    load_state,
+    load_state_or_previous,
     open_tensorboard,
     optim_state,
     restore_optim_state,
@@ -93,8 +95,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("eval.linear")
-
-IGNORE = 255
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def warp_label(label: torch.Tensor, p: AffineParams, crop: int, in_hw: tuple[int
     shifted = (label.float() + 1)[None, None]
     out = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]
     out = out.round().long() - 1
-    out[out < 0] = IGNORE
+    out[out < 0] = IGNORE_INDEX
     return out
 
 
@@ -305,6 +305,15 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
 # ----------------------------------------------------------------------------------------------
 
 
+def _stop_if_requested(where: str, saved: Path | None) -> None:
+    """Raise :class:`Preempted` (logged) when SIGTERM/SIGINT arrived; ``saved``: what holds the progress."""
+    signum = requested()
+    if signum is not None:
+        err = Preempted(signum, "linear probe", step=where, saved=saved, hint="rerun the same command to continue")
+        log.warning("%s", err)
+        raise err
+
+
 def _cache_file(folder: Path, sample_id: str) -> Path:
     return folder / f"{safe_name(sample_id)}.pt"
 
@@ -329,7 +338,7 @@ def cache_features(
     if not todo:
         return
     loader = DataLoader(Subset(ds, todo), batch_size=model.batch_size, num_workers=workers,
-                        collate_fn=collate_samples)  # fmt: skip
+                        collate_fn=collate_samples, worker_init_fn=ignore_signals_in_worker)  # fmt: skip
     with tqdm(total=len(todo), desc=f"caching {folder.name} features", unit="img", leave=False,
               disable=not progress) as bar:  # fmt: skip
         for samples in loader:
@@ -345,6 +354,7 @@ def cache_features(
                     entry["label"] = lab
                 save_state(_cache_file(folder, s.id), entry)
             bar.update(len(samples))
+            _stop_if_requested(f"caching {folder.name} features", folder)
 
 
 class _CachedFeatures(Dataset):
@@ -422,7 +432,8 @@ def evaluate(
     c = ds.info.num_classes
     conf = np.zeros((c, c), np.int64)
     conf_crf = np.zeros((c, c), np.int64) if use_crf else None
-    loader = DataLoader(ds, batch_size=model.batch_size, num_workers=workers, collate_fn=collate_samples)
+    loader = DataLoader(ds, batch_size=model.batch_size, num_workers=workers, collate_fn=collate_samples,
+                        worker_init_fn=ignore_signals_in_worker)  # fmt: skip
     index = 0
     with tqdm(total=len(ds), desc="evaluating", unit="img", leave=False, disable=not progress) as bar:
         for samples in loader:
@@ -443,6 +454,7 @@ def evaluate(
                     save_panel(vis_dir / f"{index:04d}_{safe_name(s.id)}.png", s.image, label, pred, ds.info)
                 index += 1
             bar.update(len(samples))
+            _stop_if_requested("evaluation", None)
     return conf, conf_crf
 
 
@@ -481,79 +493,95 @@ def run_linear_probe(
                             weight_decay=cfg.optim.weight_decay)  # fmt: skip
     sched = torch.optim.lr_scheduler.MultiStepLR(optim, milestones=list(cfg.optim.milestones), gamma=cfg.optim.gamma)
     state_path = out_dir / "state.pt"
-    start_epoch = 0
+    start_epoch, start_batch, state = 0, 0, {}
     if state_path.is_file():
-        state = load_state(state_path)
+        state = load_state_or_previous(state_path)
         probe.load_state_dict(state["probe"])
         restore_optim_state(state, optim, sched)
-        start_epoch = int(state["epoch"])
-        log.info("resuming from %s after epoch %d", state_path, start_epoch)
+        start_epoch, start_batch = int(state["epoch"]), int(state.get("batch", 0))
+        log.info("resuming from %s after epoch %d%s", state_path, start_epoch,
+                 f", batch {start_batch}" if start_batch else "")  # fmt: skip
     train_cache = out_dir / "features" / "train" if cfg.cache_features else None
     val_cache = out_dir / "features" / "val" if cfg.cache_features else None
     t0 = time.time()
-    if train_cache is not None and start_epoch < cfg.epochs:
-        cache_features(model, train_ds, train_cache, cfg.base_size, with_label=True, workers=workers,
-                       progress=progress)  # fmt: skip
-    writer = open_tensorboard(out_dir / "tb")
-    history = []
-    for epoch in range(start_epoch, cfg.epochs):
-        probe.train()
-        rng = np.random.default_rng([cfg.seed, epoch])
-        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        if train_cache is not None:
-            data: Dataset = _CachedFeatures(train_cache, train_ds.ids)
-            loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=workers,
-                                collate_fn=collate_samples)  # fmt: skip
-        else:
-            loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                                num_workers=workers, collate_fn=collate_samples)  # fmt: skip
-        total, count = 0.0, 0
-        for items in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress):
-            if train_cache is not None:
-                feats, labels = _train_batch_from_cache(model, items, cfg, rng)
-            else:
-                feats, labels = _train_batch_from_images(model, items, cfg, rng)
-            logits = probe(feats, tuple(labels.shape[-2:]))
-            if bool((labels != IGNORE).any()):
-                loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                total += float(loss.detach()) * len(items)
-                count += len(items)
-        sched.step()
-        mean_loss = total / max(1, count)
-        writer.add_scalar("linear/loss", mean_loss, epoch + 1)
-        writer.add_scalar("linear/lr", optim.param_groups[0]["lr"], epoch + 1)
-        log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, mean_loss)
-        history.append({"epoch": epoch + 1, "loss": mean_loss})
-        save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch + 1})
-        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
-            if val_cache is not None:
-                cache_features(model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers,
-                               progress=progress)  # fmt: skip
-            conf, _ = evaluate(model, probe, val_ds, cfg, cache_dir=val_cache, workers=workers, progress=progress)
-            miou = segmentation_scores(conf).miou
-            writer.add_scalar("linear/val_miou", miou, epoch + 1)
-            log.info("epoch %d: val mIoU %.2f %%", epoch + 1, 100 * miou)
-    train_seconds = time.time() - t0
-    use_crf, crf_note = False, "off"
-    if cfg.crf.enabled:
-        use_crf, why = crf_available()
-        crf_note = "applied" if use_crf else f"skipped: {why}"
-        if not use_crf:
-            log.warning("dense CRF skipped: %s", why)
-    if val_cache is not None:
-        cache_features(model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers,
-                       progress=progress)  # fmt: skip
-    vis_dir = out_dir / "vis" if vis_n > 0 else None
-    if vis_dir is not None:
-        vis_dir.mkdir(parents=True, exist_ok=True)
-    conf, conf_crf = evaluate(model, probe, val_ds, cfg, cache_dir=val_cache, use_crf=use_crf, vis_dir=vis_dir,
-                              vis_n=vis_n, workers=workers, progress=progress)  # fmt: skip
-    result = _scores_dict(conf, info.classes)
-    writer.add_scalar("linear/val_miou", result["miou"], cfg.epochs)
-    writer.close()
+    with section("linear probe"):
+        if train_cache is not None and start_epoch < cfg.epochs:
+            cache_features(model, train_ds, train_cache, cfg.base_size, with_label=True, workers=workers,
+                           progress=progress)  # fmt: skip
+        writer = open_tensorboard(out_dir / "tb")
+        history = []  # the epochs run by this call
+        for epoch in range(start_epoch, cfg.epochs):
+            probe.train()
+            rng = np.random.default_rng([cfg.seed, epoch])
+            gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            data: Dataset = _CachedFeatures(train_cache, train_ds.ids) if train_cache is not None else train_ds
+            # the order of DataLoader(shuffle=True, generator=gen): a seed draw, then a permutation
+            torch.empty((), dtype=torch.int64).random_(generator=gen)
+            order = torch.randperm(len(data), generator=gen).tolist()
+            first, total, count = 0, 0.0, 0
+            if epoch == start_epoch and start_batch:  # resume inside the epoch where a signal stopped it
+                first, total, count = start_batch, float(state["loss_sum"]), int(state["loss_count"])
+                rng.bit_generator.state = json.loads(state["rng"])
+            loader = DataLoader(data, batch_size=cfg.batch_size, sampler=order[first * cfg.batch_size :],
+                                num_workers=workers, collate_fn=collate_samples,
+                                worker_init_fn=ignore_signals_in_worker)  # fmt: skip
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+            for batch, items in enumerate(bar, start=first + 1):
+                if train_cache is not None:
+                    feats, labels = _train_batch_from_cache(model, items, cfg, rng)
+                else:
+                    feats, labels = _train_batch_from_images(model, items, cfg, rng)
+                logits = probe(feats, tuple(labels.shape[-2:]))
+                if bool((labels != IGNORE_INDEX).any()):
+                    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optim.step()
+                    total += float(loss.detach()) * len(items)
+                    count += len(items)
+                if (signum := requested()) is not None and batch * cfg.batch_size < len(data):
+                    save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch,
+                                            "batch": batch, "rng": json.dumps(rng.bit_generator.state),
+                                            "loss_sum": total, "loss_count": count}, keep_previous=True)  # fmt: skip
+                    err = Preempted(signum, "linear probe", step=f"batch {batch} of epoch {epoch + 1}", saved=state_path,
+                                    hint="rerun the same command to continue")  # fmt: skip
+                    log.warning("%s", err)
+                    raise err
+            sched.step()
+            mean_loss = total / max(1, count)
+            writer.add_scalar("linear/loss", mean_loss, epoch + 1)
+            writer.add_scalar("linear/lr", optim.param_groups[0]["lr"], epoch + 1)
+            log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, mean_loss)
+            history.append({"epoch": epoch + 1, "loss": mean_loss})
+            save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch + 1},
+                       keep_previous=True)  # fmt: skip
+            _stop_if_requested(f"end of epoch {epoch + 1}", state_path)
+            if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
+                if val_cache is not None:
+                    cache_features(model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers,
+                                   progress=progress)  # fmt: skip
+                conf, _ = evaluate(model, probe, val_ds, cfg, cache_dir=val_cache, workers=workers, progress=progress)
+                miou = segmentation_scores(conf).miou
+                writer.add_scalar("linear/val_miou", miou, epoch + 1)
+                log.info("epoch %d: val mIoU %.2f %%", epoch + 1, 100 * miou)
+        train_seconds = time.time() - t0
+        use_crf, crf_note = False, "off"
+        if cfg.crf.enabled:
+            use_crf, why = crf_available()
+            crf_note = "applied" if use_crf else f"skipped: {why}"
+            if not use_crf:
+                log.warning("dense CRF skipped: %s", why)
+        if val_cache is not None:
+            cache_features(model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers,
+                           progress=progress)  # fmt: skip
+        vis_dir = out_dir / "vis" if vis_n > 0 else None
+        if vis_dir is not None:
+            vis_dir.mkdir(parents=True, exist_ok=True)
+        conf, conf_crf = evaluate(model, probe, val_ds, cfg, cache_dir=val_cache, use_crf=use_crf, vis_dir=vis_dir,
+                                  vis_n=vis_n, workers=workers, progress=progress)  # fmt: skip
+        result = _scores_dict(conf, info.classes)
+        writer.add_scalar("linear/val_miou", result["miou"], cfg.epochs)
+        writer.close()
     result.update(
         crf=crf_note,
         crf_scores=_scores_dict(conf_crf, info.classes) if conf_crf is not None else None,
@@ -595,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: what a linear-probe run writes in ``--out`` (its identity is ``run.json``; ``results.json`` marks it finished)
 RUN_LAYOUT = RunLayout(
     "linear-probe run",
-    owned=("state.pt", "results.json", "run.json", "config.yaml", "split_train.txt", "split_val.txt", "features",
-           "vis", "tb"),
+    owned=("state.pt", "state.prev.pt", "state.damaged*.pt", "results.json", "run.json", "config.yaml",
+           "split_train.txt", "split_val.txt", "features", "vis", "tb"),
     state=("state.pt",),
     identity_file="run.json",
     finished="results.json",

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader
 
 from maskcontrast.api import FeatureModel, FeatureOutput
 from maskcontrast.data import Sample, SegmentationDataset
+from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
 
 __all__ = ["collate_samples", "iter_model_outputs"]
+
+log = logging.getLogger(__name__)
 
 
 def collate_samples(batch: list[Sample]) -> list[Sample]:
@@ -28,7 +32,10 @@ def iter_model_outputs(
 ) -> Iterator[tuple[int, Sample, FeatureOutput]]:
     """Yield ``(index, sample, output)`` for images ``start..`` of ``dataset``, one at a time;
     images are decoded in ``workers`` processes and run through the model ``model.batch_size`` at a time.
-    Outputs are at feature resolution (batch size 1)."""
+    Outputs are at feature resolution (batch size 1).
+
+    SIGTERM/SIGINT end the pass after the current batch (:mod:`maskcontrast.preemption`): a
+    :class:`eval.caches.StreamCache` saves and stops first; without one, nothing is saved."""
     from torch.utils.data import Subset
     from tqdm import tqdm
 
@@ -39,14 +46,20 @@ def iter_model_outputs(
         num_workers=max(0, workers),
         collate_fn=collate_samples,
         persistent_workers=False,
+        worker_init_fn=ignore_signals_in_worker,
     )
     bar = tqdm(total=len(dataset), initial=start, desc=desc, unit="img", disable=not progress, leave=False)
     index = start
     try:
-        for samples in loader:
-            for j, out, _ in model.run([s.image for s in samples]):
-                yield index + j, samples[j], out
-            index += len(samples)
-            bar.update(len(samples))
+        with section(desc):
+            for samples in loader:
+                for j, out, _ in model.run([s.image for s in samples]):
+                    yield index + j, samples[j], out
+                index += len(samples)
+                bar.update(len(samples))
+                if (signum := requested()) is not None and index < len(dataset):
+                    err = Preempted(signum, desc, step=f"after {index} images", hint="rerun the same command")
+                    log.warning("%s", err)
+                    raise err
     finally:
         bar.close()

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskcontrast.data.record import IGNORE_INDEX  # the mask value of ignored pixels (neither fg nor bg)
 from maskcontrast.embeddings import pixel_sums
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
 
 #: temperature of the soft map ``sigmoid((cos_fg - cos_bg) / T)``
 DEFAULT_TEMPERATURE = 0.1
-#: the mask value that marks ignored pixels (neither foreground nor background)
-IGNORE = 255
 
 
 def as_support_mask(mask: Any, hw: tuple[int, int], index: int = 0) -> torch.Tensor:
@@ -75,7 +74,7 @@ def as_support_mask(mask: Any, hw: tuple[int, int], index: int = 0) -> torch.Ten
         fg, ignore = t, torch.zeros_like(t)
     else:
         t = t.long()
-        ignore = t == IGNORE
+        ignore = t == IGNORE_INDEX
         fg = (t != 0) & ~ignore
     if not bool(fg.any()):
         raise ValueError(f"support mask {index} has no foreground pixel; mark the region to segment with "

@@ -12,7 +12,11 @@ hold saved progress, where its identity is kept, what marks it finished) and cla
 * ``overwrite`` removes what a run owns (and only that) and starts afresh;
 * a run that failed before its first checkpoint left no progress: its leftovers are cleared and
   the folder is reused without ``--overwrite``;
-* temporary files of an atomic save that a killed process left behind are removed.
+* temporary files of an atomic save that a killed process left behind are removed;
+* one writer per folder: :meth:`RunClaim.prepare` takes a lock (``.maskcontrast.lock``, an
+  ``flock`` that the kernel drops when its process ends), and a second command on a folder in use
+  is refused at once (:class:`RunFolderInUse`, naming the folder and the other process's pid,
+  host and command); a lock left by a process that died does not block.
 
 Training state (model, optimizer, scheduler, AMP scaler, RNG, extra entries) is written with
 :func:`save_state` (atomic; a full disk is an error that names the file and the space left, and the
@@ -35,8 +39,12 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
+import socket
+import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +59,11 @@ from maskcontrast.utils import atomic_save
 __all__ = [
     "RunFolderError",
     "ChangedIdentityError",
+    "RunFolderInUse",
+    "LOCK_FILE",
+    "check_not_in_use",
+    "lock_run_folder",
+    "release_run_folder",
     "RunLayout",
     "RunClaim",
     "claim_run_folder",
@@ -60,6 +73,10 @@ __all__ = [
     "remove_stale_temporaries",
     "save_state",
     "load_state",
+    "checkpoint_problem",
+    "set_aside_damaged",
+    "previous_path",
+    "load_state_or_previous",
     "capture_rng_state",
     "restore_rng_state",
     "optim_state",
@@ -81,6 +98,100 @@ class RunFolderError(FileExistsError, ValueError):
 
 class ChangedIdentityError(RunFolderError):
     """The folder holds a run whose stored identity (settings) differs from this run's."""
+
+
+class RunFolderInUse(RunFolderError):
+    """Another live process writes in this run folder (the message names it)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per folder
+# ----------------------------------------------------------------------------------------------
+
+#: the lock file of a run folder (its content names the holder: pid, host, command, start time)
+LOCK_FILE = ".maskcontrast.lock"
+
+_HELD: dict[str, int] = {}  # resolved folder -> fd of the lock this process holds
+
+
+def _holder(lock: Path) -> str:
+    try:
+        info = json.loads(lock.read_text(encoding="utf-8"))
+        return (f"pid {info.get('pid')} on host {info.get('host')}, running since {info.get('started')}: "
+                f"{info.get('command')}")  # fmt: skip
+    except (OSError, ValueError):
+        return "another process (its lock file names no holder yet)"
+
+
+def _in_use_error(folder: Path) -> RunFolderInUse:
+    return RunFolderInUse(
+        f"run folder {folder} is in use by {_holder(folder / LOCK_FILE)}; wait for that process to end, stop "
+        "it, or choose another folder (a lock whose process died does not block)"
+    )
+
+
+def check_not_in_use(folder: str | Path) -> None:
+    """Raise :class:`RunFolderInUse` when another live process holds ``folder``'s lock (no change on disk)."""
+    import fcntl
+
+    folder = Path(folder)
+    lock = folder / LOCK_FILE
+    if str(folder.resolve()) in _HELD or not lock.is_file():
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use_error(folder) from None
+    except OSError:  # a file system without flock: no check
+        pass
+    finally:
+        os.close(fd)
+
+
+def lock_run_folder(folder: str | Path) -> None:
+    """Take ``folder``'s writer lock for this process (held until :func:`release_run_folder` or the
+    process ends; taking it again in the same process is a no-op).
+
+    Raises:
+        RunFolderInUse: another live process holds it.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _HELD:
+        return
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as err:
+        raise RunFolderError(
+            f"run folder {folder} cannot be written ({err.strerror}); make it writable or choose another folder"
+        ) from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise _in_use_error(folder) from None
+    except OSError as err:  # e.g. ENOLCK on some network file systems: run unlocked, say so
+        os.close(fd)
+        log.warning("%s: cannot lock the run folder (%s); make sure no other command writes in it", folder, err)
+        return
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    _HELD[key] = fd
+
+
+def release_run_folder(folder: str | Path) -> None:
+    """Give up this process's lock on ``folder`` (the lock file stays; it blocks nobody)."""
+    fd = _HELD.pop(str(Path(folder).resolve()), None)
+    if fd is not None:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,15 +325,30 @@ class RunClaim:
     reuse: bool = False
     previous: dict[str, Any] | None = None
     remove: list[Path] = field(default_factory=list)
+    damaged: list[Path] = field(default_factory=list)  # set aside (renamed, never deleted) by prepare()
+
+    def release(self) -> None:
+        """Give up the writer lock (:func:`release_run_folder`); the process end does it too."""
+        release_run_folder(self.path)
 
     def prepare(self, write_identity: bool = True) -> None:
-        """Delete what the claim says, create the folder, remove stale temporaries and write the
-        identity file (JSON layouts)."""
+        """Create the folder, take its writer lock (:func:`lock_run_folder`), delete what the claim
+        says, remove stale temporaries and write the identity file (JSON layouts).
+
+        Raises:
+            RunFolderInUse: another live process took the folder since the claim.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except PermissionError as err:
+            raise RunFolderError(f"cannot create the run folder {self.path} ({err.strerror}); choose another") from err
+        lock_run_folder(self.path)  # before anything is removed or written
         if self.remove:
             log.info("%s: removing %s", self.path, ", ".join(p.name for p in self.remove[:6]))
             _remove(self.remove)
-        self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
+        for p in self.damaged:
+            set_aside_damaged(p)
         name = self.layout.identity_file
         if write_identity and name and self.identity is not None and not name.endswith((".yaml", ".yml")):
             from maskcontrast.utils import atomic_write_bytes
@@ -251,6 +377,7 @@ def claim_run_folder(
     Raises:
         RunFolderError: the folder cannot be used as asked; the message names it and the flags.
         ChangedIdentityError: the stored identity differs (the message names the keys).
+        RunFolderInUse: another live process writes in the folder (it names the process).
     """
     path = Path(path).expanduser()
     ident = None if identity is None else json.loads(json.dumps(dict(identity), default=str))
@@ -259,7 +386,10 @@ def claim_run_folder(
         return claim
     if not path.is_dir():
         raise RunFolderError(f"{path} exists and is not a folder; choose another output folder")
-    entries = [p for p in path.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    check_not_in_use(path)
+    entries = [
+        p for p in path.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")) and p.name != LOCK_FILE
+    ]
     if not entries:
         return claim
     owned = _matches(path, layout.owned)
@@ -337,8 +467,12 @@ def _looks_like_full_disk(err: BaseException) -> bool:
     return "unexpected pos" in text or "No space left" in text or "file write failed" in text
 
 
-def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
+def save_state(path: str | Path, state: Mapping[str, Any], keep_previous: bool = False) -> None:
     """Write ``state`` to ``path`` atomically (a temporary file beside it, then a rename).
+
+    ``keep_previous``: the file being replaced stays as ``<stem>.prev<suffix>`` (a hard link, or a
+    copy where links are not possible), a complete checkpoint to fall back on should ``path``
+    later be damaged.
 
     Raises:
         OSError: the disk filled up (``errno.ENOSPC``); the message names the file and the space
@@ -346,6 +480,8 @@ def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
     """
     path = Path(path)
     try:
+        if keep_previous and path.is_file() and checkpoint_problem(path) is None:
+            _keep_previous(path)
         atomic_save(dict(state), path)
     except Exception as err:
         if not _looks_like_full_disk(err):
@@ -359,11 +495,87 @@ def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
         ) from err
 
 
+def previous_path(path: str | Path) -> Path:
+    """``last.pt`` -> ``last.prev.pt``: where :func:`save_state` keeps the file it replaced."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _keep_previous(path: Path) -> None:
+    prev = previous_path(path)
+    tmp = prev.with_name(f".{prev.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, prev)
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (truncated, corrupted, unreadable), or None when it
+    is. A zip checkpoint (``torch.save``'s format) is checked member by member against its CRCs
+    (the file is read once, nothing is unpickled); another file is loaded weights-only."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            return None if bad is None else f"member {bad} is corrupted"
+        load_state(path)
+        return None
+    except Exception as err:  # zip, OS and checkpoint errors
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def set_aside_damaged(path: str | Path) -> Path:
+    """Rename a damaged checkpoint to ``<stem>.damaged[.N].pt`` beside it (never deleted; a new
+    save may then use the name). Returns the new path."""
+    path = Path(path)
+    target = path.with_name(f"{path.stem}.damaged{path.suffix}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.stem}.damaged.{n}{path.suffix}")
+    os.replace(path, target)
+    log.warning("%s is damaged; kept as %s", path, target.name)
+    return target
+
+
 def load_state(path: str | Path) -> dict[str, Any]:
     """Read a state file weights-only (``maskcontrast.models.read_checkpoint``: errors name the file)."""
     from maskcontrast.models import read_checkpoint
 
     return read_checkpoint(path)
+
+
+def load_state_or_previous(path: str | Path, overwrite_hint: str = "--overwrite") -> dict[str, Any]:
+    """:func:`load_state`; when ``path`` is damaged (truncated, corrupted), the complete
+    ``<stem>.prev<suffix>`` that :func:`save_state` kept (``keep_previous``) instead, saying so; the
+    damaged file is renamed (:func:`set_aside_damaged`), never deleted.
+
+    Raises:
+        maskcontrast.models.CheckpointError: ``path`` is damaged and there is nothing to fall back on
+            (the message names it and the way out).
+    """
+    from maskcontrast.models import CheckpointError
+
+    path = Path(path)
+    try:
+        return load_state(path)
+    except CheckpointError as err:
+        prev = previous_path(path)
+        if not prev.is_file() or checkpoint_problem(prev) is not None:
+            raise CheckpointError(
+                f"{err}. It is damaged and no complete {prev.name} is there to fall back on; pass {overwrite_hint} "
+                f"to start afresh (the damaged file is kept as it is until then)"
+            ) from err
+        state = load_state(prev)
+        log.warning("%s is damaged (%s); resuming from the previous complete save %s", path, err, prev.name)
+        set_aside_damaged(path)
+        return state
 
 
 def capture_rng_state() -> dict[str, Any]:

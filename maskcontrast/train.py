@@ -49,15 +49,25 @@ from maskcontrast.data.regions import RegionMaker
 from maskcontrast.data.views import EpochBatchSampler, PairedViewDataset, Views, ViewSampler
 from maskcontrast.momentum import update_momentum
 from maskcontrast.objectives.base import Objective
+from maskcontrast.preemption import (
+    PeerWatch,
+    Preempted,
+    agreed_request,
+    control_group,
+    ignore_signals_in_worker,
+    section,
+)
 from maskcontrast.runs import (
     RunClaim,
     RunFolderError,
     RunLayout,
     capture_rng_state,
+    checkpoint_problem,
     claim_run_folder,
     identity_diff,
     load_state,
     optim_state,
+    previous_path,
     restore_optim_state,
     restore_rng_state,
     run_log,
@@ -84,6 +94,8 @@ __all__ = [
     "TrainingSetup",
     "setup_training",
     "restore_training",
+    "RESUME_MAY_CHANGE",
+    "refused_config_changes",
     "training_checkpoint",
     "train_step",
     "train_one_epoch",
@@ -246,8 +258,17 @@ def build_view_dataset(cfg: Any, need_mask: bool) -> PairedViewDataset:
 #: what a training run writes in ``trainer.run_dir`` (``last.pt`` and ``epoch_*.pt`` hold its progress)
 RUN_LAYOUT = RunLayout(
     "run",
-    owned=("config.yaml", "config.resumed-step*.yaml", "last.pt", "train.log", "tb", "epoch_*.pt"),
-    state=("last.pt", "epoch_*.pt"),
+    owned=(
+        "config.yaml",
+        "config.resumed-step*.yaml",
+        "last.pt",
+        "last.prev.pt",
+        "last.damaged*.pt",
+        "train.log",
+        "tb",
+        "epoch_*.pt",
+    ),
+    state=("last.pt", "last.prev.pt", "epoch_*.pt"),
     resume_hint="trainer.resume=auto (--resume)",
     overwrite_hint="--overwrite (trainer.overwrite=true)",
     writer="maskcontrast.train",
@@ -274,10 +295,33 @@ def claim_training_run(tcfg: Any) -> tuple[RunClaim, Path | None]:
         raise RunDirError(str(err)) from err
     if explicit:
         return claim, Path(resume).expanduser()
-    if claim.resume and not (run_dir / "last.pt").is_file():
+    last = run_dir / "last.pt"
+    if claim.resume and not last.is_file() and not previous_path(last).is_file():
         raise RunDirError(f"run folder {run_dir} holds epoch checkpoints but no last.pt; pass trainer.resume=<one of "
                           "them> to continue from it, --overwrite to start afresh, or choose another trainer.run_dir")  # fmt: skip
-    return claim, (run_dir / "last.pt") if claim.resume else None
+    if not claim.resume:
+        return claim, None
+    return claim, _complete_checkpoint(claim, last)
+
+
+def _complete_checkpoint(claim: RunClaim, last: Path) -> Path:
+    """``last``, or when it is damaged (truncated, corrupted) the newest complete one of ``last.prev.pt``
+    and ``epoch_*.pt``; the damaged ``last.pt`` is renamed ``last.damaged.pt`` by ``claim.prepare()``."""
+    epochs = sorted(last.parent.glob("epoch_*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    problems: list[str] = []
+    for path in [last, previous_path(last), *epochs]:
+        if not path.is_file():
+            continue
+        why = checkpoint_problem(path)
+        if why is None:
+            if problems:
+                log.warning("%s; resuming from %s, the newest complete checkpoint, instead (the damaged last.pt is "
+                            "kept, renamed last.damaged.pt)", "; ".join(problems), path)  # fmt: skip
+                claim.damaged = [last] if last.is_file() else []
+            return path
+        problems.append(f"{path} is damaged ({why})")
+    raise RunDirError(f"{'; '.join(problems)}; no complete checkpoint is left to resume from. Pass --overwrite to "
+                      "start afresh (the damaged files are deleted then) or trainer.resume=<a good checkpoint>")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,6 +377,7 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
         pin_memory=env.device.type == "cuda",
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(tcfg.seed),
+        worker_init_fn=ignore_signals_in_worker,
     )
     sampler = ViewSampler(cfg.augment, cfg.data.image_size).to(env.device)
     spe = len(dataset) // ocfg.batch_size
@@ -373,16 +418,62 @@ def training_checkpoint(s: TrainingSetup, *, step: int, stage: str, cfg_dict: di
     return ckpt
 
 
+#: the config keys (``fnmatch`` patterns of dotted keys; list items as ``sources.0.root``) whose
+#: value may differ when a run is resumed: the budget, the cadence of saves and logs, where and how
+#: fast it runs, where the data and the run folder now live. Any other change (the model, the
+#: objective, the data, the image size, the augmentation, the optimizer, the seed) is refused.
+RESUME_MAY_CHANGE: tuple[str, ...] = (
+    "trainer.max_steps", "trainer.epochs", "trainer.resume", "trainer.overwrite", "trainer.run_dir",
+    "trainer.save_every_steps", "trainer.save_every_epochs", "trainer.log_every_steps", "trainer.progress",
+    "trainer.threads", "trainer.device", "trainer.precision", "trainer.channels_last",
+    "data.num_workers", "data.cache_images", "data.sources.*.root", "data.sources.*.masks", "data.masks",
+    "model.backbone.init",  # used before a resume only: the weights then come from the checkpoint
+)  # fmt: skip
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix.rstrip("."): value}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def refused_config_changes(old: dict, new: dict) -> list[str]:
+    """``"key: old -> new"`` for every changed key that :data:`RESUME_MAY_CHANGE` does not allow."""
+    from fnmatch import fnmatchcase
+
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>")
+            and not any(fnmatchcase(k, pat) for pat in RESUME_MAY_CHANGE)]  # fmt: skip
+
+
 def restore_training(s: TrainingSetup, path: Path, stage: str, cfg_dict: dict) -> tuple[int, list[str]]:
     """Load a :func:`training_checkpoint` into the set-up; returns ``(step, config changes)``.
 
     Raises:
         RunDirError: not a training checkpoint of this stage.
+        ConfigError: the config differs from the checkpoint's in a key outside
+            :data:`RESUME_MAY_CHANGE` (the message names the keys).
     """
     ckpt = load_state(path)
     tstate = ckpt.get("trainer")
     if not isinstance(tstate, dict) or tstate.get("stage") != stage:
         raise RunDirError(f"{path}: not a {stage} training checkpoint of this trainer")
+    refused = refused_config_changes(tstate.get("config", {}), cfg_dict) if "config" in tstate else []
+    if refused:
+        raise ConfigError(
+            f"cannot resume {path} with a changed config: {'; '.join(refused[:8])}. These change the model, the "
+            f"method or the data; resume with the run's own settings ({path.parent / 'config.yaml'}), or start a new "
+            f"run (another trainer.run_dir, or --overwrite). Keys that may change on resume: "
+            f"{', '.join(RESUME_MAY_CHANGE)}"
+        )
     s.objective.load_checkpoint(ckpt)
     restore_optim_state({"optimizer": ckpt["optimizer"], "scaler": tstate.get("scaler")}, s.optimizer,
                         scaler=s.scaler)  # fmt: skip
@@ -489,11 +580,13 @@ class TrainingLog:
         self.bar.close()
 
 
-def train_one_epoch(s: TrainingSetup, step: int, logger: TrainingLog, save: Callable[[str, int], None]) -> int:
+def train_one_epoch(s: TrainingSetup, step: int, logger: TrainingLog, save: Callable[[str, int], None],
+                    stop: Callable[[int], None] | None = None) -> int:  # fmt: skip
     """Run the steps of the epoch that ``step`` lies in (from ``step`` on, up to the step budget).
 
     ``save(name, step)`` writes a checkpoint (``last.pt`` at the epoch end, at the end of the
     budget and every ``save_every_steps``; ``epoch_<n>.pt`` every ``save_every_epochs``).
+    ``stop(step)``, called after every step and its saves, may end the run (a preemption signal).
     Returns the step count after the epoch.
     """
     tcfg, spe = s.cfg.trainer, s.steps_per_epoch
@@ -513,6 +606,8 @@ def train_one_epoch(s: TrainingSetup, step: int, logger: TrainingLog, save: Call
             save("last.pt", step)
         if step >= s.total_steps:
             break
+        if stop is not None:
+            stop(step)
     return step
 
 
@@ -546,7 +641,10 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
         torch.set_num_threads(tcfg.threads)
     run_dir = Path(tcfg.run_dir).expanduser()
     last_path = run_dir / "last.pt"
+    watch = PeerWatch.start_if_distributed()  # a failing process ends the others within seconds
+    claim: RunClaim | None = None
     try:
+        group = control_group() if env.world_size > 1 else None
         claim, resume_path = claim_training_run(tcfg)
         if env.world_size > 1:
             dist.barrier()
@@ -577,13 +675,29 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
 
                 def save(name: str, at: int) -> None:
                     if env.is_main:
-                        save_state(run_dir / name, training_checkpoint(s, step=at, stage=stage, cfg_dict=cfg_dict))
+                        save_state(run_dir / name, training_checkpoint(s, step=at, stage=stage, cfg_dict=cfg_dict),
+                                   keep_previous=name == "last.pt")  # fmt: skip
                     if name == "last.pt":
                         saved["step"] = at
 
+                def stop(at: int) -> None:
+                    signum = agreed_request(group)
+                    if signum is None:
+                        return
+                    if saved["step"] != at:
+                        save("last.pt", at)
+                    if env.world_size > 1:
+                        dist.barrier()
+                    err = Preempted(signum, f"{stage} training", step=at, saved=last_path,
+                                    hint="resume with --resume (trainer.resume=auto)")  # fmt: skip
+                    if env.is_main:
+                        log.warning("%s", err)
+                    raise err
+
                 try:
-                    while step < s.total_steps:
-                        step = train_one_epoch(s, step, logger, save)
+                    with section(f"{stage} training"):
+                        while step < s.total_steps:
+                            step = train_one_epoch(s, step, logger, save, stop)
                 except NonFiniteLossError as err:
                     good = saved["step"]
                     raise NonFiniteLossError(
@@ -600,7 +714,15 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
             if env.is_main:
                 log.info("%s finished after %d steps; checkpoint %s", stage, step, last_path)
         return RunResult(run_dir, last_path, step, step / max(s.steps_per_epoch, 1), logger.last)
+    except BaseException as err:
+        if watch is not None and not isinstance(err, (Preempted, NonFiniteLossError)):
+            watch.fail(err)  # an error the other processes do not share: they stop too
+        raise
     finally:
+        if watch is not None:
+            watch.stop()
+        if claim is not None:
+            claim.release()  # the run folder's writer lock
         if env.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
         torch.set_num_threads(threads_before)

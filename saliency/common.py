@@ -231,6 +231,9 @@ def single_thread_env(enabled: bool) -> Iterator[None]:
 
 
 def _single_thread_init(initializer: Callable[..., None] | None, initargs: Sequence[Any]) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     for var in BLAS_VARS:
         os.environ[var] = "1"
     if initializer is not None:
@@ -264,9 +267,19 @@ def pool_map(
         for item in items:
             yield func(item)
         return
+    from maskcontrast.preemption import requested
+
     with (
         single_thread_env(True),
         mp.get_context("spawn").Pool(workers, _single_thread_init, (initializer, tuple(initargs))) as pool,
     ):
         run = pool.imap if ordered else pool.imap_unordered
-        yield from run(func, items, chunksize=chunksize)
+        results = run(func, items, chunksize=chunksize)
+        while True:  # wait in short slices: a stop request (SIGTERM) ends the wait, the pool is terminated
+            try:
+                yield results.next(timeout=0.5)
+            except StopIteration:
+                return
+            except mp.TimeoutError:
+                if requested() is not None:
+                    return

@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from maskcontrast.data import DataError, build_dataset, list_images, read_binary_mask
-from maskcontrast.data.io import read_index_png
+from maskcontrast.data.io import open_image, read_index_png
 from maskcontrast.utils import atomic_write_bytes, setup_logging
 from saliency.metrics import SaliencyMetrics
 
@@ -79,11 +79,8 @@ def _read_pred(path: Path, objects: bool) -> np.ndarray:
         except DataError:
             raw = None  # e.g. an RGB PNG: read as grey below
     if raw is None or raw.dtype != np.uint8:
-        try:
-            with Image.open(path) as im:
-                raw = np.asarray(im.convert("L"), dtype=np.uint8)
-        except OSError as err:
-            raise DataError(f"{path}: cannot decode prediction ({err})", path=str(path)) from err
+        with open_image(path) as im:  # refuses a too large file by name
+            raw = np.asarray(im.convert("L"), dtype=np.uint8)
     elif raw.max() <= 1 and not objects:
         raw = raw * np.uint8(255)  # a 0/1 or mode '1' mask
     if objects:

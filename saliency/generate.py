@@ -48,6 +48,7 @@ from maskcontrast.config import ConfigError, add_config_arguments, load_config
 from maskcontrast.data import DataError, build_dataset, write_mask
 from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.data.io import SKIPPED_LIST, read_skipped
+from maskcontrast.preemption import Preempted, requested, section
 from maskcontrast.runs import RunFolderError, RunLayout, claim_run_folder
 from maskcontrast.utils import atomic_write_bytes, setup_logging
 from saliency.common import pool_map, single_thread_env
@@ -268,14 +269,24 @@ def generate(
             _append_line(flagged_path, f"{sid}\t{info['agreement']:.3f}")
 
     bar = tqdm(total=len(todo), desc=f"saliency {method}", unit="img", disable=not progress or not todo)
-    for result in pool_map(_work, todo, workers=workers, initializer=_init_worker, initargs=(spec,), ordered=False):
-        handle(*result)
-        bar.update()
-    bar.close()
-    seconds = time.perf_counter() - start
-    manifest["counts"] = counts
-    manifest["seconds_last_run"] = round(seconds, 2)
-    atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+    with section("saliency.generate"):
+        for result in pool_map(_work, todo, workers=workers, initializer=_init_worker, initargs=(spec,),
+                               ordered=False):  # fmt: skip
+            handle(*result)
+            bar.update()
+            if requested() is not None:
+                break  # every mask written so far is complete; the rest is done by the next run
+        bar.close()
+        seconds = time.perf_counter() - start
+        manifest["counts"] = counts
+        manifest["seconds_last_run"] = round(seconds, 2)
+        atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+        if (signum := requested()) is not None:
+            done = sum(counts[k] for k in ("written", "skipped", "unreadable", "errors"))
+            err = Preempted(signum, "saliency.generate", step=f"after {done} of {len(todo)} images", saved=out,
+                            hint="rerun the same command to continue")  # fmt: skip
+            log.warning("%s", err)
+            raise err
     return counts
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
-from maskcontrast.data.io import read_image, read_index_png
+from maskcontrast.data.io import image_size, read_image, read_index_png
 from maskcontrast.data.record import DataError, DatasetInfo, Sample
 
 __all__ = [
@@ -230,11 +229,10 @@ class SegmentationDataset(Dataset):
         """``(H, W)`` of an image without decoding its pixels."""
         path = self.files(sample_id).image
         try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read image header ({err})", path=str(path), sample_id=sample_id) from err
-        return h, w
+            return image_size(path)
+        except DataError as err:
+            err.sample_id = sample_id
+            raise
 
     def load(self, sample_id: str) -> Sample:
         """Read and check one sample.

@@ -2,11 +2,18 @@
 
 Every reader and every tool reads pixels through these functions, so that grayscale, RGBA, CMYK,
 palette and 16-bit files are handled one way everywhere.
+
+Huge images: a file whose header claims more than :data:`MAX_IMAGE_PIXELS` pixels (default 100
+million, e.g. 10,000 x 10,000; ``MASKCONTRAST_MAX_IMAGE_PIXELS`` changes it) is refused with a
+:class:`DataError` naming it, before its pixels are decoded (a decompression bomb: a few kilobytes
+that decode to gigabytes). Importing this module also sets Pillow's own limit so that any other
+``PIL.Image.open`` in the process refuses the same files (``DecompressionBombError``).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +25,9 @@ from maskcontrast.utils import atomic_write_bytes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "open_image",
+    "image_size",
     "read_image",
     "read_index_png",
     "read_binary_mask",
@@ -31,17 +41,71 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def _open(path: Path) -> Image.Image:
+def _max_pixels() -> int:
+    text = os.environ.get("MASKCONTRAST_MAX_IMAGE_PIXELS", "100000000")
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"MASKCONTRAST_MAX_IMAGE_PIXELS must be a positive pixel count, got {text!r}")
+    return value
+
+
+#: the largest image (width x height) that is decoded; larger files are refused by name
+MAX_IMAGE_PIXELS = _max_pixels()
+# Pillow warns above its limit and raises above twice that: it now raises above ours
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS // 2
+
+
+def _too_large(path: Path, size: tuple[int, int] | str) -> DataError:
+    what = f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels" if isinstance(size, tuple) else size
+    return DataError(
+        f"{path}: refused, the image is too large ({what}; the limit is {MAX_IMAGE_PIXELS:,} pixels, "
+        "a guard against decompression bombs); downscale the file, or raise MASKCONTRAST_MAX_IMAGE_PIXELS "
+        "if it is genuine",
+        path=str(path),
+    )
+
+
+def open_image(path: str | Path, *, decode: bool = True) -> Image.Image:
+    """Open an image file, refusing one over :data:`MAX_IMAGE_PIXELS` before its pixels are decoded.
+
+    ``decode``: decode the pixels now (a truncated file fails here); False reads the header only
+    (size, mode).
+
+    Raises:
+        DataError: the file is missing, too large, or cannot be decoded; the message names it.
+    """
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found", path=str(path))
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            img.load()  # force decoding now, so a truncated file fails here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below decides
+            img = Image.open(path)  # the header only
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                img.close()
+                raise _too_large(path, (w, h))
+            if decode:
+                img.load()  # force decoding now, so a truncated file fails here
         return img
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
+        raise _too_large(path, str(err).split(",")[0]) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot decode ({err}); re-export or remove the file", path=str(path)) from err
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` from the header of an image file (nothing decoded; too large files are refused)."""
+    img = open_image(path, decode=False)
+    w, h = img.size
+    img.close()
+    return h, w
+
+
+_open = open_image
 
 
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:

@@ -33,10 +33,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from maskcontrast.data.base import SampleFiles, SegmentationDataset, read_id_list, register_dataset
-from maskcontrast.data.io import list_images, read_image, read_index_png
+from maskcontrast.data.io import list_images, open_image, read_image, read_index_png
 from maskcontrast.data.record import IGNORE_INDEX, DataError, DatasetInfo
 
 __all__ = [
@@ -169,10 +168,9 @@ class MSRCv2(SegmentationDataset):
         anything else (the official ``_GT.bmp``, an RGB PNG) through the colour table."""
         if path.suffix.lower() == ".png":
             try:
-                with Image.open(path) as im:
-                    mode = im.mode
-            except (OSError, ValueError, SyntaxError):
-                mode = "P"  # unreadable: read_index_png raises the DataError that names the file
+                mode = open_image(path, decode=False).mode
+            except DataError:
+                mode = "P"  # unreadable or too large: read_index_png raises the DataError that names the file
             if mode in ("P", "L"):
                 return read_index_png(path)
         rgb = read_image(path)

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from maskcontrast.data.base import SampleFiles, SegmentationDataset, read_id_list, register_dataset
-from maskcontrast.data.io import list_images, read_binary_mask, read_image
-from maskcontrast.data.record import DataError, DatasetInfo
+from maskcontrast.data.io import image_size, list_images, read_binary_mask, read_image
+from maskcontrast.data.record import DatasetInfo
 
 __all__ = ["WeizmannHorse"]
 
@@ -46,19 +46,13 @@ class WeizmannHorse(SegmentationDataset):
     def read_sample_image(self, files: SampleFiles, sample_id: str) -> np.ndarray:
         image = read_image(files.image)
         assert files.label is not None
-        try:
-            with Image.open(files.label) as m:
-                w, h = m.size
-        except (OSError, ValueError) as err:
-            raise DataError(f"{files.label}: cannot read mask header ({err})", path=str(files.label)) from err
+        h, w = image_size(files.label)
         if image.shape[:2] != (h, w):
             image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
         return image
 
     def image_size(self, sample_id: str) -> tuple[int, int]:
-        with Image.open(self.files(sample_id).label) as m:
-            w, h = m.size
-        return h, w
+        return image_size(self.files(sample_id).label)
 
     def read_label_file(self, path: Path) -> np.ndarray:
         return read_binary_mask(path)

@@ -17,12 +17,13 @@ from tqdm import tqdm
 
 from maskcontrast.config import ConfigError, config_to_dict, save_config
 from maskcontrast.models import init_backbone
+from maskcontrast.preemption import Preempted, requested, section
 from maskcontrast.runs import (
     RunLayout,
     capture_rng_state,
     claim_run_folder,
     identity_diff,
-    load_state,
+    load_state_or_previous,
     optim_state,
     read_identity,
     restore_optim_state,
@@ -39,8 +40,9 @@ from saliency.refine.selftrain import align_mean, augment, confident_bce, target
 log = logging.getLogger("saliency.refine")
 
 #: what a refiner run writes in its folder (``pseudo_labels.pt`` is a keyed cache that an overwrite keeps)
-RUN_LAYOUT = RunLayout("refiner run", owned=("last.pt", "refiner.pt", "history.json"), state=("last.pt", "refiner.pt"),
-                       writer="saliency.refine")  # fmt: skip
+RUN_LAYOUT = RunLayout("refiner run", owned=("last.pt", "last.prev.pt", "last.damaged*.pt", "refiner.pt",
+                                              "history.json"),
+                       state=("last.pt", "last.prev.pt", "refiner.pt"), writer="saliency.refine")  # fmt: skip
 
 
 @torch.no_grad()
@@ -118,7 +120,7 @@ def train_refiner(
     history: list[dict[str, Any]] = []
     first_round, first_epoch = 0, 0
     if claim.resume and last.is_file():
-        state = load_state(last)
+        state = load_state_or_previous(last, "--overwrite")
         net.load_state_dict(state["model"])
         restore_optim_state(state, opt, sched)
         targets, conf = state["targets"].float() / 255.0, state["confidence"].bool()
@@ -126,15 +128,37 @@ def train_refiner(
         first_round, first_epoch = int(state["round"]), int(state["epoch"])
         history = list(state["history"])
         restore_rng_state(state["rng"])
-        log.info("resumed %s at round %d, epoch %d", last, first_round + 1, first_epoch + 1)
+        log.info("resumed %s at round %d, epoch %d%s", last, first_round + 1, first_epoch + 1,
+                 f", step {int(state['step'])}" if "step" in state else "")  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * first_round + first_epoch)
+    if claim.resume and last.is_file() and "gen" in state:
+        gen.set_state(state["gen"])  # the augmentation stream continues where it stopped
+
+    def state_now(rnd: int, epoch: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            **optim_state(opt, sched),
+            "targets": torch.round(targets * 255).to(torch.uint8),
+            "average": torch.round(average * 255).to(torch.uint8),
+            "confidence": conf,
+            "round": rnd,
+            "epoch": epoch,
+            "history": history,
+            "rng": capture_rng_state(),
+            "gen": gen.get_state(),
+            **extra,
+        }
+
     train_start = time.perf_counter()
-    with tensorboard(out / "tb") as writer:
+    with tensorboard(out / "tb") as writer, section("saliency refiner"):
         for rnd in range(first_round, cfg.rounds):
             for epoch in range(first_epoch if rnd == first_round else 0, cfg.epochs_per_round):
-                perm = torch.randperm(n, generator=gen)
-                losses = []
-                bar = tqdm(range(steps_per_epoch), desc=f"round {rnd + 1}/{cfg.rounds} epoch {epoch + 1}/{cfg.epochs_per_round}", unit="step", leave=False)  # fmt: skip
+                first_step, losses = 0, []
+                if claim.resume and last.is_file() and "step" in state and (rnd, epoch) == (first_round, first_epoch):
+                    perm, first_step, losses = state["perm"], int(state["step"]), list(state["losses"])
+                else:
+                    perm = torch.randperm(n, generator=gen)
+                bar = tqdm(range(first_step, steps_per_epoch), desc=f"round {rnd + 1}/{cfg.rounds} epoch {epoch + 1}/{cfg.epochs_per_round}", unit="step", leave=False)  # fmt: skip
                 for step in bar:
                     idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                     x = normalize(images[idx].to(device))
@@ -150,6 +174,14 @@ def train_refiner(
                     sched.step()
                     losses.append(loss.item())
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                    if (signum := requested()) is not None and step + 1 < steps_per_epoch:
+                        save_state(
+                            last, state_now(rnd, epoch, step=step + 1, perm=perm, losses=losses), keep_previous=True
+                        )
+                        err = Preempted(signum, "saliency refiner", saved=last, hint="resume with --resume",
+                                        step=f"round {rnd + 1}, epoch {epoch + 1}, step {step + 1}")  # fmt: skip
+                        log.warning("%s", err)
+                        raise err
                 entry = {"round": rnd + 1, "epoch": epoch + 1, "loss": float(np.mean(losses)),
                          "confident_fraction": float(conf.float().mean()), "seconds": time.perf_counter() - train_start}  # fmt: skip
                 history.append(entry)
@@ -168,6 +200,8 @@ def train_refiner(
                     average, targets, conf = update_targets(
                         average, preds, cfg.target_momentum, cfg.margin, fused, cfg.target_anchor
                     )
+                    # on the 1/255 grid that last.pt stores them on, so that a resumed run is bit-exact
+                    average, targets = torch.round(average * 255) / 255.0, torch.round(targets * 255) / 255.0
                     log.info("round %d done: predicted foreground %.3f (fused %.3f), agreement with the fused label on its "
                              "confident pixels %.3f, unconfident pixels called foreground %.3f; next targets: %.1f%% of "
                              "pixels confident", rnd + 1, diag["foreground_share"], diag["fused_foreground_share"],
@@ -175,20 +209,12 @@ def train_refiner(
                     if writer is not None:
                         for k, v in diag.items():
                             writer.add_scalar(f"refine/{k}", v, rnd + 1)
-                save_state(
-                    last,
-                    {
-                        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                        **optim_state(opt, sched),
-                        "targets": torch.round(targets * 255).to(torch.uint8),
-                        "average": torch.round(average * 255).to(torch.uint8),
-                        "confidence": conf,
-                        "round": next_round,
-                        "epoch": next_epoch,
-                        "history": history,
-                        "rng": capture_rng_state(),
-                    },
-                )
+                save_state(last, state_now(next_round, next_epoch), keep_previous=True)
+                if (signum := requested()) is not None and (next_round, next_epoch) != (cfg.rounds, 0):
+                    err = Preempted(signum, "saliency refiner", saved=last, hint="resume with --resume",
+                                    step=f"end of round {rnd + 1}, epoch {epoch + 1}")  # fmt: skip
+                    log.warning("%s", err)
+                    raise err
     seconds = time.perf_counter() - start
     save_state(final, _final_checkpoint(net, cfg, history=history, n_images=n))
     summary = {"checkpoint": str(final), "history": history, "seconds": seconds, "pseudo_label_seconds": pseudo_seconds,

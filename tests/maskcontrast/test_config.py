@@ -192,3 +192,11 @@ def test_a_key_reading_an_unset_environment_variable_can_be_overridden(monkeypat
         load_config(PretrainConfig, "configs/pretrain/voc_unsup_saliency.yaml", ["model.backbone.inti=x.pth"])
     with pytest.raises(ConfigError, match=r"unknown key 'data\.sources\.5\.root'"):
         load_config(PretrainConfig, "configs/pretrain/voc_unsup_saliency.yaml", ["data.sources.5.root=x"])
+
+
+@pytest.mark.parametrize("override", ["optim.lr=nan", "objective.temperature=nan", "augment.flip_p=nan"])
+def test_nan_config_values_are_refused_naming_the_key(override):
+    from maskcontrast.config import ConfigError, PretrainConfig, load_config
+
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(PretrainConfig, None, [override])

@@ -150,3 +150,112 @@ def test_a_checkpoint_with_code_is_refused_without_the_unsafe_hint(tmp_path):
         read_checkpoint(path)
     assert "refused" in str(err.value) and "likely succeed" not in str(err.value)
     assert "weights_only=False" not in str(err.value) and err.value.__cause__ is None
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per run folder
+# ----------------------------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from maskcontrast.runs import RunLayout, claim_run_folder
+claim = claim_run_folder(sys.argv[1], RunLayout("test run", owned=("a.txt",), state=("a.txt",)), resume=True)
+claim.prepare()
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def _holder(folder):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_a_folder_in_use_is_refused_and_a_dead_holders_lock_does_not_block(tmp_path):
+    from maskcontrast.runs import LOCK_FILE, RunFolderInUse
+
+    folder = tmp_path / "run"
+    layout = RunLayout("test run", owned=("a.txt",), state=("a.txt",))
+    proc = _holder(folder)
+    try:
+        with pytest.raises(RunFolderInUse) as info:
+            claim_run_folder(folder, layout, resume=True)
+        assert str(folder) in str(info.value) and f"pid {proc.pid}" in str(info.value)
+        assert "-c" in str(info.value)  # the other command
+        with pytest.raises(RunFolderInUse):
+            claim_run_folder(folder, layout, overwrite=True)  # not even --overwrite
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (folder / LOCK_FILE).is_file()  # left behind by the killed holder ...
+    claim = claim_run_folder(folder, layout, resume=True)  # ... and blocks nobody
+    assert not claim.resume and not claim.remove  # the lock file is not "a run"
+    claim.prepare()
+    claim.prepare()  # the same process may claim it again
+    claim.release()
+
+
+def test_training_refuses_a_folder_in_use_before_touching_it(tmp_path):
+    from maskcontrast.train import RunDirError, train
+
+    from .test_train import build, make_image_folder, tiny_cfg
+
+    data = make_image_folder(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    proc = _holder(run)
+    try:
+        (run / "a.txt").write_text("the other process's file\n")
+        cfg = tiny_cfg(data, run, "trainer.max_steps=1", "trainer.overwrite=true")
+        with pytest.raises(RunDirError, match=f"in use by pid {proc.pid}"):
+            train(cfg, build(cfg), "pretrain")
+        assert (run / "a.txt").read_text() == "the other process's file\n"
+        assert not (run / "config.yaml").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_damaged_state_falls_back_to_the_previous_save_and_is_kept(tmp_path):
+    from maskcontrast.models import CheckpointError
+    from maskcontrast.runs import checkpoint_problem, load_state, load_state_or_previous
+
+    path = tmp_path / "state.pt"
+    save_state(path, {"epoch": 1, "w": torch.ones(3)}, keep_previous=True)
+    assert not (tmp_path / "state.prev.pt").exists()
+    save_state(path, {"epoch": 2, "w": torch.full((3,), 2.0)}, keep_previous=True)
+    assert load_state(tmp_path / "state.prev.pt")["epoch"] == 1 and checkpoint_problem(path) is None
+    cut = path.read_bytes()[:100]
+    path.write_bytes(cut)
+    assert "failed" in checkpoint_problem(path) or "Error" in checkpoint_problem(path)
+    assert load_state_or_previous(path)["epoch"] == 1
+    assert (tmp_path / "state.damaged.pt").read_bytes() == cut and not path.exists()
+    # nothing to fall back on: the error names the file and the way out, and keeps it
+    other = tmp_path / "other.pt"
+    other.write_bytes(cut)
+    with pytest.raises(CheckpointError, match=r"other\.pt.*damaged.*--overwrite"):
+        load_state_or_previous(other)
+    assert other.read_bytes() == cut
+
+
+def test_an_unwritable_run_folder_is_refused_by_name(tmp_path, monkeypatch):
+    """(Tests run as root here, where chmod does not block: the refusal of the OS is simulated.)"""
+    import os
+
+    from maskcontrast import runs
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(runs.LOCK_FILE) and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(runs.os, "open", read_only)
+    folder = tmp_path / "ro"
+    claim = claim_run_folder(folder, RunLayout("test run", owned=("a.txt",)))
+    with pytest.raises(RunFolderError, match=r"run folder .*ro cannot be written \(Permission denied\)"):
+        claim.prepare()

@@ -111,3 +111,44 @@ def test_bad_arguments(image_dir, tmp_path):
         generate(tmp_path / "o", "refined", images=image_dir)
     with pytest.raises(ValueError, match="min_component"):
         generate(tmp_path / "o", "mbd", images=image_dir, min_component=3.0)
+
+
+def test_sigterm_stops_after_the_current_image_and_the_rerun_finishes(image_dir, tmp_path, monkeypatch):
+    """SIGTERM in image 2: its mask is written, the job ends with 143, the rerun does the rest."""
+    import os
+    import signal
+
+    from maskcontrast.preemption import Preempted
+    from saliency import generate as gen_module
+
+    real, calls = gen_module._work, {"n": 0}
+
+    def signal_in_image_two(sid):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(sid)
+
+    monkeypatch.setattr(gen_module, "_work", signal_in_image_two)
+    out = tmp_path / "masks"
+    with pytest.raises(Preempted) as info:
+        generate(out, "rbd", images=image_dir, progress=False)
+    assert info.value.code == 143 and "after 2 of 6 images" in str(info.value)
+    assert json.loads((out / MANIFEST).read_text())["counts"]["total"] == 6
+    monkeypatch.setattr(gen_module, "_work", real)
+    counts = generate(out, "rbd", images=image_dir, progress=False)
+    assert counts["done_before"] + counts["written"] + counts["skipped"] + counts["unreadable"] == 6
+    assert counts["done_before"] >= 1
+
+
+def test_sigterm_while_waiting_for_the_worker_pool(image_dir, tmp_path):
+    import os
+    import signal
+    import threading
+
+    from maskcontrast.preemption import Preempted
+
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()  # while the workers start
+    with pytest.raises(Preempted):
+        generate(tmp_path / "masks", "rbd", images=image_dir, workers=2, progress=False)
+    assert generate(tmp_path / "masks", "rbd", images=image_dir, workers=0, progress=False)["total"] == 6

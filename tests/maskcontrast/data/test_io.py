@@ -169,3 +169,93 @@ def test_list_images(tmp_path):
     assert [p.name for p in list_images(tmp_path, recursive=True)] == ["a.png", "b.JPG", "c.jpeg"]
     with pytest.raises(DataError, match=r"missing.*folder not found"):
         list_images(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------------------------
+# Decompression bombs
+# ----------------------------------------------------------------------------------------------
+
+
+def forged_png(path, width=100_000, height=100_000):
+    """A 60-byte PNG whose header claims ``width x height`` 8-bit grey pixels (10 gigapixels by default)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def forged_jpeg(path, width=65_000, height=65_000):
+    """A small real JPEG whose start-of-frame header is patched to claim ``width x height``."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, format="JPEG")
+    raw = bytearray(buf.getvalue())
+    sof = raw.index(b"\xff\xc0")
+    raw[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("forge", [forged_png, forged_jpeg])
+def test_a_decompression_bomb_is_refused_by_name_before_decoding(tmp_path, forge):
+    import resource
+    import time
+
+    from maskcontrast.data.io import MAX_IMAGE_PIXELS, image_size, open_image
+
+    bomb = forge(tmp_path / ("bomb.png" if forge is forged_png else "bomb.jpg"))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    for read in (read_image, read_index_png, read_binary_mask, image_size, open_image):
+        with pytest.raises(DataError, match=r"bomb\.(png|jpg): refused, the image is too large") as info:
+            read(bomb)
+        assert f"{MAX_IMAGE_PIXELS:,}" in str(info.value) and "MASKCONTRAST_MAX_IMAGE_PIXELS" in str(info.value)
+    assert time.perf_counter() - start < 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000  # KiB: nothing was decoded
+    # any other PIL.Image.open in the process refuses it too (the policy is set in one place)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb).load()
+
+
+def test_the_limit_applies_to_real_pixels_and_can_be_raised(tmp_path, monkeypatch):
+    from maskcontrast.data import io as image_io
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(path)
+    monkeypatch.setattr(image_io, "MAX_IMAGE_PIXELS", 1999)
+    with pytest.raises(DataError, match=r"50 x 40 = 2,000 pixels; the limit is 1,999"):
+        read_image(path)
+    monkeypatch.setattr(image_io, "MAX_IMAGE_PIXELS", 2000)
+    assert read_image(path).shape == (40, 50, 3)
+
+
+def test_every_reader_and_the_mask_generator_refuse_or_skip_a_bomb_by_name(tmp_path):
+    import json
+
+    from maskcontrast.data import build_dataset
+    from saliency.generate import generate
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[10:30, 20:40] = 200
+        Image.fromarray(img).save(images / f"ok{i}.png")
+    forged_png(images / "bomb.png")
+    ds = build_dataset("image_folder", images)
+    with pytest.raises(DataError, match=r"bomb\.png: refused"):
+        ds.load("bomb")
+    with pytest.raises(DataError, match=r"bomb\.png: refused"):
+        ds.image_size("bomb")
+    counts = generate(tmp_path / "masks", "rbd", images=images, progress=False)
+    assert counts["unreadable"] == 1 and counts["written"] + counts["skipped"] == 2
+    skipped = (tmp_path / "masks" / "skipped.txt").read_text()
+    assert "bomb\tunreadable:" in skipped and "too large" in skipped
+    assert json.loads((tmp_path / "masks" / "saliency.json").read_text())["counts"]["unreadable"] == 1
