@@ -247,6 +247,7 @@ def run(args: argparse.Namespace) -> dict:
     stages = json.loads((out / "quality" / "stages.json").read_text())
     result = {"device": checks, "pack": manifest["sets"], "quality_args": qargs,
               "stages": {k: {"seconds": v["seconds"], "cpu_seconds": v.get("cpu_seconds")} for k, v in stages.items()},
+              "failed_stages": json.loads((out / "quality" / "quality.json").read_text()).get("failed_stages", {}),
               "wall_seconds_this_call": time.perf_counter() - t0}  # fmt: skip
     (out / "gpu_quality.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"wall time of this call: {result['wall_seconds_this_call']:.0f} s; wrote {out / 'gpu_quality.json'}")
