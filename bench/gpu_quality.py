@@ -247,12 +247,16 @@ def device_checks() -> dict:
     device = torch.device("cuda" if out["cuda"] else "cpu")
     if out["cuda"]:
         out["gpu"] = torch.cuda.get_device_name(0)
+        out["bf16_supported"] = bool(torch.cuda.is_bf16_supported())  # False: the trainer falls back to fp16
+    dtype = torch.bfloat16 if out.get("bf16_supported", True) else torch.float16
     net = torchvision.models.resnet18(weights=None).to(device)
     x = torch.randn(4, 3, 64, 64, device=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=dtype):
         y = net(x)
     y.float().sum().backward()
-    out["amp_bf16"] = {"output_dtype": str(y.dtype), "grad_finite": bool(torch.isfinite(net.conv1.weight.grad).all())}
+    out["amp_bf16" if dtype == torch.bfloat16 else "amp_fp16"] = {
+        "output_dtype": str(y.dtype), "grad_finite": bool(torch.isfinite(net.conv1.weight.grad).all())
+    }  # fmt: skip
     try:
         import faiss
 
