@@ -37,18 +37,6 @@ def test_moco_run_is_used_as_b_without_training(tmp_path: Path, monkeypatch) -> 
     assert "train:moco" not in q.runner.finished
 
 
-def test_eval_models_restricts_the_evaluations(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MASKCONTRAST_DATA", str(tmp_path))
-    argv = ["--preset", "tiny", "--out", str(tmp_path / "run"), "--models", "b", "d", "--eval-models", "d"]
-    q = quality.Quality(quality.parse_args(argv), argv)
-    ran: list[str] = []
-    monkeypatch.setattr(q.runner, "run", lambda name, command, done=None: ran.append(name))
-    q.evaluate({"b": tmp_path / "b.pt", "d_seed0": tmp_path / "d.pt"})
-    assert ran and all(name.startswith("eval:d_seed0:") for name in ran)
-    with pytest.raises(SystemExit):
-        quality.parse_args(["--eval-models", "e"])
-
-
 def test_a_failed_evaluation_is_recorded_and_the_others_still_run(tmp_path: Path, monkeypatch) -> None:
     from maskcontrast.stages import StageFailed
 
@@ -69,3 +57,15 @@ def test_a_failed_evaluation_is_recorded_and_the_others_still_run(tmp_path: Path
     report = q.report(["a", "b"])
     assert report["failed_stages"] == q.failed
     assert "### Failed stages" in (tmp_path / "run" / "quality.md").read_text()
+
+
+def test_eval_models_restricts_the_evaluations(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MASKCONTRAST_DATA", str(tmp_path))
+    argv = ["--preset", "tiny", "--out", str(tmp_path / "run"), "--models", "b", "d", "--eval-models", "d"]
+    q = quality.Quality(quality.parse_args(argv), argv)
+    ran: list[str] = []
+    monkeypatch.setattr(q.runner, "run", lambda name, command, done=None: ran.append(name))
+    q.evaluate({"b": tmp_path / "b.pt", "d_seed0": tmp_path / "d.pt"})
+    assert ran and all(name.startswith("eval:d_seed0:") for name in ran)
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--eval-models", "e"])
