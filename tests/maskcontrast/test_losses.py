@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from maskcontrast.embeddings import mask_prototypes, upsampled_pixels
 from maskcontrast.losses import (
     balanced_bce,
+    contrastive_chunk_rows,
     enet_class_weights,
     full_precision,
     info_nce_logits,
     info_nce_loss,
     maskcontrast_pixel_loss,
-    contrastive_chunk_rows,
     pixel_contrastive_loss,
     pixel_prototype_logits,
     query_pixels,
