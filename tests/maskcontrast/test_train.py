@@ -239,19 +239,6 @@ def test_contrastive_loss_goes_down_on_pet_trimaps(shared_root, tmp_path):
     assert last < first - 0.05, f"contrastive loss did not go down: {first:.3f} -> {last:.3f} ({losses})"
 
 
-def test_schedule_unit_epoch_holds_the_rate_for_an_epoch(data, tmp_path):
-    from maskcontrast.train import schedule_step
-
-    assert [schedule_step(s, 3, "epoch") for s in range(7)] == [0, 0, 0, 3, 3, 3, 6]
-    assert [schedule_step(s, 3, "step") for s in range(4)] == [0, 1, 2, 3]
-    # 12 images, batch 4: 3 steps per epoch; the 5th step (index 4) is in epoch 1
-    cfg = tiny_cfg(data, tmp_path / "ep", "trainer.max_steps=5", "optim.schedule_unit=epoch")
-    res = train(cfg, build(cfg), "pretrain")
-    assert res.metrics["lr"] == pytest.approx(lr_at(3, 5, cfg.optim.lr, "poly", 0.9))
-    with pytest.raises(ConfigError, match=r"optim\.schedule_unit"):
-        tiny_cfg(data, tmp_path / "x", "optim.schedule_unit=iteration")
-
-
 def test_one_image_per_process_is_a_config_error_naming_the_batch_and_processes(data, tmp_path):
     """The BatchNorm after ASPP's image pooling sees one value per channel with one image per process."""
     from maskcontrast.train import DistEnv, min_batch_per_process, setup_training
@@ -362,3 +349,16 @@ def test_fp32_channels_last_keeps_the_loss_of_nchw(data, tmp_path):
     assert abs(losses[1] - losses[0]) <= 1e-5 * abs(losses[0]), losses
     rel = ((grads[1] - grads[0]).norm() / grads[0].norm()).item()  # summation order differs: not bit-equal
     assert rel < 1e-4, rel
+
+
+def test_schedule_unit_epoch_holds_the_rate_for_an_epoch(data, tmp_path):
+    from maskcontrast.train import schedule_step
+
+    assert [schedule_step(s, 3, "epoch") for s in range(7)] == [0, 0, 0, 3, 3, 3, 6]
+    assert [schedule_step(s, 3, "step") for s in range(4)] == [0, 1, 2, 3]
+    # 12 images, batch 4: 3 steps per epoch; the 5th step (index 4) is in epoch 1
+    cfg = tiny_cfg(data, tmp_path / "ep", "trainer.max_steps=5", "optim.schedule_unit=epoch")
+    res = train(cfg, build(cfg), "pretrain")
+    assert res.metrics["lr"] == pytest.approx(lr_at(3, 5, cfg.optim.lr, "poly", 0.9))
+    with pytest.raises(ConfigError, match=r"optim\.schedule_unit"):
+        tiny_cfg(data, tmp_path / "x", "optim.schedule_unit=iteration")
