@@ -19,9 +19,11 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["maskcontrast", "maskcontrast.*", "saliency", "saliency.*", "eval", "eval.*"]),
     package_data={"maskcontrast": ["py.typed"]},
+    # torch 2.3 is the first with torch.amp.GradScaler(device) (train.py); the GPU machine we
+    # target has torch 2.11 / torchvision 0.26 (docs/BENCHMARKS.md, "Minimum versions")
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.3",
+        "torchvision>=0.18",
         "faiss-cpu>=1.7.4",
         "scikit-learn>=1.3",
         "scipy>=1.10",

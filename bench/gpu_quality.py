@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import time
@@ -37,7 +38,10 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import quality  # noqa: E402  (bench/quality.py: the protocol and its presets)
+try:
+    import quality  # bench/quality.py: the protocol and its presets
+except ImportError:  # a bare machine before --from-bundle installed omegaconf and kornia
+    quality = None  # type: ignore[assignment]
 
 log = logging.getLogger("bench.gpu_quality")
 
@@ -47,6 +51,14 @@ LABEL_MODES = ("P", "1", "I", "I;16", "I;16B", "F")
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 SKIP_EXTS = (".mat", ".xml", ".npy", ".zip", ".tar", ".gz")
 MAX_META_BYTES = 2 << 20
+REPO = HERE.parent
+BUNDLE_MANIFEST = "bundle.json"
+#: what the GPU protocol needs beyond torch, torchvision, numpy, scipy, scikit-learn/-image, tensorboard,
+#: matplotlib and tqdm: distribution -> import name. The bundle pins the versions installed here (tested).
+BUNDLE_PURE = {"kornia": "kornia", "omegaconf": "omegaconf"}
+BUNDLE_BINARY = {"kornia_rs": "kornia_rs", "PyYAML": "yaml"}  # one wheel per Python version
+BUNDLE_FAISS = {"faiss-cpu": "faiss"}  # one abi3 wheel (19 MiB); --bundle-faiss (eval falls back to torch K-means)
+BUNDLE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,17 +67,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--pack", metavar="FILE", help="write the pack of the shared images (needs MASKCONTRAST_DATA)")
     mode.add_argument("--from-pack", metavar="FILE", help="unpack FILE and run the protocol")
-    p.add_argument("--pack-size", type=int, default=256, help="shorter side of the packed images (px)")
-    p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--max-mib", type=float, default=60.0, help="refuse to write a pack larger than this")
-    p.add_argument("--sets", nargs="+", default=[n for n, _ in quality.TRAIN_SETS],
-                   choices=[n for n, _ in quality.TRAIN_SETS], help="sets to pack")  # fmt: skip
+    mode.add_argument("--bundle", metavar="DIR",
+                      help="write DIR: the pack (192 px, JPEG 85) and the wheels of the packages a bare CUDA "
+                           "machine lacks; DIR plus this repository stay under --max-mib")  # fmt: skip
+    mode.add_argument("--from-bundle", metavar="DIR",
+                      help="install DIR's wheels that this Python lacks into DIR/site (pip --target, no "
+                           "network), then run --from-pack DIR/pack.tar with DIR/site on PYTHONPATH")  # fmt: skip
+    p.add_argument("--pack-size", type=int, default=None, help="shorter side of the packed images (px; "
+                   "default 256, 192 for --bundle)")  # fmt: skip
+    p.add_argument("--jpeg-quality", type=int, default=None, help="default 90, 85 for --bundle")
+    p.add_argument("--max-mib", type=float, default=60.0,
+                   help="refuse to write a pack (--bundle: the bundle plus the repository) larger than this")  # fmt: skip
+    names = [n for n, _ in quality.TRAIN_SETS] if quality is not None else None
+    p.add_argument("--sets", nargs="+", default=names, choices=names, help="sets to pack")
+    p.add_argument("--bundle-python", nargs="+", default=["3.10", "3.11", "3.12", "3.13"], metavar="X.Y",
+                   help="--bundle: Python versions to fetch the compiled wheels for")  # fmt: skip
+    p.add_argument("--bundle-faiss", action="store_true", help="--bundle: add faiss-cpu (19 MiB)")
+    p.add_argument("--until", default="report", choices=("masks", "moco", "train", "report"),
+                   help="stop after this stage of bench/quality.py (each stage resumes; see docs/BENCHMARKS.md)")  # fmt: skip
     p.add_argument("--limit", type=int, default=0, help="> 0: pack only N evenly spaced images per set")
     p.add_argument("--out", default="runs/gpu_quality", help="output folder of --from-pack (resumable)")
     p.add_argument("--tiny", action="store_true", help="toy sizes on any device (the test of this script)")
     p.add_argument("--quality-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for bench/quality.py (repeatable), e.g. --quality-arg=--pretrain-steps=200")  # fmt: skip
     args = p.parse_args(argv)
+    if args.pack_size is None:
+        args.pack_size = 192 if args.bundle else 256
+    if args.jpeg_quality is None:
+        args.jpeg_quality = 85 if args.bundle else 90
     if args.pack_size < 16:
         p.error(f"--pack-size must be >= 16, got {args.pack_size}")
     if args.limit < 0:
@@ -218,12 +247,16 @@ def device_checks() -> dict:
     device = torch.device("cuda" if out["cuda"] else "cpu")
     if out["cuda"]:
         out["gpu"] = torch.cuda.get_device_name(0)
+        out["bf16_supported"] = bool(torch.cuda.is_bf16_supported())  # False: the trainer falls back to fp16
+    dtype = torch.bfloat16 if out.get("bf16_supported", True) else torch.float16
     net = torchvision.models.resnet18(weights=None).to(device)
     x = torch.randn(4, 3, 64, 64, device=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=dtype):
         y = net(x)
     y.float().sum().backward()
-    out["amp_bf16"] = {"output_dtype": str(y.dtype), "grad_finite": bool(torch.isfinite(net.conv1.weight.grad).all())}
+    out["amp_bf16" if dtype == torch.bfloat16 else "amp_fp16"] = {
+        "output_dtype": str(y.dtype), "grad_finite": bool(torch.isfinite(net.conv1.weight.grad).all())
+    }  # fmt: skip
     try:
         import faiss
 
@@ -242,21 +275,159 @@ def run(args: argparse.Namespace) -> dict:
     print("device checks:", json.dumps(checks))
     os.environ["MASKCONTRAST_DATA"] = str(out / "data")
     qargs = ["--preset", "tiny" if args.tiny else "gpu", "--out", str(out / "quality"),
-             "--train-sets", *manifest["sets"], *args.quality_arg]  # fmt: skip
-    quality.main(qargs)
-    stages = json.loads((out / "quality" / "stages.json").read_text())
+             "--train-sets", *manifest["sets"], "--until", args.until, *args.quality_arg]  # fmt: skip
+    try:
+        quality.main(qargs)
+    except SystemExit as stop:  # --until: the stages so far are done; the next command resumes from them
+        if args.until == "report" or not str(stop.code).startswith("stopped after"):
+            raise
+        print(stop.code)
+    stages_file = out / "quality" / "stages.json"
+    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+    report_file = out / "quality" / "quality.json"
     result = {"device": checks, "pack": manifest["sets"], "quality_args": qargs,
               "stages": {k: {"seconds": v["seconds"], "cpu_seconds": v.get("cpu_seconds")} for k, v in stages.items()},
+              "until": args.until,
+              "failed_stages": json.loads(report_file.read_text()).get("failed_stages", {}) if report_file.is_file() else {},
               "wall_seconds_this_call": time.perf_counter() - t0}  # fmt: skip
     (out / "gpu_quality.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"wall time of this call: {result['wall_seconds_this_call']:.0f} s; wrote {out / 'gpu_quality.json'}")
     return result
 
 
+# -- the bundle for a bare CUDA machine -------------------------------------------------------------
+def repo_mib() -> float:
+    """Size of this repository's tracked files (what a checkout copies), in MiB."""
+    try:
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+        paths = [REPO / f for f in files.decode().split("\0") if f]
+    except (OSError, subprocess.CalledProcessError):
+        paths = [f for f in REPO.rglob("*") if f.is_file() and ".git" not in f.parts]
+    return sum(f.stat().st_size for f in paths if f.is_file()) / 2**20
+
+
+def pip(args: list[str]) -> None:
+    """``python -m pip ARGS`` (the one place the bundle talks to pip; tests replace it)."""
+    log.info("pip %s", " ".join(args))
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def bundle_packages(with_faiss: bool) -> dict[str, dict]:
+    """Distribution -> ``{"version", "module", "binary"}``: the versions installed here (the tested ones)."""
+    from importlib import metadata
+
+    groups = [(BUNDLE_PURE, False), (BUNDLE_BINARY, True)] + ([(BUNDLE_FAISS, True)] if with_faiss else [])
+    out = {}
+    for group, binary in groups:
+        for dist, module in group.items():
+            try:
+                out[dist] = {"version": metadata.version(dist), "module": module, "binary": binary}
+            except metadata.PackageNotFoundError as err:
+                raise SystemExit(
+                    f"bench/gpu_quality.py --bundle: {dist} is not installed here; install it first"
+                ) from err
+    return out
+
+
+def bundle(args: argparse.Namespace) -> Path:
+    """Write ``--bundle DIR``: ``pack.tar``, ``wheels/`` and ``bundle.json``; refuse an existing DIR
+    and a bundle that, with the repository, is over ``--max-mib``."""
+    target = Path(args.bundle).expanduser().resolve()
+    if target.exists():
+        raise SystemExit(f"bench/gpu_quality.py --bundle: {target} exists; remove it or pick another folder")
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "wheels").mkdir(parents=True)
+    try:
+        packages = bundle_packages(args.bundle_faiss)
+        pure = [f"{d}=={p['version']}" for d, p in packages.items() if not p["binary"]]
+        binary = [f"{d}=={p['version']}" for d, p in packages.items() if p["binary"]]
+        pip(["download", "--no-deps", "--only-binary=:all:", "-d", str(tmp / "wheels"), *pure])
+        for version in args.bundle_python:
+            platforms = [x for plat in BUNDLE_PLATFORMS for x in ("--platform", plat)]
+            pip(["download", "--no-deps", "--only-binary=:all:", "--implementation", "cp", "--python-version",
+                 version, *platforms, "-d", str(tmp / "wheels"), *binary])  # fmt: skip
+        pack(argparse.Namespace(**{**vars(args), "pack": str(tmp / "pack.tar"), "max_mib": args.max_mib}))
+        mib = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20
+        total = mib + repo_mib()
+        if total > args.max_mib:
+            raise SystemExit(f"bench/gpu_quality.py --bundle: the bundle is {mib:.1f} MiB, {total:.1f} MiB with the "
+                             f"repository, over --max-mib {args.max_mib:g}; lower --pack-size or --jpeg-quality, "
+                             "or fetch fewer --bundle-python versions")  # fmt: skip
+        info = {"packages": packages, "python": args.bundle_python, "platforms": list(BUNDLE_PLATFORMS),
+                "pack_size": args.pack_size, "jpeg_quality": args.jpeg_quality, "bundle_mib": round(mib, 1),
+                "with_repository_mib": round(total, 1), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+        (tmp / BUNDLE_MANIFEST).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, target)
+    print(f"wrote {target}: {mib:.1f} MiB ({total:.1f} MiB with the repository); on the GPU machine run\n"
+          f"  python bench/gpu_quality.py --from-bundle {target.name} --out runs/gpu_quality --until masks")  # fmt: skip
+    return target
+
+
+def install_bundle(folder: Path, force: bool = False) -> Path:
+    """Install the bundle's wheels that this Python cannot import into ``folder/site`` (pip
+    ``--target``, ``--no-index``: no network). Returns that folder (for PYTHONPATH)."""
+    import importlib.util
+
+    info_file = folder / BUNDLE_MANIFEST
+    if not info_file.is_file():
+        raise SystemExit(f"bench/gpu_quality.py --from-bundle: {folder} has no {BUNDLE_MANIFEST}; make it with "
+                         f"--bundle {folder} where the data is")  # fmt: skip
+    info = json.loads(info_file.read_text())
+    site = folder / "site"
+    missing = [f"{d}=={p['version']}" for d, p in info["packages"].items()
+               if force or importlib.util.find_spec(p["module"]) is None]  # fmt: skip
+    done = site / ".installed.json"
+    if missing and not (done.is_file() and json.loads(done.read_text()) == missing):
+        tmp = folder / "site.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        pip(["install", "--no-index", "--no-deps", "--find-links", str(folder / "wheels"), "--target", str(tmp),
+             *missing])  # fmt: skip
+        (tmp / ".installed.json").write_text(json.dumps(missing))
+        shutil.rmtree(site, ignore_errors=True)
+        os.replace(tmp, site)
+    log.info("bundle: %s", f"installed {', '.join(missing)} into {site}" if missing else "nothing missing here")
+    return site
+
+
+def run_bundle(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--from-bundle DIR``: install what is missing, then run ``--from-pack DIR/pack.tar`` (the other
+    flags as given) in a fresh interpreter with ``DIR/site`` on PYTHONPATH."""
+    folder = Path(args.from_bundle).expanduser().resolve()
+    site = install_bundle(folder)
+    rest, skip = [], False
+    for a in argv:  # every flag but --from-bundle DIR
+        if skip:
+            skip = False
+        elif a == "--from-bundle":
+            skip = True
+        elif not a.startswith("--from-bundle="):
+            rest.append(a)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), str(REPO), os.environ.get("PYTHONPATH")]))
+    )
+    command = [sys.executable, str(Path(__file__).resolve()), "--from-pack", str(folder / "pack.tar"), *rest]
+    return subprocess.run(command, env=env).returncode
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.pack:
+    if args.from_bundle:
+        code = run_bundle(args, argv)
+        if code:
+            raise SystemExit(code)
+        return
+    if quality is None:
+        raise SystemExit("bench/gpu_quality.py: omegaconf or kornia is missing here; run with --from-bundle DIR "
+                         "(a folder made by --bundle DIR), or install them")  # fmt: skip
+    if args.bundle:
+        bundle(args)
+    elif args.pack:
         pack(args)
     else:
         run(args)

@@ -5,7 +5,10 @@ For every (backbone, precision) it times, in a fresh subprocess (so peak RSS is 
 * **bare**: forward + backward of the query network alone (loss = sum of its outputs);
 * **full**: a trainer step: device-side view augmentation of a loaded batch, momentum update,
   query forward, key forward (no grad), prototypes, logits against batch + memory bank, ENet
-  cross-entropy + balanced BCE, backward, SGD step, enqueue.
+  cross-entropy + balanced BCE, backward, SGD step, enqueue;
+* **floor**: what no MaskContrast step can avoid, for the same networks and batch: the key
+  network's forward (no grad) plus the query network's forward, backward and SGD update (loss =
+  sum of its feature-resolution outputs). The table shows full / floor beside the step.
 
 Data loading is excluded (it runs in DataLoader workers, overlapped with the step). Bare and full
 steps alternate and each column is the median over the timed steps (this VM's speed drifts by
@@ -20,6 +23,11 @@ matrix), from the same random feature-resolution embeddings.
     python bench/pretrain_speed.py                       # R50-OS8, R50-OS16, R18-OS8; 224 px; batch 8
     python bench/pretrain_speed.py --configs resnet18:8 --steps 5 --precisions fp32
     python bench/pretrain_speed.py --loss-path --steps 10
+    python bench/pretrain_speed.py --configs resnet50:8 --size 128 --precisions fp32,fp32_cl --steps 5
+    python bench/pretrain_speed.py --tiny        # R18-OS8, 32 px, batch 2, 1 step: checks the script, times nothing
+
+Precisions: ``fp32`` (NCHW), ``fp32_cl`` (fp32 + channels_last, the trainer's default), ``bf16_cl``
+(bf16 autocast + channels_last).
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+# this checkout's packages, also when another checkout is installed (a run from its own git worktree)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: int, warmup: int, threads: int) -> dict:
@@ -47,10 +59,13 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
     if threads > 0:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if precision not in ("fp32", "fp32_cl", "bf16_cl"):
+        raise SystemExit(f"unknown precision {precision!r}: fp32, fp32_cl or bf16_cl")
     bf16 = precision == "bf16_cl"
+    cl = precision.endswith("_cl")
     mcfg = load_config(ModelConfig, overrides=[f"backbone.arch={arch}", f"backbone.output_stride={os_}"])
     obj = MaskContrastObjective(mcfg, MaskContrastObjectiveConfig(queue_size=128))
-    if bf16:
+    if cl:
         obj = obj.to(memory_format=torch.channels_last)
     obj.train()
     opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.004, momentum=0.9, weight_decay=1e-4)
@@ -69,7 +84,7 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
 
     def prep(x):
-        return x.contiguous(memory_format=torch.channels_last) if bf16 else x
+        return x.contiguous(memory_format=torch.channels_last) if cl else x
 
     parts: dict[str, float] = {}
 
@@ -83,6 +98,16 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
             loss = out.embedding.float().sum() + out.saliency.float().sum()
         loss.backward()
         obj.zero_grad(set_to_none=True)
+
+    def floor_step(xq, xk):
+        with torch.no_grad(), ctx():
+            obj.key(xk, upsample=False)
+        with ctx():
+            out = obj.query(xq, upsample=False)
+            loss = out.embedding.float().sum() + out.saliency.float().sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
     def full_step(timed=False):
         t = time.process_time()
@@ -99,7 +124,8 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
         opt.step()
         tick("sgd", t) if timed else None
 
-    x = prep(sampler(batch_in).query)
+    first = sampler(batch_in)
+    x, xk = prep(first.query), prep(first.key)
     res = {
         "arch": arch,
         "os": os_,
@@ -110,11 +136,13 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
     }
     for _ in range(warmup):
         bare_step(x)
+        floor_step(x, xk)
         full_step()
-    # bare and full steps alternate, so a drift in the machine's speed hits both alike; medians
-    samples: dict[str, list[tuple[float, float]]] = {"bare": [], "full": []}
+    # bare, floor and full steps alternate, so a drift in the machine's speed hits all alike; medians
+    samples: dict[str, list[tuple[float, float]]] = {"bare": [], "floor": [], "full": []}
     for _ in range(steps):
-        for name, fn in (("bare", lambda: bare_step(x)), ("full", lambda: full_step(timed=True))):
+        for name, fn in (("bare", lambda: bare_step(x)), ("floor", lambda: floor_step(x, xk)),
+                         ("full", lambda: full_step(timed=True))):  # fmt: skip
             w0, c0 = time.perf_counter(), time.process_time()
             fn()
             samples[name].append((time.perf_counter() - w0, time.process_time() - c0))
@@ -122,6 +150,7 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
         res[f"{name}_wall_s"] = statistics.median(w for w, _ in pairs)
         res[f"{name}_cpu_s"] = statistics.median(c for _, c in pairs)
     res["ratio_per_pair"] = statistics.median(f[1] / b[1] for b, f in zip(samples["bare"], samples["full"]))
+    res["full_over_floor_wall"] = statistics.median(f[0] / b[0] for b, f in zip(samples["floor"], samples["full"]))
     res["parts_cpu_s"] = {k: v / steps for k, v in parts.items()}
     # the key forward alone (no grad), for the breakdown
     with torch.no_grad(), ctx():
@@ -193,7 +222,8 @@ def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, d
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="resnet50:8,resnet50:16,resnet18:8", help="arch:output_stride list")
-    p.add_argument("--precisions", default="fp32,bf16_cl", help="fp32 and/or bf16_cl (bf16 autocast + channels_last)")
+    p.add_argument("--precisions", default="fp32,fp32_cl,bf16_cl",
+                   help="fp32, fp32_cl (channels_last) and/or bf16_cl (bf16 autocast + channels_last)")  # fmt: skip
     p.add_argument("--size", type=int, default=224, help="view size in pixels")
     p.add_argument("--batch", type=int, default=8, help="batch size")
     p.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
@@ -202,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     p.add_argument("--loss-path", action="store_true", help="time only the pixel loss: ours vs full resolution")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tiny", action="store_true",
+                   help="R18-OS8, 32 px, batch 2, 1 step, fp32 and fp32_cl: a check of the script, not a measurement")  # fmt: skip
     args = p.parse_args(argv)
+    if args.tiny:
+        args.configs, args.size, args.batch, args.steps, args.warmup = "resnet18:8", 32, 2, 1, 0
+        if args.precisions == p.get_default("precisions"):
+            args.precisions = "fp32,fp32_cl"
     if args.threads > 0:
         import torch
 
@@ -241,14 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbatch {args.batch}, {args.size} px, medians of {args.steps} alternating bare/full steps after "
           f"{args.warmup} warm-up\n")  # fmt: skip
     print(
-        "| backbone | precision | full step img/s (wall) | full step CPU s | bare fwd+bwd CPU s | ratio full/bare (CPU, median of pairs) "
+        "| backbone | precision | full step wall s | floor wall s | full / floor (wall, median of pairs) "
+        "| full step img/s (wall) | full step CPU s | bare fwd+bwd CPU s | ratio full/bare (CPU, median of pairs) "
         "| key fwd CPU s | augment CPU s | peak RSS MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["ratio_per_pair"]
         print(
-            f"| {r['arch']}-OS{r['os']} | {r['precision']} | {r['batch'] / r['full_wall_s']:.2f} | {r['full_cpu_s']:.2f} "
+            f"| {r['arch']}-OS{r['os']} | {r['precision']} | {r['full_wall_s']:.3f} | {r['floor_wall_s']:.3f} | "
+            f"{r['full_over_floor_wall']:.3f} | {r['batch'] / r['full_wall_s']:.2f} | {r['full_cpu_s']:.2f} "
             f"| {r['bare_cpu_s']:.2f} | {ratio:.2f} | {r['key_forward_cpu_s']:.2f} | "
             f"{r['parts_cpu_s'].get('augment', 0):.3f} | {r['peak_rss_mib']:.0f} |"
         )

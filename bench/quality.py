@@ -54,7 +54,7 @@ from omegaconf import OmegaConf
 
 from maskcontrast.config import MocoConfig, PretrainConfig, load_config, save_config
 from maskcontrast.data.paths import data_root
-from maskcontrast.stages import REPO, StageRunner
+from maskcontrast.stages import REPO, StageFailed, StageRunner
 from maskcontrast.utils import atomic_save, atomic_write_bytes, setup_logging
 
 log = logging.getLogger("bench.quality")
@@ -251,6 +251,7 @@ class Quality:
         self.out.mkdir(parents=True, exist_ok=True)
         self.runner = StageRunner(self.out / "stages.json")
         self.train_sets = [(n, f) for n, f in TRAIN_SETS if n in args.train_sets]
+        self.failed: dict[str, str] = {}  # evaluation stage -> why it failed (the others still run)
 
     # -- stages --------------------------------------------------------------------------------
     def masks_dir(self, name: str) -> Path:
@@ -397,7 +398,12 @@ class Quality:
                 if "pixel" in a.evals:
                     jobs.append((4 if slow else 3, f"eval:{model}:{ev}:pixel", pixel, js))
         for _, name, command, done in sorted(jobs, key=lambda j: j[0]):  # stable: model order within a priority
-            self.runner.run(name, command, done=done)
+            try:
+                self.runner.run(name, command, done=done)
+                self.failed.pop(name, None)
+            except StageFailed as err:  # recorded (quality.json, quality.md); the remaining evaluations run
+                log.error("%s; continuing with the other evaluations", err)
+                self.failed[name] = str(err)
 
     # -- report --------------------------------------------------------------------------------
     def report(self, models: list[str]) -> dict:
@@ -452,6 +458,7 @@ class Quality:
                       "|---|---|---|---|---|", *rows, ""]  # fmt: skip
         signal = {m: t for m in models if m[0] in "cdg" and (t := training_signal(self.out / "train" / m))}
         results["training"] = signal
+        results["failed_stages"] = self.failed
         if signal:
             lines += ["### End of training (pixel-to-prototype task, mean of the last 10% of logged steps)", "",
                       "| model | top-1 | chance (1 / candidates) | top-1 / chance | contrastive loss | log(candidates) |",
@@ -462,6 +469,9 @@ class Quality:
         stage_rows = [f"| {n} | {s['seconds'] / 60:.1f} | {s.get('cpu_seconds', float('nan')) / 60:.1f} | "
                       f"`{s['command']}` |" for n, s in self.runner.finished.items()]  # fmt: skip
         lines += ["### Stages", "", "| stage | wall min | CPU min | command |", "|---|---|---|---|", *stage_rows, ""]
+        if self.failed:
+            lines += ["### Failed stages (their cells are n/a; re-run the same command to retry them)", "",
+                      *(f"* {n}: {why.splitlines()[0]}" for n, why in self.failed.items()), ""]  # fmt: skip
         header = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}; "
                   f"date {time.strftime('%Y-%m-%d')}; command: `python bench/quality.py {' '.join(self._argv)}`", ""]  # fmt: skip
         (self.out / "quality.md").write_text("\n".join(header + lines), encoding="utf-8")

@@ -101,7 +101,9 @@ def upsampled_pixels(features: torch.Tensor, select: torch.Tensor) -> torch.Tens
     return torch.lerp(top, bottom, lam[yi].to(rows.dtype).unsqueeze(1))
 
 
-def mask_prototypes(embedding: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_prototypes(
+    embedding: torch.Tensor, mask: torch.Tensor, n_ids: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One L2-normalised prototype per object of every image.
 
     Every object pixel's embedding (bilinearly upsampled to the mask's size, at those pixels only,
@@ -110,6 +112,8 @@ def mask_prototypes(embedding: torch.Tensor, mask: torch.Tensor) -> tuple[torch.
     Args:
         embedding: ``B x D x h x w`` pixel embeddings, ``h <= H``, ``w <= W``.
         mask: ``B x H x W`` integer object ids, 0 = background, 1..n = objects.
+        n_ids: more than the largest id (None: ``mask.max() + 1``, a host sync; a caller that
+            knows a bound passes it).
 
     Returns:
         ``(prototypes, owner)``: ``P x D`` unit vectors, one per (image, object id) that has at
@@ -125,7 +129,8 @@ def mask_prototypes(embedding: torch.Tensor, mask: torch.Tensor) -> tuple[torch.
                          f"and {tuple(mask.shape)}")  # fmt: skip
     b, d = embedding.shape[:2]
     mask = mask.long()
-    n_ids = int(mask.max().item()) + 1 if mask.numel() else 1
+    if n_ids is None:
+        n_ids = int(mask.max().item()) + 1 if mask.numel() else 1
     fg = mask > 0  # B x H x W
     seg = (mask + torch.arange(b, device=mask.device).view(b, 1, 1) * n_ids)[fg]  # N_fg global segment ids
     emb = F.normalize(upsampled_pixels(embedding, fg), dim=1)  # N_fg x D

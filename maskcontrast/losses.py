@@ -45,6 +45,7 @@ __all__ = [
     "query_pixels",
     "pixel_prototype_logits",
     "pixel_contrastive_loss",
+    "contrastive_chunk_rows",
     "maskcontrast_pixel_loss",
     "enet_class_weights",
     "balanced_bce",
@@ -65,7 +66,7 @@ def full_precision(x: torch.Tensor) -> torch.Tensor:
 
 
 def query_pixels(
-    embedding: torch.Tensor, mask: torch.Tensor, owner: torch.Tensor, image_offset: int = 0
+    embedding: torch.Tensor, mask: torch.Tensor, owner: torch.Tensor, image_offset: int = 0, n_ids: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The query pixels that take part in the contrast, and their labels.
 
@@ -78,6 +79,8 @@ def query_pixels(
         mask: ``B x H x W`` object ids of the query view.
         owner: ``P x 2`` ``(image, object id)`` of every prototype, image indices global over ranks.
         image_offset: the global index of this process's first image (``rank * B`` under DDP).
+        n_ids: more than every object id of ``mask`` and of this process's prototypes (None:
+            computed, one host sync).
 
     Returns:
         ``(q, labels)``: ``N x D`` embeddings (not normalised) and ``N`` long indices into the
@@ -85,13 +88,15 @@ def query_pixels(
     """
     b = mask.shape[0]
     mask = mask.long()
-    n_ids = (
-        int(max(int(mask.max().item()) if mask.numel() else 0, int(owner[:, 1].max().item()) if len(owner) else 0)) + 1
-    )
-    lut = torch.full((b * n_ids,), -1, dtype=torch.long, device=mask.device)
+    if n_ids is None:
+        tops = ([mask.max()] if mask.numel() else []) + ([owner[:, 1].max()] if len(owner) else [])
+        n_ids = int(torch.stack(tops).max().item()) + 1 if tops else 1  # one host sync
+    # prototype j -> its (image, object) slot; prototypes of other processes go to a spare last slot
+    lut = torch.full((b * n_ids + 1,), -1, dtype=torch.long, device=mask.device)
     local = (owner[:, 0] >= image_offset) & (owner[:, 0] < image_offset + b)
-    idx = torch.nonzero(local).squeeze(1)
-    lut[(owner[idx, 0] - image_offset) * n_ids + owner[idx, 1]] = idx
+    slot = torch.where(local, (owner[:, 0] - image_offset) * n_ids + owner[:, 1], b * n_ids)
+    lut[slot] = torch.arange(len(owner), device=mask.device)
+    lut = lut[: b * n_ids]
     pixel_label = lut[mask + torch.arange(b, device=mask.device).view(b, 1, 1) * n_ids]  # B x H x W, -1 = out
     select = pixel_label >= 0
     return upsampled_pixels(embedding, select), pixel_label[select]
@@ -169,7 +174,7 @@ def pixel_contrastive_loss(
     labels: torch.Tensor,
     temperature: float,
     class_weights: torch.Tensor | None = None,
-    chunk_rows: int = 4096,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """The MaskContrast pixel loss: class-weighted cross-entropy of every pixel against the batch
     prototypes and the memory bank, without holding the ``N x (P + K)`` logits.
@@ -183,7 +188,8 @@ def pixel_contrastive_loss(
         labels: ``N`` long in ``0..P-1``.
         temperature: T > 0.
         class_weights: ``P + K`` weights (e.g. :func:`enet_class_weights`) or None for a plain mean.
-        chunk_rows: pixels per chunk (memory ``chunk_rows x (P + K)``).
+        chunk_rows: pixels per chunk (memory ``chunk_rows x (P + K)``); None:
+            :func:`contrastive_chunk_rows` (4,096 on a CPU, sized by the free memory on CUDA).
 
     Returns:
         A scalar; 0 (with a graph to ``query``) when ``N = 0``.
@@ -195,12 +201,14 @@ def pixel_contrastive_loss(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if chunk_rows < 1:
+    if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if labels.numel() == 0:
         return query.sum() * 0.0
     query = full_precision(query)
     keys = prototypes if queue is None or len(queue) == 0 else torch.cat([prototypes, queue.to(prototypes.dtype)])
+    if chunk_rows is None:
+        chunk_rows = contrastive_chunk_rows(len(keys), query.device, query.element_size())
     keys = keys.to(query.dtype) / temperature
     if class_weights is not None and len(class_weights) != len(keys):
         raise ValueError(f"class_weights has {len(class_weights)} entries for {len(keys)} prototypes + queue entries")
@@ -208,6 +216,29 @@ def pixel_contrastive_loss(
         torch.ones_like(labels, dtype=query.dtype) if class_weights is None else class_weights.to(query.dtype)[labels]
     )
     return _PixelContrastiveCE.apply(query, keys, labels, row_weights, int(chunk_rows))
+
+
+#: rows per chunk of the pixel loss on a CPU (and the least anywhere)
+CPU_CHUNK_ROWS = 4096
+
+
+def contrastive_chunk_rows(
+    n_keys: int, device: torch.device, itemsize: int = 4, fraction: float = 0.25, max_rows: int = 1 << 22
+) -> int:
+    """Rows per chunk of :func:`pixel_contrastive_loss`.
+
+    On a CPU: 4,096 (measured; larger chunks only add page faults). On CUDA: as many as fit in
+    ``fraction`` of the free device memory (``torch.cuda.mem_get_info``), counting four
+    ``rows x n_keys`` buffers (the chunk's logits and the temporaries of its log-sum-exp in the
+    forward; its softmax and gradient in the backward), between 4,096 and ``max_rows``. A
+    MaskContrast batch of 128 views at 224 px has about 2.5 M object pixels: at 4,096 rows that is
+    600 chunks, each a handful of small kernel launches, per forward and again per backward.
+    """
+    if device.type != "cuda":
+        return CPU_CHUNK_ROWS
+    free, _ = torch.cuda.mem_get_info(device)
+    rows = int(free * fraction) // max(4 * n_keys * itemsize, 1)
+    return int(min(max(rows, CPU_CHUNK_ROWS), max_rows))
 
 
 def maskcontrast_pixel_loss(
@@ -219,6 +250,7 @@ def maskcontrast_pixel_loss(
     temperature: float,
     class_weighting: str = "enet",
     image_offset: int = 0,
+    n_ids: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The MaskContrast contrastive term from the query embeddings and the (gathered) prototypes.
 
@@ -232,6 +264,7 @@ def maskcontrast_pixel_loss(
         queue: ``K x D`` memory bank or None; temperature: T > 0.
         class_weighting: ``"enet"`` or ``"none"``.
         image_offset: the global index of this process's first image.
+        n_ids: see :func:`query_pixels`.
 
     Returns:
         ``(loss, q, labels)``: the scalar loss, the ``N x D`` normalised query pixels and their
@@ -239,7 +272,7 @@ def maskcontrast_pixel_loss(
     """
     if class_weighting not in CLASS_WEIGHTINGS:
         raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got {class_weighting!r}")
-    q_raw, labels = query_pixels(query_embedding, query_mask, owner, image_offset=image_offset)
+    q_raw, labels = query_pixels(query_embedding, query_mask, owner, image_offset=image_offset, n_ids=n_ids)
     q = F.normalize(q_raw, dim=1)
     n_keys = len(prototypes) + (0 if queue is None else len(queue))
     weights = enet_class_weights(labels, n_keys) if class_weighting == "enet" else None

@@ -9,6 +9,7 @@ Example::
     update_momentum(query_net, key_net, m=0.999)       # before the key forward
     x_shuf, order = batch_shuffle(x)                   # shuffle-BN across ranks
     k = batch_unshuffle(key_net(x_shuf), order)
+    average_batchnorm_stats(query_net)                 # before a checkpoint: the ranks' BN statistics
     bank = MemoryBank(size=128, dim=32)
     bank.enqueue(k)                                    # gathers from every rank first
 """
@@ -32,6 +33,7 @@ __all__ = [
     "batch_shuffle",
     "batch_unshuffle",
     "MemoryBank",
+    "average_batchnorm_stats",
 ]
 
 
@@ -76,28 +78,44 @@ def update_momentum(online: nn.Module, target: nn.Module, m: float) -> None:
 
 
 @torch.no_grad()
-def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+def concat_all_gather(x: torch.Tensor, same_size: bool = False) -> torch.Tensor:
     """Concatenate ``x`` (``n_r x ...``) of every rank along dim 0, in rank order; ``n_r`` may
-    differ between ranks. No gradient flows. One process: ``x`` itself."""
+    differ between ranks. No gradient flows. One process: ``x`` itself.
+
+    The sizes are exchanged first (one host sync for all ranks together); ``same_size=True``
+    (the caller knows every rank holds ``n`` rows, e.g. a batch) skips that exchange.
+    """
     if not is_distributed():
         return x
     ws = world_size()
+    x = x.contiguous()
+    if same_size:
+        out = [torch.empty_like(x) for _ in range(ws)]
+        dist.all_gather(out, x)
+        return torch.cat(out, dim=0)
     n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(ws)]
-    dist.all_gather(sizes, n)
-    counts = [int(s.item()) for s in sizes]
+    sizes = torch.zeros(ws, device=x.device, dtype=torch.long)
+    dist.all_gather(list(sizes.chunk(ws)), n)
+    counts = sizes.tolist()
     biggest = max(counts)
     padded = x.new_zeros((biggest, *x.shape[1:]))
     padded[: x.shape[0]] = x
     out = [torch.zeros_like(padded) for _ in range(ws)]
-    dist.all_gather(out, padded.contiguous())
+    dist.all_gather(out, padded)
     return torch.cat([o[:c] for o, c in zip(out, counts)], dim=0)
+
+
+def _rows_last(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A channels_last ``B x C x H x W`` tensor as its contiguous ``B x H x W x C`` view (no copy),
+    so that gathering and indexing rows keep that layout; other tensors as they are."""
+    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return (x.permute(0, 2, 3, 1), True) if cl else (x, False)
 
 
 @torch.no_grad()
 def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Shuffle a batch across all ranks (shuffle-BN, MoCo): every rank gets a random slice of the
-    global batch. Needs the same batch size on every rank.
+    global batch. Needs the same batch size on every rank. A channels_last batch stays channels_last.
 
     Args:
         x: ``B x ...`` this rank's batch.
@@ -109,24 +127,57 @@ def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not is_distributed():
         return x, None
     b = x.shape[0]
-    gathered = concat_all_gather(x)
-    if gathered.shape[0] != b * world_size():
-        raise ValueError("batch_shuffle needs the same batch size on every rank")
+    rows, cl = _rows_last(x)
+    gathered = concat_all_gather(rows, same_size=True)
     perm = torch.randperm(gathered.shape[0], device=x.device)
     dist.broadcast(perm, src=0)
     r = rank()
-    return gathered[perm[r * b : (r + 1) * b]], torch.argsort(perm)
+    out = gathered[perm[r * b : (r + 1) * b]]
+    return (out.permute(0, 3, 1, 2) if cl else out), torch.argsort(perm)
 
 
 @torch.no_grad()
 def batch_unshuffle(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
-    """Undo :func:`batch_shuffle` on the network's output ``x`` (``B x ...``)."""
+    """Undo :func:`batch_shuffle` on the network's output ``x`` (``B x ...``; channels_last kept)."""
     if order is None:
         return x
     b = x.shape[0]
-    gathered = concat_all_gather(x)
+    rows, cl = _rows_last(x)
+    gathered = concat_all_gather(rows, same_size=True)
     r = rank()
-    return gathered[order[r * b : (r + 1) * b]]
+    out = gathered[order[r * b : (r + 1) * b]]
+    return out.permute(0, 3, 1, 2) if cl else out
+
+
+@torch.no_grad()
+def average_batchnorm_stats(module: nn.Module) -> None:
+    """Average the BatchNorm running means and variances of ``module`` over the ranks (in place).
+
+    The networks train in DDP with ``broadcast_buffers=False``: in training mode BatchNorm
+    normalises with the statistics of each rank's own batch (for the key network after the
+    shuffle across ranks), and the running statistics, which only inference uses, drift apart
+    between ranks. The trainer calls this before every checkpoint, so the saved statistics are
+    those of every rank's images (not only rank 0's) and every rank continues from the same
+    ones, as a resumed run does. The variance is the mean of the ranks' variances (the spread
+    between the ranks' means is left out, as in the running estimate itself). One process: nothing.
+    """
+    if not is_distributed():
+        return
+    stats = [
+        t
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None
+        for t in (m.running_mean, m.running_var)
+    ]
+    if not stats:
+        return
+    flat = torch.cat([t.reshape(-1).float() for t in stats])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for t in stats:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 class MemoryBank(nn.Module):
@@ -172,7 +223,7 @@ class MemoryBank(nn.Module):
         if n > k:
             keys = keys[-k:]
             n = k
-        p = int(self.ptr.item())
-        idx = (torch.arange(n, device=self.queue.device) + p) % k
+        # the write position stays on the device: no host sync per step
+        idx = (torch.arange(n, device=self.queue.device) + self.ptr) % k
         self.queue[idx] = keys
-        self.ptr.fill_((p + n) % k)
+        self.ptr.copy_((self.ptr + n) % k)

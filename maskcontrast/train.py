@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +40,14 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from maskcontrast.config import ConfigError, config_to_dict, save_config
 from maskcontrast.data import DataError, SegmentationDataset, build_dataset
 from maskcontrast.data.regions import RegionMaker
 from maskcontrast.data.views import EpochBatchSampler, PairedViewDataset, Views, ViewSampler
-from maskcontrast.momentum import update_momentum
+from maskcontrast.momentum import average_batchnorm_stats, update_momentum
 from maskcontrast.objectives.base import Objective
 from maskcontrast.preemption import (
     PeerWatch,
@@ -74,7 +74,7 @@ from maskcontrast.runs import (
     save_state,
     tensorboard,
 )
-from maskcontrast.utils import autocast_dtype, get_device, peak_rss_mib, seed_everything
+from maskcontrast.utils import autocast_dtype, configure_cuda_backends, get_device, peak_rss_mib, seed_everything
 
 __all__ = [
     "train",
@@ -99,6 +99,9 @@ __all__ = [
     "training_checkpoint",
     "train_step",
     "train_one_epoch",
+    "min_batch_per_process",
+    "RunningBatchSampler",
+    "epoch_batches",
     "TrainingLog",
 ]
 
@@ -186,6 +189,8 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = get_device(device)
     if world <= 1:
+        if dev.type == "cuda" and dev.index is not None:
+            torch.cuda.set_device(dev)  # else CUDA also opens a context (and allocates) on cuda:0
         return DistEnv(0, 1, 0, dev)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":
@@ -346,16 +351,72 @@ class TrainingSetup:
     amp_dtype: torch.dtype | None
     steps_per_epoch: int
     total_steps: int
+    batches: Any = None  # the loader's iterator, which runs across epochs (see :func:`epoch_batches`)
+    next_step: int = -1  # the step its next batch belongs to
+
+
+class RunningBatchSampler(Sampler[list[tuple[int, int]]]):
+    """The batches of an :class:`EpochBatchSampler`, epoch after epoch without end, from the batch
+    :meth:`start_at` names. One loader iterator then serves the whole run, so its workers prefetch
+    the first batches of the next epoch while the current one ends (a new iterator per epoch waits
+    for its workers to start over at every epoch boundary)."""
+
+    def __init__(self, epochs: EpochBatchSampler) -> None:
+        self.epochs = epochs
+        self.start = (0, 0)
+
+    def start_at(self, epoch: int, batch: int) -> None:
+        self.start = (epoch, batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, batch = self.start
+        while True:
+            self.epochs.set_epoch(epoch, batch)
+            yield from iter(self.epochs)
+            epoch, batch = epoch + 1, 0
+
+
+def epoch_batches(s: TrainingSetup, step: int) -> Iterator[dict[str, Any]]:
+    """The batches of the epoch that ``step`` lies in, from ``step`` on, drawn from one loader iterator
+    that runs across epochs (a new one is started only when ``step`` is not where it stands)."""
+    spe = s.steps_per_epoch
+    if s.batches is None or s.next_step != step:
+        s.loader.batch_sampler.start_at(*divmod(step, spe))  # type: ignore[union-attr]
+        s.batches, s.next_step = iter(s.loader), step
+    for _ in range(spe - step % spe):
+        batch = next(s.batches)
+        s.next_step += 1
+        yield batch
+
+
+def min_batch_per_process(module: nn.Module) -> int:
+    """The smallest batch per process ``module`` trains with: 2 when a BatchNorm follows a global
+    average pooling (the image-pooling branch of ASPP sees a ``B x C x 1 x 1`` map, and BatchNorm in
+    training mode raises on a single value per channel), else 1."""
+    for seq in module.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        pooled = False
+        for child in seq:
+            if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+                pooled = True
+            elif pooled and isinstance(child, nn.modules.batchnorm._BatchNorm) and child.training:
+                return 2
+    return 1
 
 
 def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: DistEnv) -> TrainingSetup:
     """Seed, build the objective, the data pipeline and the optimizer (nothing on disk changes).
 
     Raises:
-        ConfigError: a batch that does not split over the processes, or fewer images than one batch.
+        ConfigError: a batch that does not split over the processes, too few images per process for
+            the networks' BatchNorm, bf16 asked on a GPU without it (falls back to fp16 with a
+            warning instead), or fewer images than one batch.
     """
     tcfg, ocfg = cfg.trainer, cfg.optim
-    amp_dtype = autocast_dtype(tcfg.precision, choices=("fp32", "bf16", "fp16"), key="trainer.precision")
+    amp_dtype = autocast_dtype(tcfg.precision, env.device, choices=("fp32", "bf16", "fp16"), key="trainer.precision",
+                               fp16_fallback=True)  # fmt: skip
+    configure_cuda_backends(env.device)
     seed_everything(tcfg.seed)
     objective = build_objective().to(env.device)
     if tcfg.channels_last:
@@ -363,6 +424,14 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
     if ocfg.batch_size % env.world_size:
         raise ConfigError(f"optim.batch_size={ocfg.batch_size} is not divisible by {env.world_size} processes")
     per_rank = ocfg.batch_size // env.world_size
+    objective.train()
+    need = min_batch_per_process(objective)
+    if per_rank < need:
+        raise ConfigError(
+            f"optim.batch_size={ocfg.batch_size} over {env.world_size} process(es) is {per_rank} image(s) per "
+            f"process; the BatchNorm after the image pooling of the ASPP head needs at least {need} per process. "
+            f"Set optim.batch_size to at least {need * env.world_size} or run fewer processes"
+        )
     dataset = build_view_dataset(cfg, objective.needs_mask)
     if len(dataset) < ocfg.batch_size:
         raise ConfigError(f"{len(dataset)} usable images are fewer than one batch (optim.batch_size="
@@ -372,10 +441,9 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
     workers = int(cfg.data.num_workers)
     loader = DataLoader(
         dataset,
-        batch_sampler=batch_sampler,
+        batch_sampler=RunningBatchSampler(batch_sampler),  # one pass over every epoch: no stall between epochs
         num_workers=workers,
         pin_memory=env.device.type == "cuda",
-        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(tcfg.seed),
         worker_init_fn=ignore_signals_in_worker,
     )
@@ -387,7 +455,7 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, weight_decay=ocfg.weight_decay,
                                 nesterov=ocfg.nesterov)  # fmt: skip
-    scaler = torch.amp.GradScaler(env.device.type, enabled=tcfg.precision == "fp16")
+    scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
     model: nn.Module = objective
     if env.world_size > 1:
         model = DistributedDataParallel(
@@ -516,17 +584,23 @@ def train_step(
     finite = torch.isfinite(loss.detach()).float()
     if s.env.world_size > 1:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if finite.item() < 1:
-        raise NonFiniteLossError(f"the loss became {loss.item()} at step {step} (epoch {step // s.steps_per_epoch})")
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
+    # the step's one host sync, after the backward is queued (a GPU keeps working while we wait)
+    if finite.item() < 1:
+        raise NonFiniteLossError(f"the loss became {loss.item()} at step {step} (epoch {step // s.steps_per_epoch})")
     s.scaler.step(s.optimizer)
     s.scaler.update()
     return loss, metrics, lr
 
 
 class TrainingLog:
-    """Metric averaging, the progress bar, TensorBoard scalars and the per-epoch log line."""
+    """Metric averaging, the progress bar, TensorBoard scalars and the per-epoch log line.
+
+    The metrics of a step stay on the device: they are added to a tensor buffer, and the buffer is
+    read (one host sync) only every ``trainer.log_every_steps`` steps, at an epoch end and at the
+    end of the run. ``images_per_s`` is measured over those windows.
+    """
 
     def __init__(self, s: TrainingSetup, writer: Any, stage: str, step: int) -> None:
         self.s, self.writer = s, writer
@@ -534,47 +608,68 @@ class TrainingLog:
         self.every = max(tcfg.log_every_steps, 1)
         self.bar = tqdm(total=s.total_steps, initial=step, desc=stage, dynamic_ncols=True,
                         disable=not (tcfg.progress and s.env.is_main))  # fmt: skip
-        self.sums: dict[str, float] = {}
+        self.keys: list[str] = []
+        self.sums: torch.Tensor | None = None  # device buffer: the sum of every metric since the last flush
+        self.latest: torch.Tensor | None = None  # the metrics of the last step
         self.n_sum = 0
-        self.counts = {"skipped": 0, "redraws": 0}
+        self.lr = 0.0
+        self.skipped = torch.zeros((), dtype=torch.long)
+        self.redraws = torch.zeros((), dtype=torch.long)
         self.last: dict[str, float] = {}
         self.t_last = time.perf_counter()
 
     def step(self, step: int, batch: dict[str, Any], loss: torch.Tensor, metrics: dict[str, torch.Tensor],
              lr: float) -> None:  # fmt: skip
-        """Record step ``step`` (1-based count of steps done)."""
-        now = time.perf_counter()
-        ips = self.s.cfg.optim.batch_size / max(now - self.t_last, 1e-9)
-        self.t_last = now
-        self.counts["skipped"] += int(batch["skipped"].sum())
-        self.counts["redraws"] += int(batch["redraws"].sum())
-        values = {"loss_total": float(loss.detach()), **{k: float(v) for k, v in metrics.items()},
-                  "lr": lr, "images_per_s": ips}  # fmt: skip
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+        """Record step ``step`` (1-based count of steps done); no host sync unless it is a logging step."""
+        self.skipped += batch["skipped"].sum()
+        self.redraws += batch["redraws"].sum()
+        keys = ["loss_total", *metrics]
+        values = torch.stack([loss.detach().float().reshape(()),
+                              *(v.detach().float().reshape(()).to(loss.device) for v in metrics.values())])  # fmt: skip
+        if keys != self.keys and self.n_sum:
+            self.flush(step - 1)
+        self.keys = keys
+        self.sums = values.clone() if self.sums is None or not self.n_sum else self.sums.add_(values)
+        self.latest = values
         self.n_sum += 1
-        self.last = values
+        self.lr = lr
         self.bar.update(1)
+        if step % self.every == 0 or step == self.s.total_steps:
+            self.flush(step)
+
+    def flush(self, step: int) -> None:
+        """Read the buffer (one host sync): TensorBoard means of the window, the progress bar, ``last``."""
+        if not self.n_sum or self.sums is None or self.latest is None:
+            return
+        now = time.perf_counter()
+        ips = self.s.cfg.optim.batch_size * self.n_sum / max(now - self.t_last, 1e-9)
+        self.t_last = now
+        sums, latest = torch.stack([self.sums, self.latest]).tolist()
+        self.last = {**dict(zip(self.keys, latest)), "lr": self.lr, "images_per_s": ips}
+        means = {**{k: v / self.n_sum for k, v in zip(self.keys, sums)}, "lr": self.lr, "images_per_s": ips}
         self.bar.set_postfix(
-            loss=f"{values['loss_total']:.3f}", top1=f"{values.get('acc_top1', 0):.2f}",
-            lr=f"{lr:.2g}", ips=f"{ips:.1f}", refresh=False,
+            loss=f"{self.last['loss_total']:.3f}", top1=f"{self.last.get('acc_top1', 0):.2f}",
+            lr=f"{self.lr:.2g}", ips=f"{ips:.1f}", refresh=False,
         )  # fmt: skip
-        if self.writer is not None and (step % self.every == 0 or step == self.s.total_steps):
-            for k, v in self.sums.items():
+        if self.writer is not None:
+            for k, v in means.items():
                 tag = k.replace("loss_", "loss/").replace("acc_", "acc/") if k.startswith(("loss_", "acc_")) else k
-                self.writer.add_scalar(tag, v / self.n_sum, step)
+                self.writer.add_scalar(tag, v, step)
             self.writer.add_scalar("peak_rss_mib", peak_rss_mib(), step)
-            self.sums, self.n_sum = {}, 0
+        self.n_sum = 0
 
     def epoch_end(self, done: int, step: int) -> None:
+        self.flush(step)
+        skipped, redraws = int(self.skipped), int(self.redraws)
         if self.writer is not None:
-            self.writer.add_scalar("data/skipped_images", self.counts["skipped"], done)
-            self.writer.add_scalar("data/view_redraws", self.counts["redraws"], done)
+            self.writer.add_scalar("data/skipped_images", skipped, done)
+            self.writer.add_scalar("data/view_redraws", redraws, done)
         if self.s.env.is_main:
             log.info("epoch %d done (step %d): loss %.4f, top1 %.3f; %d images skipped (no usable mask or view), "
                      "%d views redrawn", done, step, self.last["loss_total"], self.last.get("acc_top1", float("nan")),
-                     self.counts["skipped"], self.counts["redraws"])  # fmt: skip
-        self.counts = {"skipped": 0, "redraws": 0}
+                     skipped, redraws)  # fmt: skip
+        self.skipped.zero_()
+        self.redraws.zero_()
 
     def close(self) -> None:
         self.bar.close()
@@ -590,9 +685,7 @@ def train_one_epoch(s: TrainingSetup, step: int, logger: TrainingLog, save: Call
     Returns the step count after the epoch.
     """
     tcfg, spe = s.cfg.trainer, s.steps_per_epoch
-    epoch, start_batch = divmod(step, spe)
-    s.batch_sampler.set_epoch(epoch, start_batch)
-    for batch in s.loader:
+    for batch in epoch_batches(s, step):
         loss, metrics, lr = train_step(s, batch, step)
         step += 1
         logger.step(step, batch, loss, metrics, lr)
@@ -674,6 +767,7 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
                 saved = {"step": step}
 
                 def save(name: str, at: int) -> None:
+                    average_batchnorm_stats(s.objective)  # every rank's statistics, not rank 0's (all ranks call it)
                     if env.is_main:
                         save_state(run_dir / name, training_checkpoint(s, step=at, stage=stage, cfg_dict=cfg_dict),
                                    keep_previous=name == "last.pt")  # fmt: skip

@@ -114,6 +114,8 @@ class MaskContrastObjective(Objective):
             raise ValueError("MaskContrast needs views with object masks")
         b = views.batch_size
         size = views.query.shape[-2:]
+        # one bound on the object ids of both views (this process's prototypes come from its key view)
+        n_ids = int(torch.maximum(views.query_mask.max(), views.key_mask.max())) + 1 if views.query_mask.numel() else 1
         # The networks run under the trainer's autocast; everything after them runs in fp32.
         out_q = self.query(views.query, upsample=False)
 
@@ -121,12 +123,14 @@ class MaskContrastObjective(Objective):
             k_in, order = batch_shuffle(views.key)
             k_small = batch_unshuffle(self.key(k_in, upsample=False).embedding, order)
             with torch.autocast(views.query.device.type, enabled=False):
-                protos, owner = mask_prototypes(full_precision(k_small), views.key_mask)
+                protos, owner = mask_prototypes(full_precision(k_small), views.key_mask, n_ids)
             owner = owner.clone()
             owner[:, 0] += rank() * b
-            all_protos = concat_all_gather(protos)  # the queue always gets every process's prototypes
+            # the queue always gets every process's prototypes; one collective gathers them with their owners
+            both = concat_all_gather(torch.cat([protos, owner.to(protos.dtype)], dim=1))
+            all_protos, all_owner = both[:, :-2].contiguous(), both[:, -2:].long()
             if self.negatives == "global":  # contrast with the prototypes of every process
-                cand_protos, cand_owner, offset = all_protos, concat_all_gather(owner), rank() * b
+                cand_protos, cand_owner, offset = all_protos, all_owner, rank() * b
             else:  # local: this process's prototypes only
                 cand_protos, cand_owner, offset = protos, owner, rank() * b
             queue = self.bank.queue.clone()
@@ -134,7 +138,7 @@ class MaskContrastObjective(Objective):
         with torch.autocast(views.query.device.type, enabled=False):  # the loss math stays fp32 under AMP
             loss_con, q, labels = maskcontrast_pixel_loss(
                 full_precision(out_q.embedding), views.query_mask, cand_protos, cand_owner, queue,
-                self.temperature, self.class_weighting, image_offset=offset,
+                self.temperature, self.class_weighting, image_offset=offset, n_ids=n_ids,
             )  # fmt: skip
             loss = self.contrastive_weight * loss_con
             metrics = {"loss_contrastive": loss_con.detach()}
@@ -152,8 +156,8 @@ class MaskContrastObjective(Objective):
         metrics.update(
             acc_top1=top1,
             acc_top5=top5,
-            prototypes=torch.tensor(float(len(cand_protos))),
-            pixels=torch.tensor(float(len(labels))),
+            prototypes=loss.new_full((), float(len(cand_protos))),  # on the device: read only when logged
+            pixels=loss.new_full((), float(len(labels))),
         )
         self.bank.enqueue(all_protos, gather=False)  # already gathered above: one collective per step
         return loss, metrics

@@ -37,6 +37,28 @@ def test_moco_run_is_used_as_b_without_training(tmp_path: Path, monkeypatch) -> 
     assert "train:moco" not in q.runner.finished
 
 
+def test_a_failed_evaluation_is_recorded_and_the_others_still_run(tmp_path: Path, monkeypatch) -> None:
+    from maskcontrast.stages import StageFailed
+
+    monkeypatch.setenv("MASKCONTRAST_DATA", str(tmp_path))
+    argv = ["--preset", "tiny", "--out", str(tmp_path / "run"), "--models", "a", "b"]
+    q = quality.Quality(quality.parse_args(argv), argv)
+    ran: list[str] = []
+
+    def run(name, command, done=None):
+        ran.append(name)
+        if name == "eval:a:pet:prototype-folder":  # e.g. eval.kmeans without faiss
+            raise StageFailed(f"stage '{name}' failed (exit 1); command:\n  python -m eval.kmeans ...")
+
+    monkeypatch.setattr(q.runner, "run", run)
+    q.evaluate({"a": tmp_path / "a.pt", "b": tmp_path / "b.pt"})
+    assert ran[0] == "eval:a:pet:prototype-folder" and len(ran) == 4  # the linear probes and (b) still ran
+    assert list(q.failed) == ["eval:a:pet:prototype-folder"]
+    report = q.report(["a", "b"])
+    assert report["failed_stages"] == q.failed
+    assert "### Failed stages" in (tmp_path / "run" / "quality.md").read_text()
+
+
 def test_eval_models_restricts_the_evaluations(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MASKCONTRAST_DATA", str(tmp_path))
     argv = ["--preset", "tiny", "--out", str(tmp_path / "run"), "--models", "b", "d", "--eval-models", "d"]

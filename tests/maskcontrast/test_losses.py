@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from maskcontrast.embeddings import mask_prototypes, upsampled_pixels
 from maskcontrast.losses import (
     balanced_bce,
+    contrastive_chunk_rows,
     enet_class_weights,
     full_precision,
     info_nce_logits,
@@ -308,3 +309,29 @@ def test_info_nce_matches_formula():
     assert info_nce_loss(q, k, queue, t).item() == pytest.approx(ref / 4, rel=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         info_nce_logits(q, k, queue, 0.0)
+
+
+def test_chunk_rows_come_from_free_cuda_memory_and_stay_4096_on_cpu(monkeypatch):
+    asked = []
+
+    def mem_get_info(device=None):
+        asked.append(device)
+        return 8 << 30, 80 << 30  # 8 GiB free of 80
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    cuda = torch.device("cuda", 0)
+    assert contrastive_chunk_rows(512, torch.device("cpu")) == 4096 and not asked
+    # a quarter of 8 GiB over 4 buffers of 512 fp32 columns: 262,144 rows (64 x the CPU chunk)
+    assert contrastive_chunk_rows(512, cuda) == (8 << 30) // 4 // (4 * 512 * 4) == 262_144
+    assert asked == [cuda]
+    assert contrastive_chunk_rows(512, cuda, max_rows=100_000) == 100_000
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 20, 80 << 30))  # nearly full
+    assert contrastive_chunk_rows(512, cuda) == 4096
+    # the default (None) is the CPU chunk here, and any chunk gives the same loss
+    torch.manual_seed(0)
+    q = F.normalize(torch.randn(9000, 8), dim=1)
+    keys = F.normalize(torch.randn(5, 8), dim=1)
+    labels = torch.randint(0, 5, (9000,))
+    a = pixel_contrastive_loss(q, keys, None, labels, 0.5)
+    b = pixel_contrastive_loss(q, keys, None, labels, 0.5, chunk_rows=9000)
+    assert torch.allclose(a, b, rtol=1e-5)

@@ -37,11 +37,11 @@ def images(tmp_path_factory):
     return root
 
 
-def cfg_for(images, run_dir, *extra):
+def cfg_for(images, run_dir, *extra):  # on the CPU: resume equivalence is a CPU property
     return resolve_config(load_config(MocoConfig, TINY, [
         f"data.sources=[{{name: image_folder, root: {images}}}]", f"trainer.run_dir={run_dir}",
         "data.image_size=32", "optim.batch_size=4", "objective.queue_size=8", "trainer.progress=false",
-        "trainer.threads=1", *extra]))  # fmt: skip
+        "trainer.threads=1", "trainer.device=cpu", *extra]))  # fmt: skip
 
 
 def build(cfg):

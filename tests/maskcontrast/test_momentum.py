@@ -10,6 +10,7 @@ from torch import nn
 
 from maskcontrast.momentum import (
     MemoryBank,
+    average_batchnorm_stats,
     batch_shuffle,
     batch_unshuffle,
     concat_all_gather,
@@ -102,3 +103,38 @@ def test_two_process_gather_shuffle_and_queue(tmp_path):
     assert both == sorted(torch.cat([r[0]["x"], r[1]["x"]]).flatten().tolist())  # a permutation of the global batch
     assert torch.equal(r[0]["queue"], r[1]["queue"]) and int(r[0]["ptr"]) == 2  # keys of both ranks enqueued
     assert r[0]["queue"][:2, 0].tolist() == [0.0, 10.0]
+
+
+def _layout_and_stats_worker(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    x = (torch.arange(4 * 3 * 5 * 6.0).view(4, 3, 5, 6) + 1000 * rank).contiguous(memory_format=torch.channels_last)
+    shuffled, order = batch_shuffle(x)
+    back = batch_unshuffle(shuffled, order)
+    bn = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    bn[1].running_mean.fill_(float(rank))  # rank 0: 0, rank 1: 1
+    bn[1].running_var.fill_(2.0 + 2 * rank)  # 2 and 4
+    average_batchnorm_stats(bn)
+    torch.save({"x": x.contiguous(), "back": back.contiguous(), "shuffled": shuffled.contiguous(),
+                "cl": [shuffled.is_contiguous(memory_format=torch.channels_last),
+                       back.is_contiguous(memory_format=torch.channels_last)],
+                "mean": bn[1].running_mean, "var": bn[1].running_var}, f"{out}/rank{rank}.pt")  # fmt: skip
+    dist.destroy_process_group()
+
+
+def test_shuffle_keeps_channels_last_and_batchnorm_stats_are_averaged(tmp_path):
+    """The key views stay channels_last through the shuffle across ranks (a copy back to NCHW would
+    cost a transposition per step), and the ranks' BatchNorm running statistics become their mean."""
+    mp.spawn(_layout_and_stats_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2)]
+    for i in range(2):
+        assert r[i]["cl"] == [True, True]
+        assert torch.equal(r[i]["back"], r[i]["x"])
+        assert r[i]["mean"].tolist() == [0.5, 0.5] and r[i]["var"].tolist() == [3.0, 3.0]
+    both = torch.cat([r[0]["shuffled"], r[1]["shuffled"]])
+    assert sorted(both[:, 0, 0, 0].tolist()) == sorted(torch.cat([r[0]["x"], r[1]["x"]])[:, 0, 0, 0].tolist())
+    # one process: nothing changes
+    bn = nn.BatchNorm2d(2)
+    bn.running_mean.fill_(3.0)
+    average_batchnorm_stats(bn)
+    assert bn.running_mean.tolist() == [3.0, 3.0]

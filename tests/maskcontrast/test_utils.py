@@ -17,6 +17,7 @@ from maskcontrast.utils import (
     atomic_save,
     atomic_write_bytes,
     autocast_dtype,
+    configure_cuda_backends,
     get_device,
     peak_rss_mib,
     seed_everything,
@@ -128,3 +129,89 @@ def test_autocast_dtype():
         autocast_dtype("fp16", cpu, choices=("auto", "bf16", "fp32"))
     with pytest.raises(ConfigError, match="got 'fp64'"):
         autocast_dtype("fp64", cpu, choices=("fp64",))
+
+
+@pytest.fixture
+def meta_to_cpu(monkeypatch):
+    """``Tensor.cpu`` of a ``meta`` tensor (which holds no data) gives zeros of its shape on the CPU,
+    standing in for a GPU tensor on a machine without one; ``.calls`` counts those copies."""
+    real = torch.Tensor.cpu
+    calls = []
+
+    def cpu(self, *args, **kwargs):
+        if self.is_meta:
+            calls.append(tuple(self.shape))
+            return torch.zeros(self.shape, dtype=self.dtype)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    return calls
+
+
+def test_checkpoints_hold_only_cpu_tensors_optimizer_state_included(tmp_path, meta_to_cpu):
+    """A checkpoint of networks and an optimizer on another device (``meta`` here) is written with
+    every tensor on the CPU, so ``torch.load(..., weights_only=True)`` reads it without that device."""
+    from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig
+    from maskcontrast.objectives import MaskContrastObjective
+    from maskcontrast.runs import optim_state, save_state
+
+    model_cfg = ModelConfig()
+    model_cfg.backbone.arch = "resnet18"
+    with torch.device("meta"):
+        obj = MaskContrastObjective(model_cfg, MaskContrastObjectiveConfig(queue_size=8))
+        params = [p for p in obj.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()  # momentum buffers on the meta device
+    ckpt = {**obj.checkpoint(), **optim_state(opt), "trainer": {"rng": torch.empty(3, device="meta")}}
+    assert any(t.is_meta for t in ckpt["optimizer"]["state"][0].values())
+    save_state(tmp_path / "c.pt", ckpt)
+    back = torch.load(tmp_path / "c.pt", weights_only=True)
+    seen = []
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            seen.append(x.device.type)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(back)
+    assert len(seen) > 100 and set(seen) == {"cpu"}
+    assert back["optimizer"]["state"][0]["momentum_buffer"].shape == params[0].shape
+    assert back["optimizer"]["param_groups"][0]["lr"] == 0.1
+    assert hasattr(back["model"], "_metadata") or isinstance(back["model"], dict)
+    # tensors already on the CPU are written as they are, without a copy
+    t = torch.ones(3)
+    n = len(meta_to_cpu)
+    atomic_save({"a": [t, (t, 1)]}, tmp_path / "d.pt")
+    assert len(meta_to_cpu) == n and torch.load(tmp_path / "d.pt", weights_only=True)["a"][1][1] == 1
+
+
+def test_bf16_on_a_gpu_without_it_falls_back_or_says_what_to_set(monkeypatch, caplog):
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a V100 or T4
+    with caplog.at_level(logging.WARNING):
+        got = autocast_dtype("bf16", cuda, choices=("fp32", "bf16", "fp16"), key="trainer.precision",
+                             fp16_fallback=True)  # fmt: skip
+    assert got is torch.float16
+    assert "does not support bfloat16" in caplog.text and "trainer.precision=fp16" in caplog.text
+    with pytest.raises(ConfigError, match=r"precision=bf16: .* set precision=fp32"):
+        autocast_dtype("bf16", cuda, choices=("fp32", "bf16"))
+    assert autocast_dtype("auto", cuda) is None  # auto picks fp32 there
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16  # the check is for CUDA only
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype("bf16", cuda, fp16_fallback=True) is torch.bfloat16
+
+
+def test_cudnn_benchmark_is_set_for_cuda_runs_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    configure_cuda_backends(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    configure_cuda_backends(torch.device("cuda", 1))
+    assert torch.backends.cudnn.benchmark is True
