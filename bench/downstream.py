@@ -56,8 +56,9 @@ DAVIS = ("davis2016", "davis2016")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dir", required=True, help="folder holding models/{a,b,c,d}.pt (and models/eval.json)")
     p.add_argument("--out", default=None, help="output folder (default: DIR/downstream; resumable)")
     p.add_argument("--models", nargs="+", default=list(MODELS), help="model names (files models/<name>.pt)")
@@ -66,8 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sets", nargs="+", default=[*FEWSHOT_SETS, "davis"], choices=[*FEWSHOT_SETS, "davis"])
     p.add_argument("--size", type=int, default=None, help="shorter image side (default: models/eval.json, else native)")
-    p.add_argument("--davis-size", type=int, default=None, help="shorter frame side for DAVIS (default: --size; 480 = "
-                   "the native 480p frames, the usual protocol)")  # fmt: skip
+    p.add_argument(
+        "--davis-size",
+        type=int,
+        default=None,
+        help="shorter frame side for DAVIS (default: --size; 480 = the native 480p frames, the usual protocol)",
+    )
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA when present)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding workers per evaluation")
     p.add_argument("--limit", type=int, default=None, help="only the first N images/frames of every set (smoke runs)")
@@ -140,16 +145,47 @@ class Downstream:
             for ev in a.sets:
                 if ev == "davis":
                     js = self.result_file(model, "davis")
-                    self.runner.run(f"{model}:davis", ["eval.propagation", *self.common(ckpt, self.davis_size), "--dataset", DAVIS[0],
-                                    "--root", str(self.data / DAVIS[1]), "--json", str(js)], done=js)  # fmt: skip
+                    self.runner.run(
+                        f"{model}:davis",
+                        [
+                            "eval.propagation",
+                            *self.common(ckpt, self.davis_size),
+                            "--dataset",
+                            DAVIS[0],
+                            "--root",
+                            str(self.data / DAVIS[1]),
+                            "--json",
+                            str(js),
+                        ],
+                        done=js,
+                    )
                     continue
                 dataset, folder, opts = FEWSHOT_SETS[ev]
                 for k in a.shots:
                     js = self.result_file(model, f"{ev}_{k}shot")
-                    self.runner.run(f"{model}:{ev}:{k}shot", [
-                        "eval.oneshot", *self.common(ckpt, self.size), "--dataset", dataset, "--root", str(self.data / folder),
-                        *(x for o in opts for x in ("--dataset-arg", o)), "--shots", str(k), "--episodes",
-                        str(a.episodes), "--seed", str(a.seed), "--rare", "skip", "--json", str(js)], done=js)  # fmt: skip
+                    self.runner.run(
+                        f"{model}:{ev}:{k}shot",
+                        [
+                            "eval.oneshot",
+                            *self.common(ckpt, self.size),
+                            "--dataset",
+                            dataset,
+                            "--root",
+                            str(self.data / folder),
+                            *(x for o in opts for x in ("--dataset-arg", o)),
+                            "--shots",
+                            str(k),
+                            "--episodes",
+                            str(a.episodes),
+                            "--seed",
+                            str(a.seed),
+                            "--rare",
+                            "skip",
+                            "--json",
+                            str(js),
+                        ],
+                        done=js,
+                    )
 
     # -- report --------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
@@ -166,8 +202,12 @@ class Downstream:
         def ms(r: dict[str, Any] | None, key: str) -> str:
             return "n/a" if r is None else f"{r['timing'][key]:.0f}"
 
-        results: dict[str, Any] = {"models": {}, "size": self.size, "davis_size": self.davis_size,
-                                   "stages": self.runner.finished}  # fmt: skip
+        results: dict[str, Any] = {
+            "models": {},
+            "size": self.size,
+            "davis_size": self.davis_size,
+            "stages": self.runner.finished,
+        }
         fs_sets = [s for s in a.sets if s in FEWSHOT_SETS]
         head = ["model"] + [f"{s} {k}-shot mIoU (FB-IoU)" for s in fs_sets for k in a.shots]
         head += ["DAVIS J&F (J / F)"] if "davis" in a.sets else []
@@ -179,9 +219,21 @@ class Downstream:
             for s in fs_sets:
                 for k in a.shots:
                     r = load(self.result_file(model, f"{s}_{k}shot"))
-                    entry[f"{s}_{k}shot"] = r and {key: r.get(key) for key in (
-                        "miou", "miou_std", "fb_iou", "fb_iou_std", "per_class", "n_queries", "skipped_classes",
-                        "timing", "n_images", "layout")}  # fmt: skip
+                    entry[f"{s}_{k}shot"] = r and {
+                        key: r.get(key)
+                        for key in (
+                            "miou",
+                            "miou_std",
+                            "fb_iou",
+                            "fb_iou_std",
+                            "per_class",
+                            "n_queries",
+                            "skipped_classes",
+                            "timing",
+                            "n_images",
+                            "layout",
+                        )
+                    }
                     if r and r.get("skipped_classes"):
                         notes.add(
                             f"{s} {k}-shot left out {', '.join(r['skipped_classes'])} (fewer than {k + 1} images)"
@@ -189,9 +241,22 @@ class Downstream:
                     cells.append(f"{pct(r, 'miou', 'miou_std')} ({pct(r, 'fb_iou')})")
             davis = load(self.result_file(model, "davis")) if "davis" in a.sets else None
             if "davis" in a.sets:
-                entry["davis"] = davis and {key: davis.get(key) for key in (
-                    "j_mean", "f_mean", "jf_mean", "j_recall", "n_frames", "n_scored", "frame_step", "frame_note",
-                    "timing", "per_sequence", "layout")}  # fmt: skip
+                entry["davis"] = davis and {
+                    key: davis.get(key)
+                    for key in (
+                        "j_mean",
+                        "f_mean",
+                        "jf_mean",
+                        "j_recall",
+                        "n_frames",
+                        "n_scored",
+                        "frame_step",
+                        "frame_note",
+                        "timing",
+                        "per_sequence",
+                        "layout",
+                    )
+                }
                 cells.append(f"{pct(davis, 'jf_mean')} ({pct(davis, 'j_mean')} / {pct(davis, 'f_mean')})")
                 if davis:
                     notes.add(f"DAVIS: {davis['frame_note']}")
@@ -209,14 +274,20 @@ class Downstream:
                 device = torch.cuda.get_device_name(0)
         except Exception:  # pragma: no cover - torch is a dependency
             pass
-        header = [f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, device {device}, {platform.platform()}; "
-                  f"date {time.strftime('%Y-%m-%d %H:%M')}; size {self.size or 'native'} (DAVIS {self.davis_size or 'native'}); "
-                  f"command: `python bench/downstream.py {' '.join(self.argv)}`", ""]  # fmt: skip
+        header = [
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, device {device}, {platform.platform()}; "
+            f"date {time.strftime('%Y-%m-%d %H:%M')}; size {self.size or 'native'} (DAVIS {self.davis_size or 'native'}); "
+            f"command: `python bench/downstream.py {' '.join(self.argv)}`",
+            "",
+        ]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows, ""]
         lines += [f"* {n}" for n in sorted(notes)] + ([""] if notes else [])
-        lines += [f"mIoU / FB-IoU: % over the classes, mean ± std over {a.episodes} episodes (seed {a.seed}); "
-                  "J, F: % (DAVIS definitions), mean over sequences; ms: wall time per image (one-shot pass 1: "
-                  "decoding, network, prototypes) or per frame (propagation), from the result JSONs.", ""]  # fmt: skip
+        lines += [
+            f"mIoU / FB-IoU: % over the classes, mean ± std over {a.episodes} episodes (seed {a.seed}); "
+            "J, F: % (DAVIS definitions), mean over sequences; ms: wall time per image (one-shot pass 1: "
+            "decoding, network, prototypes) or per frame (propagation), from the result JSONs.",
+            "",
+        ]
         stage_rows = [f"| {n} | {s['seconds']:.0f} | `{s['command']}` |" for n, s in self.runner.finished.items()]
         lines += ["| stage | seconds | command |", "|---|---:|---|", *stage_rows, ""]
         (self.out / "downstream.md").write_text("\n".join(header + lines), encoding="utf-8")

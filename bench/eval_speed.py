@@ -110,9 +110,20 @@ def bench_matching(n_images: int, n_jobs: int) -> dict:
     m_up, concat_s = upstream_style(pairs, k, c, n_jobs)
     up_s = time.perf_counter() - t
     same = abs(m_ours - m_up) < 1e-9
-    return {"images": n_images, "pixels": n_pix, "generate_s": gen_s, "ours_s": ours_s, "ours_cpu_s": ours_cpu,
-            "upstream_s": up_s, "upstream_concat_s": concat_s, "speedup": up_s / ours_s, "miou_ours": m_ours,
-            "miou_upstream": m_up, "same_miou": same, "joblib_jobs": n_jobs}  # fmt: skip
+    return {
+        "images": n_images,
+        "pixels": n_pix,
+        "generate_s": gen_s,
+        "ours_s": ours_s,
+        "ours_cpu_s": ours_cpu,
+        "upstream_s": up_s,
+        "upstream_concat_s": concat_s,
+        "speedup": up_s / ours_s,
+        "miou_ours": m_ours,
+        "miou_upstream": m_up,
+        "same_miou": same,
+        "joblib_jobs": n_jobs,
+    }
 
 
 def bench_clustering(n: int = 1449, d: int = 32, k: int = 20) -> dict:
@@ -151,13 +162,29 @@ def bench_msrc_rss(arch: str, extra: list[str]) -> dict:
     ckpt = tmp / f"{arch}.pt"
     atomic_save(model_checkpoint(build_model(cfg), cfg), ckpt)
     out = tmp / "km.json"
-    cmd = [sys.executable, "-m", "eval.kmeans", "--checkpoint", str(ckpt), "--dataset", "msrc", "--json", str(out),
-           "--no-progress", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "eval.kmeans",
+        "--checkpoint",
+        str(ckpt),
+        "--dataset",
+        "msrc",
+        "--json",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
     res = json.loads(out.read_text())
-    return {"cmd": " ".join(cmd), "seconds": time.perf_counter() - t, "peak_rss_mib": res["peak_rss_mib"],
-            "n_images": res["n_images"], "miou_mean": res["miou_mean"]}  # fmt: skip
+    return {
+        "cmd": " ".join(cmd),
+        "seconds": time.perf_counter() - t,
+        "peak_rss_mib": res["peak_rss_mib"],
+        "n_images": res["n_images"],
+        "miou_mean": res["miou_mean"],
+    }
 
 
 def main() -> None:
@@ -173,8 +200,10 @@ def main() -> None:
         print("== matching and metrics (VOC val scale) ==")
         m = bench_matching(args.images, args.jobs)
         print(json.dumps(m, indent=2))
-        print(f"ours {m['ours_s']:.2f} s, upstream-style {m['upstream_s']:.1f} s -> {m['speedup']:.0f}x; "
-              f"same mIoU: {m['same_miou']} ({100 * m['miou_ours']:.4f} vs {100 * m['miou_upstream']:.4f})")  # fmt: skip
+        print(
+            f"ours {m['ours_s']:.2f} s, upstream-style {m['upstream_s']:.1f} s -> {m['speedup']:.0f}x; "
+            f"same mIoU: {m['same_miou']} ({100 * m['miou_ours']:.4f} vs {100 * m['miou_upstream']:.4f})"
+        )
         print("== clustering 1449 prototypes ==")
         print(json.dumps(bench_clustering(), indent=2))
     if args.msrc or args.only_msrc:

@@ -62,34 +62,63 @@ BUNDLE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--pack", metavar="FILE", help="write the pack of the shared images (needs MASKCONTRAST_DATA)")
     mode.add_argument("--from-pack", metavar="FILE", help="unpack FILE and run the protocol")
-    mode.add_argument("--bundle", metavar="DIR",
-                      help="write DIR: the pack (192 px, JPEG 85) and the wheels of the packages a bare CUDA "
-                           "machine lacks; DIR plus this repository stay under --max-mib")  # fmt: skip
-    mode.add_argument("--from-bundle", metavar="DIR",
-                      help="install DIR's wheels that this Python lacks into DIR/site (pip --target, no "
-                           "network), then run --from-pack DIR/pack.tar with DIR/site on PYTHONPATH")  # fmt: skip
-    p.add_argument("--pack-size", type=int, default=None, help="shorter side of the packed images (px; "
-                   "default 256, 192 for --bundle)")  # fmt: skip
+    mode.add_argument(
+        "--bundle",
+        metavar="DIR",
+        help="write DIR: the pack (192 px, JPEG 85) and the wheels of the packages a bare CUDA "
+        "machine lacks; DIR plus this repository stay under --max-mib",
+    )
+    mode.add_argument(
+        "--from-bundle",
+        metavar="DIR",
+        help="install DIR's wheels that this Python lacks into DIR/site (pip --target, no "
+        "network), then run --from-pack DIR/pack.tar with DIR/site on PYTHONPATH",
+    )
+    p.add_argument(
+        "--pack-size",
+        type=int,
+        default=None,
+        help="shorter side of the packed images (px; default 256, 192 for --bundle)",
+    )
     p.add_argument("--jpeg-quality", type=int, default=None, help="default 90, 85 for --bundle")
-    p.add_argument("--max-mib", type=float, default=60.0,
-                   help="refuse to write a pack (--bundle: the bundle plus the repository) larger than this")  # fmt: skip
+    p.add_argument(
+        "--max-mib",
+        type=float,
+        default=60.0,
+        help="refuse to write a pack (--bundle: the bundle plus the repository) larger than this",
+    )
     names = [n for n, _ in quality.TRAIN_SETS] if quality is not None else None
     p.add_argument("--sets", nargs="+", default=names, choices=names, help="sets to pack")
-    p.add_argument("--bundle-python", nargs="+", default=["3.10", "3.11", "3.12", "3.13"], metavar="X.Y",
-                   help="--bundle: Python versions to fetch the compiled wheels for")  # fmt: skip
+    p.add_argument(
+        "--bundle-python",
+        nargs="+",
+        default=["3.10", "3.11", "3.12", "3.13"],
+        metavar="X.Y",
+        help="--bundle: Python versions to fetch the compiled wheels for",
+    )
     p.add_argument("--bundle-faiss", action="store_true", help="--bundle: add faiss-cpu (19 MiB)")
-    p.add_argument("--until", default="report", choices=("masks", "moco", "train", "report"),
-                   help="stop after this stage of bench/quality.py (each stage resumes; see docs/BENCHMARKS.md)")  # fmt: skip
+    p.add_argument(
+        "--until",
+        default="report",
+        choices=("masks", "moco", "train", "report"),
+        help="stop after this stage of bench/quality.py (each stage resumes; see docs/BENCHMARKS.md)",
+    )
     p.add_argument("--limit", type=int, default=0, help="> 0: pack only N evenly spaced images per set")
     p.add_argument("--out", default="runs/gpu_quality", help="output folder of --from-pack (resumable)")
     p.add_argument("--tiny", action="store_true", help="toy sizes on any device (the test of this script)")
-    p.add_argument("--quality-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument for bench/quality.py (repeatable), e.g. --quality-arg=--pretrain-steps=200")  # fmt: skip
+    p.add_argument(
+        "--quality-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for bench/quality.py (repeatable), e.g. --quality-arg=--pretrain-steps=200",
+    )
     args = p.parse_args(argv)
     if args.pack_size is None:
         args.pack_size = 192 if args.bundle else 256
@@ -198,14 +227,21 @@ def pack(args: argparse.Namespace) -> Path:
                     text = filter_id_lines(text.decode("utf-8", "replace"), set(keep), all_ids).encode()
                 add_bytes(f"{folders[name]}/{path.relative_to(root).as_posix()}", text)
             log.info("packed %s: %d images", name, len(keep))
-        manifest = {"pack_size": args.pack_size, "sets": counts, "restore": restore,
-                    "source": str(data), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+        manifest = {
+            "pack_size": args.pack_size,
+            "sets": counts,
+            "restore": restore,
+            "source": str(data),
+            "date": time.strftime("%Y-%m-%d"),
+        }
         add_bytes(MANIFEST, json.dumps(manifest, indent=2).encode())
     mib = tmp.stat().st_size / 2**20
     if mib > args.max_mib:
         tmp.unlink()
-        raise SystemExit(f"bench/gpu_quality.py --pack: the pack would be {mib:.1f} MiB, over --max-mib "
-                         f"{args.max_mib:g}; lower --pack-size or --jpeg-quality")  # fmt: skip
+        raise SystemExit(
+            f"bench/gpu_quality.py --pack: the pack would be {mib:.1f} MiB, over --max-mib "
+            f"{args.max_mib:g}; lower --pack-size or --jpeg-quality"
+        )
     os.replace(tmp, target)
     print(
         f"wrote {target}: {mib:.1f} MiB, {sum(counts.values())} images ({counts}) in {time.perf_counter() - t0:.0f} s"
@@ -255,8 +291,9 @@ def device_checks() -> dict:
         y = net(x)
     y.float().sum().backward()
     out["amp_bf16" if dtype == torch.bfloat16 else "amp_fp16"] = {
-        "output_dtype": str(y.dtype), "grad_finite": bool(torch.isfinite(net.conv1.weight.grad).all())
-    }  # fmt: skip
+        "output_dtype": str(y.dtype),
+        "grad_finite": bool(torch.isfinite(net.conv1.weight.grad).all()),
+    }
     try:
         import faiss
 
@@ -274,8 +311,17 @@ def run(args: argparse.Namespace) -> dict:
     checks = device_checks()
     print("device checks:", json.dumps(checks))
     os.environ["MASKCONTRAST_DATA"] = str(out / "data")
-    qargs = ["--preset", "tiny" if args.tiny else "gpu", "--out", str(out / "quality"),
-             "--train-sets", *manifest["sets"], "--until", args.until, *args.quality_arg]  # fmt: skip
+    qargs = [
+        "--preset",
+        "tiny" if args.tiny else "gpu",
+        "--out",
+        str(out / "quality"),
+        "--train-sets",
+        *manifest["sets"],
+        "--until",
+        args.until,
+        *args.quality_arg,
+    ]
     try:
         quality.main(qargs)
     except SystemExit as stop:  # --until: the stages so far are done; the next command resumes from them
@@ -285,11 +331,15 @@ def run(args: argparse.Namespace) -> dict:
     stages_file = out / "quality" / "stages.json"
     stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
     report_file = out / "quality" / "quality.json"
-    result = {"device": checks, "pack": manifest["sets"], "quality_args": qargs,
-              "stages": {k: {"seconds": v["seconds"], "cpu_seconds": v.get("cpu_seconds")} for k, v in stages.items()},
-              "until": args.until,
-              "failed_stages": json.loads(report_file.read_text()).get("failed_stages", {}) if report_file.is_file() else {},
-              "wall_seconds_this_call": time.perf_counter() - t0}  # fmt: skip
+    result = {
+        "device": checks,
+        "pack": manifest["sets"],
+        "quality_args": qargs,
+        "stages": {k: {"seconds": v["seconds"], "cpu_seconds": v.get("cpu_seconds")} for k, v in stages.items()},
+        "until": args.until,
+        "failed_stages": json.loads(report_file.read_text()).get("failed_stages", {}) if report_file.is_file() else {},
+        "wall_seconds_this_call": time.perf_counter() - t0,
+    }
     (out / "gpu_quality.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"wall time of this call: {result['wall_seconds_this_call']:.0f} s; wrote {out / 'gpu_quality.json'}")
     return result
@@ -345,25 +395,49 @@ def bundle(args: argparse.Namespace) -> Path:
         pip(["download", "--no-deps", "--only-binary=:all:", "-d", str(tmp / "wheels"), *pure])
         for version in args.bundle_python:
             platforms = [x for plat in BUNDLE_PLATFORMS for x in ("--platform", plat)]
-            pip(["download", "--no-deps", "--only-binary=:all:", "--implementation", "cp", "--python-version",
-                 version, *platforms, "-d", str(tmp / "wheels"), *binary])  # fmt: skip
+            pip(
+                [
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--implementation",
+                    "cp",
+                    "--python-version",
+                    version,
+                    *platforms,
+                    "-d",
+                    str(tmp / "wheels"),
+                    *binary,
+                ]
+            )
         pack(argparse.Namespace(**{**vars(args), "pack": str(tmp / "pack.tar"), "max_mib": args.max_mib}))
         mib = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20
         total = mib + repo_mib()
         if total > args.max_mib:
-            raise SystemExit(f"bench/gpu_quality.py --bundle: the bundle is {mib:.1f} MiB, {total:.1f} MiB with the "
-                             f"repository, over --max-mib {args.max_mib:g}; lower --pack-size or --jpeg-quality, "
-                             "or fetch fewer --bundle-python versions")  # fmt: skip
-        info = {"packages": packages, "python": args.bundle_python, "platforms": list(BUNDLE_PLATFORMS),
-                "pack_size": args.pack_size, "jpeg_quality": args.jpeg_quality, "bundle_mib": round(mib, 1),
-                "with_repository_mib": round(total, 1), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+            raise SystemExit(
+                f"bench/gpu_quality.py --bundle: the bundle is {mib:.1f} MiB, {total:.1f} MiB with the "
+                f"repository, over --max-mib {args.max_mib:g}; lower --pack-size or --jpeg-quality, "
+                "or fetch fewer --bundle-python versions"
+            )
+        info = {
+            "packages": packages,
+            "python": args.bundle_python,
+            "platforms": list(BUNDLE_PLATFORMS),
+            "pack_size": args.pack_size,
+            "jpeg_quality": args.jpeg_quality,
+            "bundle_mib": round(mib, 1),
+            "with_repository_mib": round(total, 1),
+            "date": time.strftime("%Y-%m-%d"),
+        }
         (tmp / BUNDLE_MANIFEST).write_text(json.dumps(info, indent=2), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.replace(tmp, target)
-    print(f"wrote {target}: {mib:.1f} MiB ({total:.1f} MiB with the repository); on the GPU machine run\n"
-          f"  python bench/gpu_quality.py --from-bundle {target.name} --out runs/gpu_quality --until masks")  # fmt: skip
+    print(
+        f"wrote {target}: {mib:.1f} MiB ({total:.1f} MiB with the repository); on the GPU machine run\n"
+        f"  python bench/gpu_quality.py --from-bundle {target.name} --out runs/gpu_quality --until masks"
+    )
     return target
 
 
@@ -374,18 +448,33 @@ def install_bundle(folder: Path, force: bool = False) -> Path:
 
     info_file = folder / BUNDLE_MANIFEST
     if not info_file.is_file():
-        raise SystemExit(f"bench/gpu_quality.py --from-bundle: {folder} has no {BUNDLE_MANIFEST}; make it with "
-                         f"--bundle {folder} where the data is")  # fmt: skip
+        raise SystemExit(
+            f"bench/gpu_quality.py --from-bundle: {folder} has no {BUNDLE_MANIFEST}; make it with "
+            f"--bundle {folder} where the data is"
+        )
     info = json.loads(info_file.read_text())
     site = folder / "site"
-    missing = [f"{d}=={p['version']}" for d, p in info["packages"].items()
-               if force or importlib.util.find_spec(p["module"]) is None]  # fmt: skip
+    missing = [
+        f"{d}=={p['version']}"
+        for d, p in info["packages"].items()
+        if force or importlib.util.find_spec(p["module"]) is None
+    ]
     done = site / ".installed.json"
     if missing and not (done.is_file() and json.loads(done.read_text()) == missing):
         tmp = folder / "site.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        pip(["install", "--no-index", "--no-deps", "--find-links", str(folder / "wheels"), "--target", str(tmp),
-             *missing])  # fmt: skip
+        pip(
+            [
+                "install",
+                "--no-index",
+                "--no-deps",
+                "--find-links",
+                str(folder / "wheels"),
+                "--target",
+                str(tmp),
+                *missing,
+            ]
+        )
         (tmp / ".installed.json").write_text(json.dumps(missing))
         shutil.rmtree(site, ignore_errors=True)
         os.replace(tmp, site)
@@ -423,8 +512,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(code)
         return
     if quality is None:
-        raise SystemExit("bench/gpu_quality.py: omegaconf or kornia is missing here; run with --from-bundle DIR "
-                         "(a folder made by --bundle DIR), or install them")  # fmt: skip
+        raise SystemExit(
+            "bench/gpu_quality.py: omegaconf or kornia is missing here; run with --from-bundle DIR "
+            "(a folder made by --bundle DIR), or install them"
+        )
     if args.bundle:
         bundle(args)
     elif args.pack:

@@ -141,8 +141,11 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
     # bare, floor and full steps alternate, so a drift in the machine's speed hits all alike; medians
     samples: dict[str, list[tuple[float, float]]] = {"bare": [], "floor": [], "full": []}
     for _ in range(steps):
-        for name, fn in (("bare", lambda: bare_step(x)), ("floor", lambda: floor_step(x, xk)),
-                         ("full", lambda: full_step(timed=True))):  # fmt: skip
+        for name, fn in (
+            ("bare", lambda: bare_step(x)),
+            ("floor", lambda: floor_step(x, xk)),
+            ("full", lambda: full_step(timed=True)),
+        ):
             w0, c0 = time.perf_counter(), time.process_time()
             fn()
             samples[name].append((time.perf_counter() - w0, time.process_time() - c0))
@@ -162,8 +165,9 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
     return res
 
 
-def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, dim: int = 32,
-              queue_size: int = 128) -> dict:  # fmt: skip
+def loss_path(
+    size: int, batch: int, steps: int, warmup: int, stride: int = 8, dim: int = 32, queue_size: int = 128
+) -> dict:
     """CPU seconds of the pixel loss and its backward, ours vs the full-resolution formulation."""
     import torch
     import torch.nn.functional as F
@@ -204,8 +208,13 @@ def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, d
         loss.backward()
         return loss.item()
 
-    res: dict = {"size": size, "batch": batch, "pixels": int((mask > 0).sum()), "keys": batch + queue_size,
-                 "threads": torch.get_num_threads()}  # fmt: skip
+    res: dict = {
+        "size": size,
+        "batch": batch,
+        "pixels": int((mask > 0).sum()),
+        "keys": batch + queue_size,
+        "threads": torch.get_num_threads(),
+    }
     for name, fn in (("full_resolution", full_resolution), ("ours", ours)):
         for _ in range(warmup):
             fn()
@@ -222,8 +231,11 @@ def loss_path(size: int, batch: int, steps: int, warmup: int, stride: int = 8, d
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="resnet50:8,resnet50:16,resnet18:8", help="arch:output_stride list")
-    p.add_argument("--precisions", default="fp32,fp32_cl,bf16_cl",
-                   help="fp32, fp32_cl (channels_last) and/or bf16_cl (bf16 autocast + channels_last)")  # fmt: skip
+    p.add_argument(
+        "--precisions",
+        default="fp32,fp32_cl,bf16_cl",
+        help="fp32, fp32_cl (channels_last) and/or bf16_cl (bf16 autocast + channels_last)",
+    )
     p.add_argument("--size", type=int, default=224, help="view size in pixels")
     p.add_argument("--batch", type=int, default=8, help="batch size")
     p.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
@@ -232,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     p.add_argument("--loss-path", action="store_true", help="time only the pixel loss: ours vs full resolution")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--tiny", action="store_true",
-                   help="R18-OS8, 32 px, batch 2, 1 step, fp32 and fp32_cl: a check of the script, not a measurement")  # fmt: skip
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="R18-OS8, 32 px, batch 2, 1 step, fp32 and fp32_cl: a check of the script, not a measurement",
+    )
     args = p.parse_args(argv)
     if args.tiny:
         args.configs, args.size, args.batch, args.steps, args.warmup = "resnet18:8", 32, 2, 1, 0
@@ -265,17 +280,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for conf in args.configs.split(","):
         for prec in args.precisions.split(","):
-            cmd = [sys.executable, __file__, "--one", f"{conf}:{prec}", "--size", str(args.size), "--batch",
-                   str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
-                   str(args.threads)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                f"{conf}:{prec}",
+                "--size",
+                str(args.size),
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--threads",
+                str(args.threads),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 print(f"{conf} {prec} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"done {conf} {prec}", file=sys.stderr, flush=True)
-    print(f"\nbatch {args.batch}, {args.size} px, medians of {args.steps} alternating bare/full steps after "
-          f"{args.warmup} warm-up\n")  # fmt: skip
+    print(
+        f"\nbatch {args.batch}, {args.size} px, medians of {args.steps} alternating bare/full steps after "
+        f"{args.warmup} warm-up\n"
+    )
     print(
         "| backbone | precision | full step wall s | floor wall s | full / floor (wall, median of pairs) "
         "| full step img/s (wall) | full step CPU s | bare fwd+bwd CPU s | ratio full/bare (CPU, median of pairs) "

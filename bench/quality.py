@@ -163,36 +163,58 @@ PRESETS: dict[str, dict] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", default="runs/quality", help="output folder (resumable)")
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="a named recipe: defaults for the flags below (flags given still win)")  # fmt: skip
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="a named recipe: defaults for the flags below (flags given still win)",
+    )
     p.add_argument("--moco-steps", type=int, default=400, help="MoCo v2 steps, batch --moco-batch")
     p.add_argument("--moco-batch", type=int, default=64)
     p.add_argument("--pretrain-steps", type=int, default=600, help="MaskContrast steps, batch --pretrain-batch")
     p.add_argument("--pretrain-batch", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=None, help="MaskContrast lr (default: the config's)")
-    p.add_argument("--budget", type=float, default=1.0,
-                   help="multiply every training step count (MoCo and MaskContrast) by this (scaling study)")  # fmt: skip
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=1.0,
+        help="multiply every training step count (MoCo and MaskContrast) by this (scaling study)",
+    )
     p.add_argument("--moco-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the MoCo config")
-    p.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides of the MaskContrast config")  # fmt: skip
-    p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet34", "resnet50"),
-                   help="backbone of every model")  # fmt: skip
-    p.add_argument("--train-sets", nargs="+", default=[n for n, _ in TRAIN_SETS], choices=[n for n, _ in TRAIN_SETS],
-                   help="shared sets to train on (labels unused)")  # fmt: skip
+    p.add_argument(
+        "--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the MaskContrast config"
+    )
+    p.add_argument(
+        "--arch", default="resnet18", choices=("resnet18", "resnet34", "resnet50"), help="backbone of every model"
+    )
+    p.add_argument(
+        "--train-sets",
+        nargs="+",
+        default=[n for n, _ in TRAIN_SETS],
+        choices=[n for n, _ in TRAIN_SETS],
+        help="shared sets to train on (labels unused)",
+    )
     p.add_argument("--mask-workers", type=int, default=2, help="saliency.generate worker processes")
     p.add_argument("--image-size", type=int, default=128, help="training view size")
     p.add_argument("--eval-size", type=int, default=160, help="shorter image side for every evaluation")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="training seeds of (c) and (d)")
-    p.add_argument("--models", nargs="+", default=["a", "b", "c", "d"], choices=list(MODELS),
-                   help="models to train and evaluate ((d) and (h) need (b); (g) needs (e) and (f))")  # fmt: skip
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["a", "b", "c", "d"],
+        choices=list(MODELS),
+        help="models to train and evaluate ((d) and (h) need (b); (g) needs (e) and (f))",
+    )
     p.add_argument("--evals", nargs="+", default=list(EVALS), choices=EVALS, help="evaluations to run")
     p.add_argument("--kmeans-seeds", type=int, default=5)
     p.add_argument("--linear-epochs", type=int, default=10)
-    p.add_argument("--linear-set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides of configs/eval/linear_cpu.yaml")  # fmt: skip
+    p.add_argument(
+        "--linear-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of configs/eval/linear_cpu.yaml"
+    )
     p.add_argument("--eval-sets", nargs="+", default=list(EVAL_SETS), choices=list(EVAL_SETS))
     p.add_argument("--masks", default=None, help="folder of another run's masks/ to reuse (default: <out>/masks)")
     p.add_argument(
@@ -210,8 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         "and was evaluated there)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads per training process (0: default)")
-    p.add_argument("--until", default="report", choices=("masks", "moco", "train", "report"),
-                   help="stop after this stage (the rest can run later: every stage resumes)")  # fmt: skip
+    p.add_argument(
+        "--until",
+        default="report",
+        choices=("masks", "moco", "train", "report"),
+        help="stop after this stage (the rest can run later: every stage resumes)",
+    )
     p.add_argument("--report-only", action="store_true", help="only aggregate finished results")
     add_dense_arguments(p)
     return p
@@ -261,13 +287,28 @@ class Quality:
         if self.args.masks:  # another run's masks: check they are all there, make none
             missing = [str(self.masks_dir(n)) for n, _ in self.train_sets if not self.masks_dir(n).is_dir()]
             if missing:
-                raise SystemExit(f"bench/quality.py --masks: no masks folder {', '.join(missing)}; finish that "
-                                 "run's masks first (bench/quality.py --out <it> --until masks)")  # fmt: skip
+                raise SystemExit(
+                    f"bench/quality.py --masks: no masks folder {', '.join(missing)}; finish that "
+                    "run's masks first (bench/quality.py --out <it> --until masks)"
+                )
             return
         for name, folder in self.train_sets:
-            self.runner.run(f"saliency:{name}", ["saliency.generate", "--dataset", name, "--root",
-                                                 str(self.data / folder), "--out", str(self.masks_dir(name)),
-                                                 "--method", "fused", "--workers", str(self.args.mask_workers)])  # fmt: skip
+            self.runner.run(
+                f"saliency:{name}",
+                [
+                    "saliency.generate",
+                    "--dataset",
+                    name,
+                    "--root",
+                    str(self.data / folder),
+                    "--out",
+                    str(self.masks_dir(name)),
+                    "--method",
+                    "fused",
+                    "--workers",
+                    str(self.args.mask_workers),
+                ],
+            )
 
     def write_configs(self) -> tuple[Path, Path]:
         """The MoCo and MaskContrast configs with every shared set (and its fused masks) as sources."""
@@ -275,15 +316,29 @@ class Quality:
         cfg_dir.mkdir(exist_ok=True)
         sources = [{"name": n, "root": str(self.data / f), "masks": str(self.masks_dir(n))} for n, f in self.train_sets]
         a = self.args
-        moco = load_config(MocoConfig, REPO / "configs" / "moco" / "cpu_shared.yaml",
-                           [f"data.image_size={a.image_size}", f"optim.batch_size={a.moco_batch}",
-                            f"model.arch={a.arch}", *a.moco_set])  # fmt: skip
+        moco = load_config(
+            MocoConfig,
+            REPO / "configs" / "moco" / "cpu_shared.yaml",
+            [
+                f"data.image_size={a.image_size}",
+                f"optim.batch_size={a.moco_batch}",
+                f"model.arch={a.arch}",
+                *a.moco_set,
+            ],
+        )
         moco = OmegaConf.merge(
             moco, {"data": {"sources": [{k: v for k, v in s.items() if k != "masks"} for s in sources]}}
         )
-        pre = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "msrc.yaml",
-                          [f"data.image_size={a.image_size}", f"optim.batch_size={a.pretrain_batch}",
-                           f"model.backbone.arch={a.arch}", *a.pretrain_set])  # fmt: skip
+        pre = load_config(
+            PretrainConfig,
+            REPO / "configs" / "pretrain" / "msrc.yaml",
+            [
+                f"data.image_size={a.image_size}",
+                f"optim.batch_size={a.pretrain_batch}",
+                f"model.backbone.arch={a.arch}",
+                *a.pretrain_set,
+            ],
+        )
         pre = OmegaConf.merge(pre, {"data": {"sources": sources}})
         if a.pretrain_lr is not None:
             pre.optim.lr = a.pretrain_lr
@@ -293,8 +348,13 @@ class Quality:
         return paths
 
     def trainer(self, run_dir: Path, steps: int, seed: int) -> list[str]:
-        out = [f"trainer.run_dir={run_dir}", f"trainer.max_steps={steps}", f"trainer.seed={seed}",
-               "trainer.save_every_epochs=0", "trainer.progress=false"]  # fmt: skip
+        out = [
+            f"trainer.run_dir={run_dir}",
+            f"trainer.max_steps={steps}",
+            f"trainer.seed={seed}",
+            "trainer.save_every_epochs=0",
+            "trainer.progress=false",
+        ]
         return out + ([f"trainer.threads={self.args.threads}"] if self.args.threads else [])
 
     def train(self, until: str = "report", only: str = MODELS) -> dict[str, Path]:
@@ -312,14 +372,24 @@ class Quality:
         if "b" in a.models and a.moco_run:  # another run's (b): check it finished, train none
             moco_dir = Path(a.moco_run).expanduser().resolve()
             if not (moco_dir / "done").is_file() or not (moco_dir / "last.pt").is_file():
-                raise SystemExit(f"bench/quality.py --moco-run: {moco_dir} has no finished MoCo stage (done and "
-                                 "last.pt); finish that run's MoCo first (bench/quality.py --out <it> --until moco)")  # fmt: skip
+                raise SystemExit(
+                    f"bench/quality.py --moco-run: {moco_dir} has no finished MoCo stage (done and "
+                    "last.pt); finish that run's MoCo first (bench/quality.py --out <it> --until moco)"
+                )
             models["b"] = moco_dir / "last.pt"
         elif "b" in a.models:
             moco_dir = self.out / "train" / "moco"
-            self.runner.run("train:moco", ["maskcontrast.moco", "--config", str(moco_cfg), "--resume",
-                                           *self.trainer(moco_dir, steps(a.moco_steps, a.budget), 0)],
-                            done=moco_dir / "done")  # fmt: skip
+            self.runner.run(
+                "train:moco",
+                [
+                    "maskcontrast.moco",
+                    "--config",
+                    str(moco_cfg),
+                    "--resume",
+                    *self.trainer(moco_dir, steps(a.moco_steps, a.budget), 0),
+                ],
+                done=moco_dir / "done",
+            )
             (moco_dir / "done").touch()
             models["b"] = moco_dir / "last.pt"
         if until == "moco":
@@ -330,10 +400,18 @@ class Quality:
                     continue
                 init = "random" if name == "c" else str(models["b"])
                 run_dir = self.out / "train" / f"{name}_seed{seed}"
-                self.runner.run(f"train:{name}_seed{seed}", ["maskcontrast.pretrain", "--config", str(pre_cfg),
-                                "--resume", f"model.backbone.init={init}",
-                                *self.trainer(run_dir, steps(a.pretrain_steps, a.budget), seed)],
-                                done=run_dir / "done")  # fmt: skip
+                self.runner.run(
+                    f"train:{name}_seed{seed}",
+                    [
+                        "maskcontrast.pretrain",
+                        "--config",
+                        str(pre_cfg),
+                        "--resume",
+                        f"model.backbone.init={init}",
+                        *self.trainer(run_dir, steps(a.pretrain_steps, a.budget), seed),
+                    ],
+                    done=run_dir / "done",
+                )
                 (run_dir / "done").touch()
                 models[f"{name}_seed{seed}"] = run_dir / "last.pt"
         models.update(train_rows(self, models, only))
@@ -355,9 +433,13 @@ class Quality:
                 tmp = target.with_suffix(".pt.tmp")
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, target)
-        settings = {"size": self.args.eval_size, "kmeans_seeds": self.args.kmeans_seeds,
-                    "linear_config": "configs/eval/linear_cpu.yaml", "linear_epochs": self.args.linear_epochs,
-                    "saliency_source": "fused masks (python -m saliency.generate --method fused)"}  # fmt: skip
+        settings = {
+            "size": self.args.eval_size,
+            "kmeans_seeds": self.args.kmeans_seeds,
+            "linear_config": "configs/eval/linear_cpu.yaml",
+            "linear_epochs": self.args.linear_epochs,
+            "saliency_source": "fused masks (python -m saliency.generate --method fused)",
+        }
         atomic_write_bytes(dest / "eval.json", json.dumps(settings, indent=2).encode())
 
     def evaluate(self, models: dict[str, Path]) -> None:
@@ -372,8 +454,16 @@ class Quality:
                 continue
             for ev in a.eval_sets:
                 dataset, folder, opts, k = EVAL_SETS[ev]
-                base = ["--checkpoint", str(ckpt), "--dataset", dataset, "--root", str(self.data / folder),
-                        "--no-progress", *(x for o in opts for x in ("--dataset-arg", o))]  # fmt: skip
+                base = [
+                    "--checkpoint",
+                    str(ckpt),
+                    "--dataset",
+                    dataset,
+                    "--root",
+                    str(self.data / folder),
+                    "--no-progress",
+                    *(x for o in opts for x in ("--dataset-arg", o)),
+                ]
                 out = self.out / "eval" / model / ev
                 km = [*base, "--size", str(a.eval_size), "--k", str(k), "--seeds", str(a.kmeans_seeds), "--overwrite"]
                 sources = [("folder", ["--saliency-source", "folder", "--saliency-dir", str(self.masks_dir(dataset))])]
@@ -383,15 +473,35 @@ class Quality:
                     if f"prototype-{src}" not in a.evals:
                         continue
                     js = out / f"kmeans_prototype_{src}.json"
-                    jobs.append((0 if src == "folder" else 2, f"eval:{model}:{ev}:prototype-{src}",
-                                 ["eval.kmeans", *km, "--protocol", "prototype", *extra, "--json", str(js)], js))  # fmt: skip
+                    jobs.append(
+                        (
+                            0 if src == "folder" else 2,
+                            f"eval:{model}:{ev}:prototype-{src}",
+                            ["eval.kmeans", *km, "--protocol", "prototype", *extra, "--json", str(js)],
+                            js,
+                        )
+                    )
                 lin = out / "linear"
                 if "linear" in a.evals:
-                    jobs.append((1, f"eval:{model}:{ev}:linear", ["eval.linear", "--config",
-                             str(REPO / "configs" / "eval" / "linear_cpu.yaml"), *base, "--out", str(lin),
-                             f"epochs={a.linear_epochs}", f"base_size={a.eval_size}", f"eval_size={a.eval_size}",
-                             *a.linear_set],
-                             lin / "results.json"))  # fmt: skip
+                    jobs.append(
+                        (
+                            1,
+                            f"eval:{model}:{ev}:linear",
+                            [
+                                "eval.linear",
+                                "--config",
+                                str(REPO / "configs" / "eval" / "linear_cpu.yaml"),
+                                *base,
+                                "--out",
+                                str(lin),
+                                f"epochs={a.linear_epochs}",
+                                f"base_size={a.eval_size}",
+                                f"eval_size={a.eval_size}",
+                                *a.linear_set,
+                            ],
+                            lin / "results.json",
+                        )
+                    )
                 js = out / "kmeans_pixel.json"
                 slow = model[0] in "abef"  # backbone baselines: 512-d pixel features, the slowest of all
                 pixel = ["eval.kmeans", *km, "--protocol", "pixel", "--json", str(js)]
@@ -428,8 +538,13 @@ class Quality:
         for m in models:
             if m[0] in "cd" and "_seed" in m:
                 groups.setdefault(m[0], []).append(m)
-        labels = {"a": "(a) random init", "b": "(b) MoCo v2 only", "c": "(c) MaskContrast from random",
-                  "d": "(d) MaskContrast from MoCo (paper recipe)", **DENSE_LABELS}  # fmt: skip
+        labels = {
+            "a": "(a) random init",
+            "b": "(b) MoCo v2 only",
+            "c": "(c) MaskContrast from random",
+            "d": "(d) MaskContrast from MoCo (paper recipe)",
+            **DENSE_LABELS,
+        }
         results: dict = {"datasets": {}, "stages": self.runner.finished}
         lines = []
         for ev in self.args.eval_sets:
@@ -437,43 +552,79 @@ class Quality:
             table = {}
             for g, members in groups.items():
                 entry = {}
-                for key, fname in (("prototype_folder", "kmeans_prototype_folder.json"),
-                                   ("prototype_model", "kmeans_prototype_model.json"),
-                                   ("pixel", "kmeans_pixel.json")):  # fmt: skip
-                    vals = [(r["miou_mean"], r["miou_std"]) for m in members
-                            if (r := load(self.out / "eval" / m / ev / fname))]  # fmt: skip
+                for key, fname in (
+                    ("prototype_folder", "kmeans_prototype_folder.json"),
+                    ("prototype_model", "kmeans_prototype_model.json"),
+                    ("pixel", "kmeans_pixel.json"),
+                ):
+                    vals = [
+                        (r["miou_mean"], r["miou_std"])
+                        for m in members
+                        if (r := load(self.out / "eval" / m / ev / fname))
+                    ]
                     entry[key] = vals
-                entry["linear"] = [(r["miou"], 0.0) for m in members
-                                   if (r := load(self.out / "eval" / m / ev / "linear" / "results.json"))]  # fmt: skip
+                entry["linear"] = [
+                    (r["miou"], 0.0)
+                    for m in members
+                    if (r := load(self.out / "eval" / m / ev / "linear" / "results.json"))
+                ]
                 table[g] = entry
                 lin = entry["linear"]
-                lin_cell = "n/a" if not lin else (
-                    f"{100 * lin[0][0]:.1f}" if len(lin) == 1 else
-                    f"{statistics.mean(100 * v for v, _ in lin):.1f} ± {statistics.stdev(100 * v for v, _ in lin):.1f}")  # fmt: skip
-                rows.append(f"| {labels[g]} | {cell(entry['prototype_folder'])} | {cell(entry['prototype_model'])} | "
-                            f"{cell(entry['pixel'])} | {lin_cell} |")  # fmt: skip
+                lin_cell = (
+                    "n/a"
+                    if not lin
+                    else (
+                        f"{100 * lin[0][0]:.1f}"
+                        if len(lin) == 1
+                        else f"{statistics.mean(100 * v for v, _ in lin):.1f} ± {statistics.stdev(100 * v for v, _ in lin):.1f}"
+                    )
+                )
+                rows.append(
+                    f"| {labels[g]} | {cell(entry['prototype_folder'])} | {cell(entry['prototype_model'])} | "
+                    f"{cell(entry['pixel'])} | {lin_cell} |"
+                )
             results["datasets"][ev] = table
-            lines += [f"### {ev}", "",
-                      "| model | K-means prototype (fused masks) | K-means prototype (own saliency) | K-means pixel | linear |",
-                      "|---|---|---|---|---|", *rows, ""]  # fmt: skip
+            lines += [
+                f"### {ev}",
+                "",
+                "| model | K-means prototype (fused masks) | K-means prototype (own saliency) | K-means pixel | linear |",
+                "|---|---|---|---|---|",
+                *rows,
+                "",
+            ]
         signal = {m: t for m in models if m[0] in "cdg" and (t := training_signal(self.out / "train" / m))}
         results["training"] = signal
         results["failed_stages"] = self.failed
         if signal:
-            lines += ["### End of training (pixel-to-prototype task, mean of the last 10% of logged steps)", "",
-                      "| model | top-1 | chance (1 / candidates) | top-1 / chance | contrastive loss | log(candidates) |",
-                      "|---|---|---|---|---|---|",
-                      *(f"| {m} | {t['top1']:.3f} | {t['chance']:.4f} | {t['top1'] / t['chance']:.1f} | "
-                        f"{t['loss_contrastive']:.3f} | {-math.log(t['chance']):.3f} |" for m, t in signal.items()),
-                      ""]  # fmt: skip
-        stage_rows = [f"| {n} | {s['seconds'] / 60:.1f} | {s.get('cpu_seconds', float('nan')) / 60:.1f} | "
-                      f"`{s['command']}` |" for n, s in self.runner.finished.items()]  # fmt: skip
+            lines += [
+                "### End of training (pixel-to-prototype task, mean of the last 10% of logged steps)",
+                "",
+                "| model | top-1 | chance (1 / candidates) | top-1 / chance | contrastive loss | log(candidates) |",
+                "|---|---|---|---|---|---|",
+                *(
+                    f"| {m} | {t['top1']:.3f} | {t['chance']:.4f} | {t['top1'] / t['chance']:.1f} | "
+                    f"{t['loss_contrastive']:.3f} | {-math.log(t['chance']):.3f} |"
+                    for m, t in signal.items()
+                ),
+                "",
+            ]
+        stage_rows = [
+            f"| {n} | {s['seconds'] / 60:.1f} | {s.get('cpu_seconds', float('nan')) / 60:.1f} | `{s['command']}` |"
+            for n, s in self.runner.finished.items()
+        ]
         lines += ["### Stages", "", "| stage | wall min | CPU min | command |", "|---|---|---|---|", *stage_rows, ""]
         if self.failed:
-            lines += ["### Failed stages (their cells are n/a; re-run the same command to retry them)", "",
-                      *(f"* {n}: {why.splitlines()[0]}" for n, why in self.failed.items()), ""]  # fmt: skip
-        header = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}; "
-                  f"date {time.strftime('%Y-%m-%d')}; command: `python bench/quality.py {' '.join(self._argv)}`", ""]  # fmt: skip
+            lines += [
+                "### Failed stages (their cells are n/a; re-run the same command to retry them)",
+                "",
+                *(f"* {n}: {why.splitlines()[0]}" for n, why in self.failed.items()),
+                "",
+            ]
+        header = [
+            f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}; "
+            f"date {time.strftime('%Y-%m-%d')}; command: `python bench/quality.py {' '.join(self._argv)}`",
+            "",
+        ]
         (self.out / "quality.md").write_text("\n".join(header + lines), encoding="utf-8")
         (self.out / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         print("\n".join(lines))
@@ -499,17 +650,23 @@ def training_signal(run_dir: Path, last_fraction: float = 0.1) -> dict[str, floa
         values = [e.value for e in acc.Scalars(tag)]
         return statistics.mean(values[-max(1, round(len(values) * last_fraction)) :])
 
-    return {"top1": tail("acc/top1"), "chance": 1.0 / (tail("prototypes") + queue),
-            "loss_contrastive": tail("loss/contrastive"), "steps": acc.Scalars("acc/top1")[-1].step}  # fmt: skip
+    return {
+        "top1": tail("acc/top1"),
+        "chance": 1.0 / (tail("prototypes") + queue),
+        "loss_contrastive": tail("loss/contrastive"),
+        "steps": acc.Scalars("acc/top1")[-1].step,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     args = parse_args(argv)
     q = Quality(args, list(argv if argv is not None else sys.argv[1:]))
-    names = [*(g for g in "ab" if g in args.models),
-             *(f"{g}_seed{s}" for s in args.train_seeds for g in "cd" if g in args.models),
-             *(g for g in "efgh" if g in args.models)]  # fmt: skip
+    names = [
+        *(g for g in "ab" if g in args.models),
+        *(f"{g}_seed{s}" for s in args.train_seeds for g in "cd" if g in args.models),
+        *(g for g in "efgh" if g in args.models),
+    ]
     if not args.report_only:
         q.make_masks()
         if args.until == "masks":

@@ -150,8 +150,11 @@ def main() -> int:
         for h in ("0", "1", "all"):
             for k in RULES:
                 r = results[name][f"{k}|{h}"]
-                print(f"{name} half={h} {k:6s} maxF {r['max_fbeta']:.4f} MAE {r['mae']:.4f} "
-                      f"adpF {r['adaptive_fbeta']:.4f} IoU {r['iou']:.4f}", flush=True)  # fmt: skip
+                print(
+                    f"{name} half={h} {k:6s} maxF {r['max_fbeta']:.4f} MAE {r['mae']:.4f} "
+                    f"adpF {r['adaptive_fbeta']:.4f} IoU {r['iou']:.4f}",
+                    flush=True,
+                )
     chosen, table = choose(results)
     print("selection half: (sets beaten on both, mean gain) " + ", ".join(f"{k} {v}" for k, v in table.items()))
     print(f"chosen: {chosen}")

@@ -110,8 +110,10 @@ def bench_refiner(config: str, images: list[np.ndarray], tmp: Path) -> dict[str,
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(n_steps):
         step()
-    train = {"wall_ms": 1000 * (time.perf_counter() - wall) / (n_steps * b),
-             "cpu_ms": 1000 * (time.process_time() - cpu) / (n_steps * b)}  # fmt: skip
+    train = {
+        "wall_ms": 1000 * (time.perf_counter() - wall) / (n_steps * b),
+        "cpu_ms": 1000 * (time.process_time() - cpu) / (n_steps * b),
+    }
     path = tmp / "bench_refiner.pt"
     atomic_save(_final_checkpoint(net, cfg), path)
     predict = RefinerPredictor(path, device="cpu")
@@ -150,8 +152,10 @@ def main() -> int:
     if args.run:
         hist = json.loads((Path(args.run) / "history.json").read_text())
         result["run"] = {k: hist[k] for k in ("n_images", "seconds", "pseudo_label_seconds", "train_seconds")}
-        print(f"\nrefine run {args.run}: {hist['n_images']} images, total {hist['seconds']:.0f} s "
-              f"(pseudo-labels {hist['pseudo_label_seconds']:.0f} s, training {hist['train_seconds']:.0f} s)")  # fmt: skip
+        print(
+            f"\nrefine run {args.run}: {hist['n_images']} images, total {hist['seconds']:.0f} s "
+            f"(pseudo-labels {hist['pseudo_label_seconds']:.0f} s, training {hist['train_seconds']:.0f} s)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"results written to {Path(args.json).resolve()}")

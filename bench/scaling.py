@@ -31,8 +31,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset-out", required=True, help="folder of the full `bench/quality.py --preset cpu` run")
     p.add_argument("--out", default="runs/scaling", help="output folder (one sub-folder per budget; resumable)")
-    p.add_argument("--budgets", type=float, nargs="+", default=[0.125, 0.25, 0.5],
-                   help="fractions of the preset's steps to train at (1.0 is the preset run itself)")  # fmt: skip
+    p.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=[0.125, 0.25, 0.5],
+        help="fractions of the preset's steps to train at (1.0 is the preset run itself)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads per training process (0: default)")
     p.add_argument("--report-only", action="store_true", help="only aggregate finished results")
     args = p.parse_args(argv)
@@ -51,14 +56,24 @@ def collect(folder: Path, budget: float) -> dict | None:
     if not stages_file.is_file():
         return None
     stages = json.loads(stages_file.read_text())
-    cpu = {name: stages[stage].get("cpu_seconds") for name, stage in (("b", "train:moco"), ("d", "train:d_seed0"))
-           if stage in stages}  # fmt: skip
-    wall = {name: stages[stage]["seconds"] for name, stage in (("b", "train:moco"), ("d", "train:d_seed0"))
-            if stage in stages}  # fmt: skip
+    cpu = {
+        name: stages[stage].get("cpu_seconds")
+        for name, stage in (("b", "train:moco"), ("d", "train:d_seed0"))
+        if stage in stages
+    }
+    wall = {
+        name: stages[stage]["seconds"]
+        for name, stage in (("b", "train:moco"), ("d", "train:d_seed0"))
+        if stage in stages
+    }
     if len(cpu) < 2 or None in cpu.values():
         return None
-    row: dict = {"budget": budget, "cpu_hours": {"b": cpu["b"] / 3600, "d": (cpu["b"] + cpu["d"]) / 3600},
-                 "wall_minutes": {"b": wall["b"] / 60, "d": (wall["b"] + wall["d"]) / 60}, "miou": {}}  # fmt: skip
+    row: dict = {
+        "budget": budget,
+        "cpu_hours": {"b": cpu["b"] / 3600, "d": (cpu["b"] + cpu["d"]) / 3600},
+        "wall_minutes": {"b": wall["b"] / 60, "d": (wall["b"] + wall["d"]) / 60},
+        "miou": {},
+    }
     for model, sub in (("b", "b"), ("d", "d_seed0")):
         for ev in ("msrc", "pet"):
             for proto, (fname, key) in PROTOCOLS.items():
@@ -78,8 +93,11 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, ev in zip(axes, ("msrc", "pet")):
         for model, colour in (("b", "tab:blue"), ("d", "tab:red")):
             for proto, style in (("kmeans", "-o"), ("linear", "--s")):
-                pts = [(r["cpu_hours"][model], r["miou"][f"{model}/{ev}/{proto}"]) for r in rows
-                       if f"{model}/{ev}/{proto}" in r["miou"]]  # fmt: skip
+                pts = [
+                    (r["cpu_hours"][model], r["miou"][f"{model}/{ev}/{proto}"])
+                    for r in rows
+                    if f"{model}/{ev}/{proto}" in r["miou"]
+                ]
                 if pts:
                     ax.plot(*zip(*pts), style, color=colour, label=f"({model}) {proto}")
         ax.set_xscale("log", base=2)
@@ -98,13 +116,18 @@ def report(args: argparse.Namespace) -> list[dict]:
     folders = [(b, run_dir(out, b)) for b in sorted(args.budgets)] + [(1.0, Path(args.preset_out))]
     rows = [r for b, f in folders if (r := collect(f, b))]
     keys = [f"{m}/{ev}/{p}" for m in "bd" for ev in ("msrc", "pet") for p in PROTOCOLS]
-    lines = ["| budget | model | training CPU-h | training wall min | MSRC K-means | MSRC linear | Pet K-means | Pet linear |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| budget | model | training CPU-h | training wall min | MSRC K-means | MSRC linear | Pet K-means | Pet linear |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         for m in "bd":
             cells = [f"{r['miou'][k]:.1f}" if k in r["miou"] else "n/a" for k in keys if k.startswith(m + "/")]
-            lines.append(f"| {r['budget']:g} | ({m}) | {r['cpu_hours'][m]:.2f} | {r['wall_minutes'][m]:.1f} | "
-                         + " | ".join(cells) + " |")  # fmt: skip
+            lines.append(
+                f"| {r['budget']:g} | ({m}) | {r['cpu_hours'][m]:.2f} | {r['wall_minutes'][m]:.1f} | "
+                + " | ".join(cells)
+                + " |"
+            )
     out.mkdir(parents=True, exist_ok=True)
     (out / "scaling.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "scaling.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
@@ -121,12 +144,28 @@ def main(argv: list[str] | None = None) -> None:
     masks = Path(args.preset_out).resolve() / "masks"
     if not args.report_only:
         if not masks.is_dir():
-            raise SystemExit(f"bench/scaling.py: no masks in {masks}; run bench/quality.py --preset cpu "
-                             f"--out {args.preset_out} --until masks first")  # fmt: skip
+            raise SystemExit(
+                f"bench/scaling.py: no masks in {masks}; run bench/quality.py --preset cpu "
+                f"--out {args.preset_out} --until masks first"
+            )
         for b in sorted(args.budgets):
-            cmd = [sys.executable, str(HERE / "quality.py"), "--preset", "cpu", "--budget", f"{b:g}",
-                   "--models", "b", "d", "--masks", str(masks), "--out", str(run_dir(Path(args.out), b)),
-                   "--threads", str(args.threads)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                str(HERE / "quality.py"),
+                "--preset",
+                "cpu",
+                "--budget",
+                f"{b:g}",
+                "--models",
+                "b",
+                "d",
+                "--masks",
+                str(masks),
+                "--out",
+                str(run_dir(Path(args.out), b)),
+                "--threads",
+                str(args.threads),
+            ]
             log.info("budget %g: %s", b, " ".join(cmd))
             subprocess.run(cmd, check=True)
     report(args)

@@ -28,9 +28,21 @@ def render(page: Path, out: Path, width: int, height: int) -> bool:
     if exe is None:
         return False
     raw = out.with_suffix(".raw.png")
-    subprocess.run([exe, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-                    f"--window-size={width},{height}", f"--screenshot={raw}", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--hide-scrollbars",
+            f"--window-size={width},{height}",
+            f"--screenshot={raw}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     from PIL import Image
 
     img = Image.open(raw).convert("RGB")
@@ -59,8 +71,27 @@ def main(argv: list[str] | None = None) -> None:
         fake.write_bytes(b"the tests' colour model; eval.segment loads ColourModel instead")
         seg._load_any_model = lambda a, size: ColourModel(size)
         run = Path(tmp) / "seg"
-        seg.main(["--checkpoint", str(fake), "--images", str(images), "--k", "2", "--size", "48", "--out", str(run),
-                  "--workers", "0", "--no-progress", "--sheet-size", "4", "--thumb", "72"])  # fmt: skip
+        seg.main(
+            [
+                "--checkpoint",
+                str(fake),
+                "--images",
+                str(images),
+                "--k",
+                "2",
+                "--size",
+                "48",
+                "--out",
+                str(run),
+                "--workers",
+                "0",
+                "--no-progress",
+                "--sheet-size",
+                "4",
+                "--thumb",
+                "72",
+            ]
+        )
         if render(run / "index.html", out, args.width, args.height):
             print(f"wrote {out} (index.html rendered by headless Chromium)")
             return

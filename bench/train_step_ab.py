@@ -62,14 +62,24 @@ print(json.dumps({"wall": np.diff(stamps).tolist(), "cpu": np.diff(cpu).tolist()
 
 def r50os8(size: int) -> tuple[list[str], int, int]:
     """ResNet-50 OS8 + ASPP, batch 8, ``size`` px views, fp32, 2 threads; 128 images of 1.5 x ``size``."""
-    overrides = ["model.backbone.arch=resnet50", "model.backbone.output_stride=8", "model.head_channels=256",
-                 f"data.image_size={size}", "optim.batch_size=8", "trainer.threads=2", "trainer.precision=fp32"]  # fmt: skip
+    overrides = [
+        "model.backbone.arch=resnet50",
+        "model.backbone.output_stride=8",
+        "model.head_channels=256",
+        f"data.image_size={size}",
+        "optim.batch_size=8",
+        "trainer.threads=2",
+        "trainer.precision=fp32",
+    ]
     return overrides, 128, size * 3 // 2
 
 
 #: --preset: (config overrides of both trees, number of images, image height)
-PRESETS: dict[str, tuple[list[str], int, int]] = {"tiny": ([], 64, 72), "r50os8-128": r50os8(128),
-                                                   "r50os8-224": r50os8(224)}  # fmt: skip
+PRESETS: dict[str, tuple[list[str], int, int]] = {
+    "tiny": ([], 64, 72),
+    "r50os8-128": r50os8(128),
+    "r50os8-224": r50os8(224),
+}
 
 
 def make_data(root: Path, n: int = 64, height: int = 72) -> None:
@@ -95,10 +105,14 @@ def make_data(root: Path, n: int = 64, height: int = 72) -> None:
 
 def run_once(tree: Path, data: Path, tmp: Path, steps: int, overrides: list[str]) -> dict[str, list[float]]:
     run_dir = tempfile.mkdtemp(dir=tmp)
-    out = subprocess.run([sys.executable, "-c", CHILD, str(data), run_dir, str(steps), json.dumps(overrides)],
-                         cwd=tree, check=True,
-                         capture_output=True, text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
-                                                              "OMP_NUM_THREADS": "1"})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(data), run_dir, str(steps), json.dumps(overrides)],
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -111,8 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="networks, batch and view size")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides (both trees)")
-    p.add_argument("--b-set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides of tree B only (e.g. --a . --b . --b-set trainer.channels_last=true)")  # fmt: skip
+    p.add_argument(
+        "--b-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of tree B only (e.g. --a . --b . --b-set trainer.channels_last=true)",
+    )
     args = p.parse_args(argv)
     overrides, n_images, height = PRESETS[args.preset]
     per_tree = {"a": [*overrides, *args.set], "b": [*overrides, *args.set, *args.b_set]}
@@ -127,15 +146,21 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in med:
                     med[kind][name].append(statistics.median(times[kind][args.warmup :]))
             w, c = med["wall"], med["cpu"]
-            print(f"round {r + 1}: wall A {1000 * w['a'][-1]:.1f} ms, B {1000 * w['b'][-1]:.1f} ms (B/A "
-                  f"{w['b'][-1] / w['a'][-1]:.3f}); cpu A {1000 * c['a'][-1]:.1f} ms, B {1000 * c['b'][-1]:.1f} ms "
-                  f"(B/A {c['b'][-1] / c['a'][-1]:.3f})", flush=True)  # fmt: skip
+            print(
+                f"round {r + 1}: wall A {1000 * w['a'][-1]:.1f} ms, B {1000 * w['b'][-1]:.1f} ms (B/A "
+                f"{w['b'][-1] / w['a'][-1]:.3f}); cpu A {1000 * c['a'][-1]:.1f} ms, B {1000 * c['b'][-1]:.1f} ms "
+                f"(B/A {c['b'][-1] / c['a'][-1]:.3f})",
+                flush=True,
+            )
     summary = {}
     for kind, m in med.items():
         ratios = [b / a for a, b in zip(m["a"], m["b"])]
-        summary[kind] = {"a_ms": [round(1000 * x, 1) for x in m["a"]], "b_ms": [round(1000 * x, 1) for x in m["b"]],
-                         "ratio_b_over_a_median": round(statistics.median(ratios), 3),
-                         "ratio_b_over_a_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}  # fmt: skip
+        summary[kind] = {
+            "a_ms": [round(1000 * x, 1) for x in m["a"]],
+            "b_ms": [round(1000 * x, 1) for x in m["b"]],
+            "ratio_b_over_a_median": round(statistics.median(ratios), 3),
+            "ratio_b_over_a_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
+        }
     print(json.dumps(summary))
     return 0
 

@@ -53,8 +53,9 @@ def worker(conf: str, size: int, batch: int, threads: int, tiny: bool) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    obj = MaskContrastObjective(load_config(ModelConfig, overrides=model_overrides(conf, tiny)),
-                                MaskContrastObjectiveConfig(queue_size=128))  # fmt: skip
+    obj = MaskContrastObjective(
+        load_config(ModelConfig, overrides=model_overrides(conf, tiny)), MaskContrastObjectiveConfig(queue_size=128)
+    )
     obj.train()
     opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.004, momentum=0.9, weight_decay=1e-4)
     sampler = ViewSampler(AugmentConfig(), size)
@@ -103,10 +104,24 @@ def run(configs: list[str], size: int, batch: int, steps: int, warmup: int, thre
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     procs = []
     for conf in configs:
-        cmd = [sys.executable, __file__, "--worker", conf, "--size", str(size), "--batch", str(batch),
-               "--threads", str(threads), *(["--tiny"] if tiny else [])]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=env))  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            conf,
+            "--size",
+            str(size),
+            "--batch",
+            str(batch),
+            "--threads",
+            str(threads),
+            *(["--tiny"] if tiny else []),
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+        )
     try:
         for p in procs:
             _ask(p, None)  # built
@@ -120,9 +135,18 @@ def run(configs: list[str], size: int, batch: int, steps: int, warmup: int, thre
         for conf, p, ts in zip(configs, procs, times):
             end = _ask(p, "end")
             wall = statistics.median(t["wall_s"] for t in ts)
-            results.append({"config": conf, "size": size, "batch": batch, "steps": steps, "wall_s": wall,
-                            "cpu_s": statistics.median(t["cpu_s"] for t in ts), "images_per_s": batch / wall,
-                            **end})  # fmt: skip
+            results.append(
+                {
+                    "config": conf,
+                    "size": size,
+                    "batch": batch,
+                    "steps": steps,
+                    "wall_s": wall,
+                    "cpu_s": statistics.median(t["cpu_s"] for t in ts),
+                    "images_per_s": batch / wall,
+                    **end,
+                }
+            )
         return results
     finally:
         for p in procs:
@@ -137,8 +161,10 @@ def table(rows: list[dict]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['params'] / 1e6:.1f} | {r['wall_s']:.3f} | {r['cpu_s']:.3f} | "
-                     f"{r['images_per_s']:.2f} | {r['peak_rss_mib']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {r['config']} | {r['params'] / 1e6:.1f} | {r['wall_s']:.3f} | {r['cpu_s']:.3f} | "
+            f"{r['images_per_s']:.2f} | {r['peak_rss_mib']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -163,8 +189,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         worker(args.worker, args.size, args.batch, args.threads, args.tiny)
         return []
     rows = run(configs, args.size, args.batch, args.steps, args.warmup, args.threads, args.tiny)
-    print(f"\nMaskContrast training step, batch {args.batch}, {args.size} px, median of {args.steps} interleaved "
-          f"steps after {args.warmup} warm-up\n")  # fmt: skip
+    print(
+        f"\nMaskContrast training step, batch {args.batch}, {args.size} px, median of {args.steps} interleaved "
+        f"steps after {args.warmup} warm-up\n"
+    )
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

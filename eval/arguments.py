@@ -26,17 +26,36 @@ def add_model_arguments(parser: argparse.ArgumentParser, with_size: bool = True)
     """``--checkpoint``, ``--device``, ``--output-stride``, ``--size`` (unless ``with_size=False``),
     ``--batch-size``, ``--amp``, ``--workers``."""
     g = parser.add_argument_group("model")
-    g.add_argument("--checkpoint", required=True, help="maskcontrast checkpoint, official MaskContrast zoo file, or a "
-                   "backbone-only MoCo / torchvision / DINO / DINOv2 / MAE file (docs/BACKBONES.md)")  # fmt: skip
+    g.add_argument(
+        "--checkpoint",
+        required=True,
+        help="maskcontrast checkpoint, official MaskContrast zoo file, or a "
+        "backbone-only MoCo / torchvision / DINO / DINOv2 / MAE file (docs/BACKBONES.md)",
+    )
     g.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: CUDA when present)")
-    g.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32),
-                   help="output stride of backbone-only models (default 8, dilated); maskcontrast checkpoints keep theirs")  # fmt: skip
+    g.add_argument(
+        "--output-stride",
+        type=int,
+        default=8,
+        choices=(8, 16, 32),
+        help="output stride of backbone-only models (default 8, dilated); maskcontrast checkpoints keep theirs",
+    )
     if with_size:
-        g.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
-                       help="resize images before the network: one value = shorter side, two = H W "
-                            "(default: native resolution). Predictions are always scored at label resolution")  # fmt: skip
-    g.add_argument("--init-key", default="teacher", choices=("teacher", "student"),
-                   help="network of a full DINO training checkpoint (default teacher)")  # fmt: skip
+        g.add_argument(
+            "--size",
+            type=int,
+            nargs="+",
+            default=None,
+            metavar="N",
+            help="resize images before the network: one value = shorter side, two = H W "
+            "(default: native resolution). Predictions are always scored at label resolution",
+        )
+    g.add_argument(
+        "--init-key",
+        default="teacher",
+        choices=("teacher", "student"),
+        help="network of a full DINO training checkpoint (default teacher)",
+    )
     g.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     g.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
     g.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2; 0 = main)")
@@ -55,8 +74,13 @@ def add_dataset_arguments(
     g.add_argument("--root", default=None, help="dataset folder (default: its copy under $MASKCONTRAST_DATA)")
     if with_split:
         g.add_argument("--split", default=None, help=f"dataset split (default: {split_help})")
-    g.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra reader option, repeatable, e.g. target=species (pet) or protocol=23 (msrc)")  # fmt: skip
+    g.add_argument(
+        "--dataset-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra reader option, repeatable, e.g. target=species (pet) or protocol=23 (msrc)",
+    )
     g.add_argument("--ids", default=None, help="text file with the image ids to use (one per line)")
     g.add_argument("--limit", type=int, default=None, help="use only the first N images (quick runs)")
 
@@ -64,14 +88,25 @@ def add_dataset_arguments(
 def add_saliency_arguments(parser: argparse.ArgumentParser) -> None:
     """``--saliency-source``, ``--saliency-dir``, ``--saliency-threshold``."""
     g = parser.add_argument_group("saliency (which pixels form an image's object mask)")
-    g.add_argument("--saliency-source", default="model", choices=("model", "gt", "folder"),
-                   help="model: the checkpoint's saliency head (default); gt: the ground-truth foreground "
-                        "(labels other than background and ignore; baselines, upstream issue #14); "
-                        "folder: object masks <saliency-dir>/<id>.png (0 = background)")  # fmt: skip
-    g.add_argument("--saliency-dir", default=None,
-                   help="mask folder for --saliency-source folder (for voc also 'unsupervised' or 'supervised')")  # fmt: skip
-    g.add_argument("--saliency-threshold", type=float, default=0.5,
-                   help="probability above which a pixel is salient (model source; default 0.5)")  # fmt: skip
+    g.add_argument(
+        "--saliency-source",
+        default="model",
+        choices=("model", "gt", "folder"),
+        help="model: the checkpoint's saliency head (default); gt: the ground-truth foreground "
+        "(labels other than background and ignore; baselines, upstream issue #14); "
+        "folder: object masks <saliency-dir>/<id>.png (0 = background)",
+    )
+    g.add_argument(
+        "--saliency-dir",
+        default=None,
+        help="mask folder for --saliency-source folder (for voc also 'unsupervised' or 'supervised')",
+    )
+    g.add_argument(
+        "--saliency-threshold",
+        type=float,
+        default=0.5,
+        help="probability above which a pixel is salient (model source; default 0.5)",
+    )
 
 
 def parse_key_values(items: Sequence[str], what: str = "--dataset-arg") -> dict[str, Any]:

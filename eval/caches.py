@@ -68,7 +68,12 @@ class StreamCache:
         if self.path is not None:
             save_state(self.path, {"settings": self.settings, "done": done, "state": state})
             if (signum := requested()) is not None:
-                err = Preempted(signum, "evaluation pass", step=f"after {done} images", saved=self.path,
-                                hint="rerun the same command to continue from the cache")  # fmt: skip
+                err = Preempted(
+                    signum,
+                    "evaluation pass",
+                    step=f"after {done} images",
+                    saved=self.path,
+                    hint="rerun the same command to continue from the cache",
+                )
                 log.warning("%s", err)
                 raise err

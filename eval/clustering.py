@@ -90,8 +90,10 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "faiss" if faiss_available() else "torch"
     if backend == "faiss" and not faiss_available():
-        raise ValueError("--backend faiss: faiss is not installed (pip install faiss-cpu, or faiss-gpu on CUDA); "
-                         "use --backend torch or auto")  # fmt: skip
+        raise ValueError(
+            "--backend faiss: faiss is not installed (pip install faiss-cpu, or faiss-gpu on CUDA); "
+            "use --backend torch or auto"
+        )
     return backend
 
 
@@ -286,8 +288,13 @@ def pca_whitening(x: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, n
         raise ValueError(f"PCA dimension must be >= 1, got {dim}")
     d = min(dim, x.shape[0], x.shape[1])
     if d < dim:
-        log.warning("PCA whitening to %d dimensions instead of %d (only %d points of dimension %d)",
-                    d, dim, x.shape[0], x.shape[1])  # fmt: skip
+        log.warning(
+            "PCA whitening to %d dimensions instead of %d (only %d points of dimension %d)",
+            d,
+            dim,
+            x.shape[0],
+            x.shape[1],
+        )
     pca = PCA(n_components=d, whiten=True, svd_solver="full", random_state=seed).fit(x)
     var = pca.explained_variance_
     keep = var > max(1e-24, 1e-9 * float(var.max(initial=0.0)))

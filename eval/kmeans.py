@@ -148,10 +148,15 @@ def summarize_seeds(
         mapping = match_clusters(conf, matching) if mappings is None else np.asarray(mappings[i], dtype=np.int64)
         scores = segmentation_scores(map_confusion(conf, mapping))
         ious.append(scores.per_class_iou)
-        per_seed.append({
-            "seed": int(seed), "miou": scores.miou, "pixel_acc": scores.pixel_acc,
-            "objective": None if objectives is None else float(objectives[i]), "mapping": mapping.tolist(),
-        })  # fmt: skip
+        per_seed.append(
+            {
+                "seed": int(seed),
+                "miou": scores.miou,
+                "pixel_acc": scores.pixel_acc,
+                "objective": None if objectives is None else float(objectives[i]),
+                "mapping": mapping.tolist(),
+            }
+        )
     mious = np.array([s["miou"] for s in per_seed], dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a class absent in every seed stays NaN
@@ -190,8 +195,10 @@ class PrototypeStats:
 
 def _label_of(sample: Any, ds: SegmentationDataset) -> np.ndarray:
     if sample.label is None:
-        raise DataError(f"{ds.files(sample.id).label or sample.id}: no ground-truth label; the evaluation needs "
-                        "labelled images", sample_id=sample.id)  # fmt: skip
+        raise DataError(
+            f"{ds.files(sample.id).label or sample.id}: no ground-truth label; the evaluation needs labelled images",
+            sample_id=sample.id,
+        )
     return sample.label
 
 
@@ -232,8 +239,9 @@ def prototype_pass(
             "bg": torch.from_numpy(np.stack(bg_h)) if bg_h else torch.zeros(0, c, dtype=torch.int64),
         }
 
-    for i, sample, out in iter_model_outputs(model, ds, workers=workers, start=done, desc="prototypes",
-                                             progress=progress):  # fmt: skip
+    for i, sample, out in iter_model_outputs(
+        model, ds, workers=workers, start=done, desc="prototypes", progress=progress
+    ):
         label = _label_of(sample, ds)
         fg = source.foreground(sample, out, info, ds)
         proto = masked_mean_embedding(out.embedding, fg)
@@ -247,8 +255,9 @@ def prototype_pass(
     if cache is not None:
         cache.save(len(ds), snapshot())
     snap = snapshot()
-    return PrototypeStats(list(ds.ids), snap["protos"].numpy(), snap["has"].numpy(), snap["fg"].numpy(),
-                          snap["bg"].numpy())  # fmt: skip
+    return PrototypeStats(
+        list(ds.ids), snap["protos"].numpy(), snap["has"].numpy(), snap["fg"].numpy(), snap["bg"].numpy()
+    )
 
 
 def cluster_prototypes(
@@ -280,8 +289,10 @@ def fit_prototype_clusters(
     if k < 2:
         raise ValueError(f"the prototype protocol needs k >= 2 (k - 1 object clusters + background), got {k}")
     if len(x) < k - 1:
-        raise ValueError(f"{k - 1} object clusters need at least {k - 1} images with a salient region, got "
-                         f"{len(x)}; evaluate more images or use a smaller --k")  # fmt: skip
+        raise ValueError(
+            f"{k - 1} object clusters need at least {k - 1} images with a salient region, got "
+            f"{len(x)}; evaluate more images or use a smaller --k"
+        )
     proj = pca_whitening(x, pca_dim) if pca_dim > 0 else None
     if proj is not None:
         x = (x - proj[0]) @ proj[1]
@@ -374,8 +385,9 @@ def run_pixel_protocol(
     # pass 1: the fit sample
     done, state = cache1.load() if cache1 is not None else (0, None)
     chunks: list[np.ndarray] = [state["x"].numpy()] if state else []
-    for i, sample, out in iter_model_outputs(model, ds, workers=workers, start=done, desc="pixel sample",
-                                             progress=progress):  # fmt: skip
+    for i, sample, out in iter_model_outputs(
+        model, ds, workers=workers, start=done, desc="pixel sample", progress=progress
+    ):
         hw = sample.size
         idx = torch.from_numpy(_pixel_sample_index(hw[0] * hw[1], per_image, seeds[0], i)).to(out.embedding.device)
         chunks.append(normalised_pixels(out.embedding, hw, idx).cpu().numpy())
@@ -394,8 +406,9 @@ def run_pixel_protocol(
     if cache2_dir is not None:
         settings = dict(cache_settings or {}, centroids=_array_digest(centroids), proj=_array_digest(proj or []))
         cache2 = StreamCache(cache2_dir / "pixel_pass2.pt", settings, every=cache1.every if cache1 else 100)
-    confs = pixel_confusions(model, ds, ClusterFit(centroids, proj), k, workers=workers, cache=cache2,
-                             progress=progress)  # fmt: skip
+    confs = pixel_confusions(
+        model, ds, ClusterFit(centroids, proj), k, workers=workers, cache=cache2, progress=progress
+    )
     result = summarize_seeds(confs, seeds, info.classes, matching, [r.objective for r in results])
     result.update(fit_pixels=len(x), fit_pixels_per_image=per_image)
     return result, centroids, proj
@@ -420,8 +433,9 @@ def pixel_confusions(
     proj_t = (torch.from_numpy(proj[0]).to(device), torch.from_numpy(proj[1]).to(device)) if proj is not None else None
     done, state = cache.load() if cache is not None else (0, None)
     confs = [cf.numpy() for cf in state["confs"]] if state else [np.zeros((k, c), np.int64) for _ in cents]
-    for i, sample, out in iter_model_outputs(model, ds, workers=workers, start=done, desc="pixel assign",
-                                             progress=progress):  # fmt: skip
+    for i, sample, out in iter_model_outputs(
+        model, ds, workers=workers, start=done, desc="pixel assign", progress=progress
+    ):
         label = _label_of(sample, ds)
         feats = normalised_pixels(out.embedding, sample.size, proj=proj_t)
         for j, cent in enumerate(cents):
@@ -455,8 +469,15 @@ class _Protocol:
     name = ""
     default_matching = "auto"
 
-    def __init__(self, *, k: int, seeds: Sequence[int], pca_dim: int = 32, matching: str | None = None,
-                 km: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        k: int,
+        seeds: Sequence[int],
+        pca_dim: int = 32,
+        matching: str | None = None,
+        km: dict[str, Any] | None = None,
+    ) -> None:
         self.k, self.seeds, self.pca_dim = int(k), list(seeds), int(pca_dim)
         self.matching = matching or self.default_matching
         self.km = dict(km or {})
@@ -468,8 +489,17 @@ class _Protocol:
         """What the result JSON records about the protocol."""
         return {"protocol": self.name, "matching": self.matching}
 
-    def fit(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0, cache_dir: Path | None = None,
-            settings: dict[str, Any] | None = None, save_every: int = 100, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    def fit(
+        self,
+        model: FeatureModel,
+        ds: SegmentationDataset,
+        *,
+        workers: int = 0,
+        cache_dir: Path | None = None,
+        settings: dict[str, Any] | None = None,
+        save_every: int = 100,
+        progress: bool = True,
+    ) -> dict[str, Any]:
         """Run the protocol over ``ds`` (resumable with ``cache_dir``); returns the result dict and
         keeps what :meth:`predict` needs (first seed)."""
         raise NotImplementedError
@@ -478,15 +508,30 @@ class _Protocol:
         """The ``H x W`` cluster of every pixel of image ``index`` (first seed)."""
         raise NotImplementedError
 
-    def confusions(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0,
-                   cache_dir: Path | None = None, settings: dict[str, Any] | None = None, save_every: int = 100,
-                   progress: bool = True) -> list[np.ndarray]:  # fmt: skip
+    def confusions(
+        self,
+        model: FeatureModel,
+        ds: SegmentationDataset,
+        *,
+        workers: int = 0,
+        cache_dir: Path | None = None,
+        settings: dict[str, Any] | None = None,
+        save_every: int = 100,
+        progress: bool = True,
+    ) -> list[np.ndarray]:
         """Apply the clustering fitted by :meth:`fit` to other images (``--fit-split``): one ``k x C``
         confusion per seed; :meth:`predict` then refers to ``ds``."""
         raise NotImplementedError
 
-    def pictures(self, vis_dir: Path, n: int, model: FeatureModel, ds: SegmentationDataset, mapping: np.ndarray,
-                 vis_ids: Sequence[str] | None = None) -> int:  # fmt: skip
+    def pictures(
+        self,
+        vis_dir: Path,
+        n: int,
+        model: FeatureModel,
+        ds: SegmentationDataset,
+        mapping: np.ndarray,
+        vis_ids: Sequence[str] | None = None,
+    ) -> int:
         """PNG panels (image | ground truth | prediction) for the first ``n`` images (or the first
         ``n`` of ``vis_ids``), first seed, clusters mapped to classes by ``mapping``."""
         from torch.utils.data import Subset
@@ -527,20 +572,46 @@ class PrototypeProtocol(_Protocol):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "saliency_source": self.source.kind}
 
-    def fit(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0, cache_dir: Path | None = None,
-            settings: dict[str, Any] | None = None, save_every: int = 100, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    def fit(
+        self,
+        model: FeatureModel,
+        ds: SegmentationDataset,
+        *,
+        workers: int = 0,
+        cache_dir: Path | None = None,
+        settings: dict[str, Any] | None = None,
+        save_every: int = 100,
+        progress: bool = True,
+    ) -> dict[str, Any]:
         cache = StreamCache(cache_dir / "prototypes.pt", dict(settings or {}), save_every) if cache_dir else None
         result, _stats, clusters = run_prototype_protocol(
-            model, ds, self.source, k=self.k, seeds=self.seeds, pca_dim=self.pca_dim, matching=self.matching,
-            workers=workers, cache=cache, progress=progress, **self.km,
-        )  # fmt: skip
+            model,
+            ds,
+            self.source,
+            k=self.k,
+            seeds=self.seeds,
+            pca_dim=self.pca_dim,
+            matching=self.matching,
+            workers=workers,
+            cache=cache,
+            progress=progress,
+            **self.km,
+        )
         self.clusters = clusters[0]
         self.fitted = result.pop("_fit")
         return result
 
-    def confusions(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0,
-                   cache_dir: Path | None = None, settings: dict[str, Any] | None = None, save_every: int = 100,
-                   progress: bool = True) -> list[np.ndarray]:  # fmt: skip
+    def confusions(
+        self,
+        model: FeatureModel,
+        ds: SegmentationDataset,
+        *,
+        workers: int = 0,
+        cache_dir: Path | None = None,
+        settings: dict[str, Any] | None = None,
+        save_every: int = 100,
+        progress: bool = True,
+    ) -> list[np.ndarray]:
         cache = StreamCache(cache_dir / "prototypes.pt", dict(settings or {}), save_every) if cache_dir else None
         stats = prototype_pass(model, ds, self.source, workers=workers, cache=cache, progress=progress)
         clusters = assign_prototypes(stats, self.fitted)
@@ -568,25 +639,52 @@ class PixelProtocol(_Protocol):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "saliency_source": None}
 
-    def fit(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0, cache_dir: Path | None = None,
-            settings: dict[str, Any] | None = None, save_every: int = 100, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    def fit(
+        self,
+        model: FeatureModel,
+        ds: SegmentationDataset,
+        *,
+        workers: int = 0,
+        cache_dir: Path | None = None,
+        settings: dict[str, Any] | None = None,
+        save_every: int = 100,
+        progress: bool = True,
+    ) -> dict[str, Any]:
         cache1 = None
         settings = dict(settings or {})
         if cache_dir:
             settings.update(fit_pixels=self.fit_pixels, first_seed=self.first_seed)
             cache1 = StreamCache(cache_dir / "pixel_pass1.pt", settings, save_every)
         result, cents, proj = run_pixel_protocol(
-            model, ds, k=self.k, seeds=self.seeds, fit_pixels=self.fit_pixels, pca_dim=self.pca_dim,
-            matching=self.matching, workers=workers, cache1=cache1, cache2_dir=cache_dir, cache_settings=settings,
-            progress=progress, **self.km,
-        )  # fmt: skip
+            model,
+            ds,
+            k=self.k,
+            seeds=self.seeds,
+            fit_pixels=self.fit_pixels,
+            pca_dim=self.pca_dim,
+            matching=self.matching,
+            workers=workers,
+            cache1=cache1,
+            cache2_dir=cache_dir,
+            cache_settings=settings,
+            progress=progress,
+            **self.km,
+        )
         self.centroids, self.proj = cents[0], proj
         self.fitted = ClusterFit(cents, proj)
         return result
 
-    def confusions(self, model: FeatureModel, ds: SegmentationDataset, *, workers: int = 0,
-                   cache_dir: Path | None = None, settings: dict[str, Any] | None = None, save_every: int = 100,
-                   progress: bool = True) -> list[np.ndarray]:  # fmt: skip
+    def confusions(
+        self,
+        model: FeatureModel,
+        ds: SegmentationDataset,
+        *,
+        workers: int = 0,
+        cache_dir: Path | None = None,
+        settings: dict[str, Any] | None = None,
+        save_every: int = 100,
+        progress: bool = True,
+    ) -> list[np.ndarray]:
         cache = StreamCache(cache_dir / "pixel_pass2.pt", dict(settings or {}), save_every) if cache_dir else None
         return pixel_confusions(model, ds, self.fitted, self.k, workers=workers, cache=cache, progress=progress)
 
@@ -622,11 +720,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(p)
     add_saliency_arguments(p)
     g = p.add_argument_group("clustering")
-    g.add_argument("--protocol", default="prototype", choices=("prototype", "pixel"),
-                   help="prototype: the paper's (one prototype per image, k-1 clusters + background); "
-                        "pixel: K-means over pixel embeddings (default: prototype)")  # fmt: skip
-    g.add_argument("--k", type=int, default=None, help="number of clusters, background included for the prototype "
-                   "protocol (default: the number of classes, e.g. 21 on VOC)")  # fmt: skip
+    g.add_argument(
+        "--protocol",
+        default="prototype",
+        choices=("prototype", "pixel"),
+        help="prototype: the paper's (one prototype per image, k-1 clusters + background); "
+        "pixel: K-means over pixel embeddings (default: prototype)",
+    )
+    g.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="number of clusters, background included for the prototype "
+        "protocol (default: the number of classes, e.g. 21 on VOC)",
+    )
     g.add_argument("--seeds", type=int, default=5, help="K-means runs with seeds first-seed.. (default 5)")
     g.add_argument("--first-seed", type=int, default=0, help="seed of the first K-means run (default 0)")
     g.add_argument(
@@ -634,23 +741,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--niter", type=int, default=100, help="K-means iterations per restart (default 100)")
     g.add_argument("--nredo", type=int, default=10, help="K-means restarts, the best objective is kept (default 10)")
-    g.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="K-means implementation: auto = faiss when installed, else torch (on CUDA when present); "
-                        "sklearn = the reference (default auto)")  # fmt: skip
-    g.add_argument("--fit-pixels", type=int, default=100_000,
-                   help="pixel protocol: pixels sampled (evenly over images) to fit K-means (default 100000)")  # fmt: skip
-    g.add_argument("--fit-split", default=None,
-                   help="fit the clustering and the cluster -> class matching on this split and score --split "
-                        "with them (e.g. --fit-split train --split val). Default: fit and score on the same "
-                        "images, the paper's protocol (docs/EVAL.md)")  # fmt: skip
-    g.add_argument("--matching", default=None, choices=("auto", "hungarian", "majority"),
-                   help="cluster -> class mapping (default: hungarian for prototype; auto for pixel = hungarian "
-                        "when k <= classes, majority vote when k > classes)")  # fmt: skip
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="K-means implementation: auto = faiss when installed, else torch (on CUDA when present); "
+        "sklearn = the reference (default auto)",
+    )
+    g.add_argument(
+        "--fit-pixels",
+        type=int,
+        default=100_000,
+        help="pixel protocol: pixels sampled (evenly over images) to fit K-means (default 100000)",
+    )
+    g.add_argument(
+        "--fit-split",
+        default=None,
+        help="fit the clustering and the cluster -> class matching on this split and score --split "
+        "with them (e.g. --fit-split train --split val). Default: fit and score on the same "
+        "images, the paper's protocol (docs/EVAL.md)",
+    )
+    g.add_argument(
+        "--matching",
+        default=None,
+        choices=("auto", "hungarian", "majority"),
+        help="cluster -> class mapping (default: hungarian for prototype; auto for pixel = hungarian "
+        "when k <= classes, majority vote when k > classes)",
+    )
     o = add_output_arguments(p, vis="write N pictures (image | ground truth | prediction)")
-    o.add_argument("--vis-ids", default=None, help="text file of image ids: picture the first --vis of these "
-                   "(default: the first --vis images)")  # fmt: skip
-    o.add_argument("--cache", default=None, help="folder for resumable per-image results (re-runs with other k/seeds "
-                   "reuse them)")  # fmt: skip
+    o.add_argument(
+        "--vis-ids",
+        default=None,
+        help="text file of image ids: picture the first --vis of these (default: the first --vis images)",
+    )
+    o.add_argument(
+        "--cache", default=None, help="folder for resumable per-image results (re-runs with other k/seeds reuse them)"
+    )
     o.add_argument("--save-every", type=int, default=100, help="cache every N images (default 100)")
     return p
 
@@ -672,28 +798,46 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ds = dataset_from_args(args, masks=masks)
     ds_fit = dataset_from_args(args, split=args.fit_split, masks=masks) if args.fit_split else None
     if ds_fit is not None and ds_fit.split == ds.split and ds_fit.ids == ds.ids:
-        raise ValueError(f"--fit-split {args.fit_split} is the scored split itself; leave --fit-split out for the "
-                         "paper's protocol, or pass another split")  # fmt: skip
+        raise ValueError(
+            f"--fit-split {args.fit_split} is the scored split itself; leave --fit-split out for the "
+            "paper's protocol, or pass another split"
+        )
     info = ds.info
     if info.num_classes == 0:
         raise ValueError(f"dataset '{args.dataset}' has no labels; K-means evaluation needs ground truth")
     k = args.k if args.k is not None else info.num_classes
     fit_ds = ds_fit if ds_fit is not None else ds
     if args.protocol == "prototype" and k - 1 > len(fit_ds):
-        raise ValueError(f"--k {k} needs at least {k - 1} images (one prototype per image), and {args.dataset} "
-                         f"has {len(fit_ds)} here; use a smaller --k or more images")  # fmt: skip
+        raise ValueError(
+            f"--k {k} needs at least {k - 1} images (one prototype per image), and {args.dataset} "
+            f"has {len(fit_ds)} here; use a smaller --k or more images"
+        )
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     km = {"niter": args.niter, "nredo": args.nredo, "backend": resolve_backend(args.backend)}
     settings = {
-        "checkpoint": checkpoint_fingerprint(args.checkpoint), "output_stride": args.output_stride, "size": args.size,
-        "dataset": args.dataset, "root": str(ds.root), "split": ds.split, "dataset_args": parse_key_values(args.dataset_arg),
-        "ids": ds.ids, "protocol": args.protocol,
-    }  # fmt: skip
+        "checkpoint": checkpoint_fingerprint(args.checkpoint),
+        "output_stride": args.output_stride,
+        "size": args.size,
+        "dataset": args.dataset,
+        "root": str(ds.root),
+        "split": ds.split,
+        "dataset_args": parse_key_values(args.dataset_arg),
+        "ids": ds.ids,
+        "protocol": args.protocol,
+    }
     cache_dir = Path(args.cache) if args.cache else None
     progress = not args.no_progress
     log.info("K-means backend: %s", km["backend"])
-    log.info("evaluating %s on %s/%s (%d images, %d classes), %s protocol, k=%d", args.checkpoint, args.dataset,
-             ds.split, len(ds), info.num_classes, args.protocol, k)  # fmt: skip
+    log.info(
+        "evaluating %s on %s/%s (%d images, %d classes), %s protocol, k=%d",
+        args.checkpoint,
+        args.dataset,
+        ds.split,
+        len(ds),
+        info.num_classes,
+        args.protocol,
+        k,
+    )
     common = {"k": k, "seeds": seeds, "pca_dim": args.pca_dim, "matching": args.matching, "km": km}
     protocol: _Protocol
     if args.protocol == "prototype":
@@ -703,11 +847,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         protocol = PixelProtocol(fit_pixels=args.fit_pixels, first_seed=args.first_seed, **common)
     protocol.check(model, info)
     if ds_fit is None:
-        result = protocol.fit(model, ds, workers=args.workers, cache_dir=cache_dir, settings=settings,
-                              save_every=args.save_every, progress=progress)  # fmt: skip
+        result = protocol.fit(
+            model,
+            ds,
+            workers=args.workers,
+            cache_dir=cache_dir,
+            settings=settings,
+            save_every=args.save_every,
+            progress=progress,
+        )
     else:
-        result = fit_on_other_split(protocol, model, ds_fit, ds, workers=args.workers, cache_dir=cache_dir,
-                                    settings=settings, save_every=args.save_every, progress=progress)  # fmt: skip
+        result = fit_on_other_split(
+            protocol,
+            model,
+            ds_fit,
+            ds,
+            workers=args.workers,
+            cache_dir=cache_dir,
+            settings=settings,
+            save_every=args.save_every,
+            progress=progress,
+        )
     result = {
         **result,
         "protocol": args.protocol,
@@ -729,16 +889,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "units": "fractions in [0, 1]",
         "peak_rss_mib": peak_rss_mib(),
     }
-    log.info("%s protocol, k=%d, %d images: mIoU %.2f +- %.2f %% over %d seeds, pixel accuracy %.2f %%",
-             args.protocol, k, len(ds), 100 * result["miou_mean"], 100 * result["miou_std"], len(seeds),
-             100 * result["pixel_acc"])  # fmt: skip
+    log.info(
+        "%s protocol, k=%d, %d images: mIoU %.2f +- %.2f %% over %d seeds, pixel accuracy %.2f %%",
+        args.protocol,
+        k,
+        len(ds),
+        100 * result["miou_mean"],
+        100 * result["miou_std"],
+        len(seeds),
+        100 * result["pixel_acc"],
+    )
     if args.json:
         write_json(args.json, result)
         print(f"wrote results to {args.json}")
     if vis_dir is not None:
         mapping = np.asarray(result["seeds"][0]["mapping"])
-        n = protocol.pictures(vis_dir, args.vis, model, ds, mapping,
-                              vis_ids=read_id_list(Path(args.vis_ids)) if args.vis_ids else None)  # fmt: skip
+        n = protocol.pictures(
+            vis_dir, args.vis, model, ds, mapping, vis_ids=read_id_list(Path(args.vis_ids)) if args.vis_ids else None
+        )
         print(f"wrote {n} pictures to {vis_dir}")
     if not args.json:
         print(f"mIoU {100 * result['miou_mean']:.2f} +- {100 * result['miou_std']:.2f} (no --json: nothing written)")
@@ -763,21 +931,48 @@ def fit_on_other_split(
     fit split (matched on itself, as the paper's protocol would score it)."""
     settings = dict(settings or {})
     fit_settings = {**settings, "split": ds_fit.split, "ids": ds_fit.ids}
-    fit_result = protocol.fit(model, ds_fit, workers=workers, cache_dir=cache_dir / "fit" if cache_dir else None,
-                              settings=fit_settings, save_every=save_every, progress=progress)  # fmt: skip
+    fit_result = protocol.fit(
+        model,
+        ds_fit,
+        workers=workers,
+        cache_dir=cache_dir / "fit" if cache_dir else None,
+        settings=fit_settings,
+        save_every=save_every,
+        progress=progress,
+    )
     fitted = getattr(protocol, "fitted", None)
-    eval_settings = {**settings, "fit_split": ds_fit.split, "fit_ids": identity_digest(ds_fit.ids),
-                     "fit": _array_digest(fitted.centroids) if fitted is not None else None}  # fmt: skip
-    confs = protocol.confusions(model, ds, workers=workers, cache_dir=cache_dir / "scored" if cache_dir else None,
-                                settings=eval_settings, save_every=save_every, progress=progress)  # fmt: skip
+    eval_settings = {
+        **settings,
+        "fit_split": ds_fit.split,
+        "fit_ids": identity_digest(ds_fit.ids),
+        "fit": _array_digest(fitted.centroids) if fitted is not None else None,
+    }
+    confs = protocol.confusions(
+        model,
+        ds,
+        workers=workers,
+        cache_dir=cache_dir / "scored" if cache_dir else None,
+        settings=eval_settings,
+        save_every=save_every,
+        progress=progress,
+    )
     mappings = [np.asarray(s["mapping"]) for s in fit_result["seeds"]]
-    result = summarize_seeds(confs, protocol.seeds, ds.info.classes, protocol.matching,
-                             [s["objective"] for s in fit_result["seeds"]], mappings=mappings)  # fmt: skip
+    result = summarize_seeds(
+        confs,
+        protocol.seeds,
+        ds.info.classes,
+        protocol.matching,
+        [s["objective"] for s in fit_result["seeds"]],
+        mappings=mappings,
+    )
     result["fit"] = {
-        "split": ds_fit.split, "n_images": len(ds_fit), "miou_mean": fit_result["miou_mean"],
-        "miou_std": fit_result["miou_std"], "pixel_acc": fit_result["pixel_acc"],
+        "split": ds_fit.split,
+        "n_images": len(ds_fit),
+        "miou_mean": fit_result["miou_mean"],
+        "miou_std": fit_result["miou_std"],
+        "pixel_acc": fit_result["pixel_acc"],
         **{k: v for k, v in fit_result.items() if k in ("n_prototypes", "n_without_mask", "fit_pixels")},
-    }  # fmt: skip
+    }
     return result
 
 

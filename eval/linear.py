@@ -193,8 +193,9 @@ def sample_affine(
     window at a random place (the rest is padding).
     """
     if aug.scale_min <= 0 or aug.scale_max < aug.scale_min:
-        raise ValueError(f"augment scale range must satisfy 0 < scale_min <= scale_max, got "
-                         f"{aug.scale_min}..{aug.scale_max}")  # fmt: skip
+        raise ValueError(
+            f"augment scale range must satisfy 0 < scale_min <= scale_max, got {aug.scale_min}..{aug.scale_max}"
+        )
     s = base_scale * float(rng.uniform(aug.scale_min, aug.scale_max))
     angle = float(rng.uniform(-aug.rotate_degrees, aug.rotate_degrees)) if aug.rotate_degrees > 0 else 0.0
     flip = bool(aug.flip and rng.random() < 0.5)
@@ -294,8 +295,12 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
     crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
     # pydensecrf needs a writeable buffer: the image is copied (datasets give read-only arrays)
-    crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb,
-                             rgbim=np.array(image, dtype=np.uint8, order="C"), compat=cfg.bilateral_compat)  # fmt: skip
+    crf.addPairwiseBilateral(
+        sxy=cfg.bilateral_sxy,
+        srgb=cfg.bilateral_srgb,
+        rgbim=np.array(image, dtype=np.uint8, order="C"),
+        compat=cfg.bilateral_compat,
+    )
     q = np.asarray(crf.inference(cfg.iterations)).reshape(c, h, w)
     return q.argmax(0)
 
@@ -337,10 +342,16 @@ def cache_features(
     todo = [i for i, sid in enumerate(ds.ids) if not _cache_file(folder, sid).is_file()]
     if not todo:
         return
-    loader = DataLoader(Subset(ds, todo), batch_size=model.batch_size, num_workers=workers,
-                        collate_fn=collate_samples, worker_init_fn=ignore_signals_in_worker)  # fmt: skip
-    with tqdm(total=len(todo), desc=f"caching {folder.name} features", unit="img", leave=False,
-              disable=not progress) as bar:  # fmt: skip
+    loader = DataLoader(
+        Subset(ds, todo),
+        batch_size=model.batch_size,
+        num_workers=workers,
+        collate_fn=collate_samples,
+        worker_init_fn=ignore_signals_in_worker,
+    )
+    with tqdm(
+        total=len(todo), desc=f"caching {folder.name} features", unit="img", leave=False, disable=not progress
+    ) as bar:
         for samples in loader:
             for j, out, hw in model.run([s.image for s in samples], size=size):
                 s = samples[j]
@@ -370,8 +381,9 @@ class _CachedFeatures(Dataset):
 
 def _label_of(sample: Sample) -> np.ndarray:
     if sample.label is None:
-        raise DataError(f"{sample.id}: no ground-truth label; the linear probe needs labelled images",
-                        sample_id=sample.id)  # fmt: skip
+        raise DataError(
+            f"{sample.id}: no ground-truth label; the linear probe needs labelled images", sample_id=sample.id
+        )
     return sample.label
 
 
@@ -432,14 +444,20 @@ def evaluate(
     c = ds.info.num_classes
     conf = np.zeros((c, c), np.int64)
     conf_crf = np.zeros((c, c), np.int64) if use_crf else None
-    loader = DataLoader(ds, batch_size=model.batch_size, num_workers=workers, collate_fn=collate_samples,
-                        worker_init_fn=ignore_signals_in_worker)  # fmt: skip
+    loader = DataLoader(
+        ds,
+        batch_size=model.batch_size,
+        num_workers=workers,
+        collate_fn=collate_samples,
+        worker_init_fn=ignore_signals_in_worker,
+    )
     index = 0
     with tqdm(total=len(ds), desc="evaluating", unit="img", leave=False, disable=not progress) as bar:
         for samples in loader:
             if cache_dir is not None:
-                feats = [_CachedFeatures(cache_dir, [s.id])[0]["features"].float()[None].to(model.device)
-                         for s in samples]  # fmt: skip
+                feats = [
+                    _CachedFeatures(cache_dir, [s.id])[0]["features"].float()[None].to(model.device) for s in samples
+                ]
             else:
                 feats = [out.features for _, out, _ in model.run([s.image for s in samples], size=cfg.eval_size)]
             for s, f in zip(samples, feats):
@@ -489,8 +507,9 @@ def run_linear_probe(
     seed_everything(cfg.seed)
     device = model.device
     probe = LinearClassifier(model.feature_dim, c).to(device)
-    optim = torch.optim.SGD(probe.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                            weight_decay=cfg.optim.weight_decay)  # fmt: skip
+    optim = torch.optim.SGD(
+        probe.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
     sched = torch.optim.lr_scheduler.MultiStepLR(optim, milestones=list(cfg.optim.milestones), gamma=cfg.optim.gamma)
     state_path = out_dir / "state.pt"
     start_epoch, start_batch, state = 0, 0, {}
@@ -499,15 +518,20 @@ def run_linear_probe(
         probe.load_state_dict(state["probe"])
         restore_optim_state(state, optim, sched)
         start_epoch, start_batch = int(state["epoch"]), int(state.get("batch", 0))
-        log.info("resuming from %s after epoch %d%s", state_path, start_epoch,
-                 f", batch {start_batch}" if start_batch else "")  # fmt: skip
+        log.info(
+            "resuming from %s after epoch %d%s",
+            state_path,
+            start_epoch,
+            f", batch {start_batch}" if start_batch else "",
+        )
     train_cache = out_dir / "features" / "train" if cfg.cache_features else None
     val_cache = out_dir / "features" / "val" if cfg.cache_features else None
     t0 = time.time()
     with section("linear probe"):
         if train_cache is not None and start_epoch < cfg.epochs:
-            cache_features(model, train_ds, train_cache, cfg.base_size, with_label=True, workers=workers,
-                           progress=progress)  # fmt: skip
+            cache_features(
+                model, train_ds, train_cache, cfg.base_size, with_label=True, workers=workers, progress=progress
+            )
         writer = open_tensorboard(out_dir / "tb")
         history = []  # the epochs run by this call
         for epoch in range(start_epoch, cfg.epochs):
@@ -522,9 +546,14 @@ def run_linear_probe(
             if epoch == start_epoch and start_batch:  # resume inside the epoch where a signal stopped it
                 first, total, count = start_batch, float(state["loss_sum"]), int(state["loss_count"])
                 rng.bit_generator.state = json.loads(state["rng"])
-            loader = DataLoader(data, batch_size=cfg.batch_size, sampler=order[first * cfg.batch_size :],
-                                num_workers=workers, collate_fn=collate_samples,
-                                worker_init_fn=ignore_signals_in_worker)  # fmt: skip
+            loader = DataLoader(
+                data,
+                batch_size=cfg.batch_size,
+                sampler=order[first * cfg.batch_size :],
+                num_workers=workers,
+                collate_fn=collate_samples,
+                worker_init_fn=ignore_signals_in_worker,
+            )
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
             for batch, items in enumerate(bar, start=first + 1):
                 if train_cache is not None:
@@ -540,11 +569,26 @@ def run_linear_probe(
                     total += float(loss.detach()) * len(items)
                     count += len(items)
                 if (signum := requested()) is not None and batch * cfg.batch_size < len(data):
-                    save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch,
-                                            "batch": batch, "rng": json.dumps(rng.bit_generator.state),
-                                            "loss_sum": total, "loss_count": count}, keep_previous=True)  # fmt: skip
-                    err = Preempted(signum, "linear probe", step=f"batch {batch} of epoch {epoch + 1}", saved=state_path,
-                                    hint="rerun the same command to continue")  # fmt: skip
+                    save_state(
+                        state_path,
+                        {
+                            "probe": probe.state_dict(),
+                            **optim_state(optim, sched),
+                            "epoch": epoch,
+                            "batch": batch,
+                            "rng": json.dumps(rng.bit_generator.state),
+                            "loss_sum": total,
+                            "loss_count": count,
+                        },
+                        keep_previous=True,
+                    )
+                    err = Preempted(
+                        signum,
+                        "linear probe",
+                        step=f"batch {batch} of epoch {epoch + 1}",
+                        saved=state_path,
+                        hint="rerun the same command to continue",
+                    )
                     log.warning("%s", err)
                     raise err
             sched.step()
@@ -553,13 +597,17 @@ def run_linear_probe(
             writer.add_scalar("linear/lr", optim.param_groups[0]["lr"], epoch + 1)
             log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, mean_loss)
             history.append({"epoch": epoch + 1, "loss": mean_loss})
-            save_state(state_path, {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch + 1},
-                       keep_previous=True)  # fmt: skip
+            save_state(
+                state_path,
+                {"probe": probe.state_dict(), **optim_state(optim, sched), "epoch": epoch + 1},
+                keep_previous=True,
+            )
             _stop_if_requested(f"end of epoch {epoch + 1}", state_path)
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
                 if val_cache is not None:
-                    cache_features(model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers,
-                                   progress=progress)  # fmt: skip
+                    cache_features(
+                        model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers, progress=progress
+                    )
                 conf, _ = evaluate(model, probe, val_ds, cfg, cache_dir=val_cache, workers=workers, progress=progress)
                 miou = segmentation_scores(conf).miou
                 writer.add_scalar("linear/val_miou", miou, epoch + 1)
@@ -572,13 +620,24 @@ def run_linear_probe(
             if not use_crf:
                 log.warning("dense CRF skipped: %s", why)
         if val_cache is not None:
-            cache_features(model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers,
-                           progress=progress)  # fmt: skip
+            cache_features(
+                model, val_ds, val_cache, cfg.eval_size, with_label=False, workers=workers, progress=progress
+            )
         vis_dir = out_dir / "vis" if vis_n > 0 else None
         if vis_dir is not None:
             vis_dir.mkdir(parents=True, exist_ok=True)
-        conf, conf_crf = evaluate(model, probe, val_ds, cfg, cache_dir=val_cache, use_crf=use_crf, vis_dir=vis_dir,
-                                  vis_n=vis_n, workers=workers, progress=progress)  # fmt: skip
+        conf, conf_crf = evaluate(
+            model,
+            probe,
+            val_ds,
+            cfg,
+            cache_dir=val_cache,
+            use_crf=use_crf,
+            vis_dir=vis_dir,
+            vis_n=vis_n,
+            workers=workers,
+            progress=progress,
+        )
         result = _scores_dict(conf, info.classes)
         writer.add_scalar("linear/val_miou", result["miou"], cfg.epochs)
         writer.close()
@@ -611,8 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(p, with_split=False)
     add_config_arguments(p)
     o = p.add_argument_group("outputs")
-    o.add_argument("--out", default=None, help="run folder: config, split lists, feature cache, classifier state, "
-                   "results.json, TensorBoard logs (default: runs/eval_linear/<dataset>-<checkpoint name>)")  # fmt: skip
+    o.add_argument(
+        "--out",
+        default=None,
+        help="run folder: config, split lists, feature cache, classifier state, "
+        "results.json, TensorBoard logs (default: runs/eval_linear/<dataset>-<checkpoint name>)",
+    )
     o.add_argument("--json", default=None, help="also write the results here (default: <out>/results.json only)")
     o.add_argument("--vis", type=int, default=0, help="write N validation pictures to <out>/vis")
     o.add_argument("--overwrite", action="store_true", help="discard a finished or differently configured run in --out")
@@ -623,13 +686,24 @@ def build_parser() -> argparse.ArgumentParser:
 #: what a linear-probe run writes in ``--out`` (its identity is ``run.json``; ``results.json`` marks it finished)
 RUN_LAYOUT = RunLayout(
     "linear-probe run",
-    owned=("state.pt", "state.prev.pt", "state.damaged*.pt", "results.json", "run.json", "config.yaml",
-           "split_train.txt", "split_val.txt", "features", "vis", "tb"),
+    owned=(
+        "state.pt",
+        "state.prev.pt",
+        "state.damaged*.pt",
+        "results.json",
+        "run.json",
+        "config.yaml",
+        "split_train.txt",
+        "split_val.txt",
+        "features",
+        "vis",
+        "tb",
+    ),
     state=("state.pt",),
     identity_file="run.json",
     finished="results.json",
     writer="eval.linear",
-)  # fmt: skip
+)
 
 
 def _prepare_run_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -666,17 +740,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
     identity = {
-        "checkpoint": checkpoint_fingerprint(args.checkpoint), "output_stride": args.output_stride,
-        "dataset": args.dataset, "root": args.root, "dataset_args": parse_key_values(args.dataset_arg),
-        "ids": args.ids, "limit": args.limit, "config": config_to_dict(cfg_node),
-    }  # fmt: skip
+        "checkpoint": checkpoint_fingerprint(args.checkpoint),
+        "output_stride": args.output_stride,
+        "dataset": args.dataset,
+        "root": args.root,
+        "dataset_args": parse_key_values(args.dataset_arg),
+        "ids": args.ids,
+        "limit": args.limit,
+        "config": config_to_dict(cfg_node),
+    }
     _prepare_run_dir(out, identity, args.overwrite)
     save_config(cfg_node, out / "config.yaml")
     model = model_from_args(args)
     train_ds, val_ds = _datasets(args, cfg, out)
-    log.info("linear probe on %s features of %s: %d train / %d val images of %s, %d epochs%s", model.layout,
-             args.checkpoint, len(train_ds), len(val_ds), args.dataset, cfg.epochs,
-             " (cached features)" if cfg.cache_features else "")  # fmt: skip
+    log.info(
+        "linear probe on %s features of %s: %d train / %d val images of %s, %d epochs%s",
+        model.layout,
+        args.checkpoint,
+        len(train_ds),
+        len(val_ds),
+        args.dataset,
+        cfg.epochs,
+        " (cached features)" if cfg.cache_features else "",
+    )
     result = run_linear_probe(
         model, train_ds, val_ds, cfg, out, vis_n=args.vis, workers=args.workers, progress=not args.no_progress
     )
@@ -695,11 +781,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_json(out / "results.json", result)
     if args.json:
         write_json(args.json, result)
-    log.info("linear probe: mIoU %.2f %%, pixel accuracy %.2f %% (%d val images)", 100 * result["miou"],
-             100 * result["pixel_acc"], len(val_ds))  # fmt: skip
+    log.info(
+        "linear probe: mIoU %.2f %%, pixel accuracy %.2f %% (%d val images)",
+        100 * result["miou"],
+        100 * result["pixel_acc"],
+        len(val_ds),
+    )
     if result.get("crf_scores"):
-        log.info("with dense CRF: mIoU %.2f %%, pixel accuracy %.2f %%", 100 * result["crf_scores"]["miou"],
-                 100 * result["crf_scores"]["pixel_acc"])  # fmt: skip
+        log.info(
+            "with dense CRF: mIoU %.2f %%, pixel accuracy %.2f %%",
+            100 * result["crf_scores"]["miou"],
+            100 * result["crf_scores"]["pixel_acc"],
+        )
     print(f"wrote results to {out / 'results.json'}" + (f" and {args.json}" if args.json else ""))
     return result
 

@@ -149,8 +149,11 @@ def prototype_pass(
     t0 = time.perf_counter()
     for i, sample, out in iter_model_outputs(model, ds, workers=workers, desc="prototypes", progress=progress):
         if sample.label is None:
-            raise DataError(f"{ds.files(sample.id).label or sample.id}: no ground-truth label; the few-shot "
-                            "evaluation needs labelled images", sample_id=sample.id)  # fmt: skip
+            raise DataError(
+                f"{ds.files(sample.id).label or sample.id}: no ground-truth label; the few-shot "
+                "evaluation needs labelled images",
+                sample_id=sample.id,
+            )
         label = sample.label
         present = present_classes(label, classes, info.ignore_index, min_fraction)
         if not present:
@@ -224,12 +227,15 @@ def episode_supports(
     skipped = rare_classes if rare == "skip" else []
     kept = [c for c in images if c not in skipped]
     if not kept:
-        raise ValueError(f"no class is in {shots + 1} or more images (needed for {shots} shot(s)); use fewer --shots "
-                         "or lower --min-fraction")  # fmt: skip
+        raise ValueError(
+            f"no class is in {shots + 1} or more images (needed for {shots} shot(s)); use fewer --shots "
+            "or lower --min-fraction"
+        )
     out = []
     for e in range(episodes):
-        out.append({c: sample_supports(images[c], shots, np.random.default_rng([seed, e, c]), class_names[c])
-                    for c in kept})  # fmt: skip
+        out.append(
+            {c: sample_supports(images[c], shots, np.random.default_rng([seed, e, c]), class_names[c]) for c in kept}
+        )
     return out, skipped
 
 
@@ -328,8 +334,12 @@ def score_queries(
         for j, sample, out in iter_model_outputs(model, sub, workers=workers, desc="queries", progress=progress):  # type: ignore[arg-type]
             score(todo[j], sample.label, out.embedding)
     seconds = time.perf_counter() - t0
-    stats = {"score_seconds": seconds, "n_scored": n_pairs, "episodes_without_background": no_bg,
-             "score_ms_per_query": 1000 * seconds / max(1, n_pairs)}  # fmt: skip
+    stats = {
+        "score_seconds": seconds,
+        "n_scored": n_pairs,
+        "episodes_without_background": no_bg,
+        "score_ms_per_query": 1000 * seconds / max(1, n_pairs),
+    }
     return counts, classes, stats
 
 
@@ -362,12 +372,23 @@ def summarize_episodes(counts: np.ndarray, class_names: Sequence[str]) -> dict[s
         return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
 
     return {
-        "miou": float(miou.mean()), "miou_std": std(miou), "fb_iou": float(fb.mean()), "fb_iou_std": std(fb),
+        "miou": float(miou.mean()),
+        "miou_std": std(miou),
+        "fb_iou": float(fb.mean()),
+        "fb_iou_std": std(fb),
         "per_class": {name: float(v) for name, v in zip(class_names, np.nanmean(iou, axis=0))},
         "per_class_std": {name: std(iou[:, j]) for j, name in enumerate(class_names)},
-        "per_episode": [{"episode": e, "miou": float(miou[e]), "fb_iou": float(fb[e]), "fg_iou": float(fg[e]),
-                         "bg_iou": float(bg[e])} for e in range(len(miou))],
-    }  # fmt: skip
+        "per_episode": [
+            {
+                "episode": e,
+                "miou": float(miou[e]),
+                "fb_iou": float(fb[e]),
+                "fg_iou": float(fg[e]),
+                "bg_iou": float(bg[e]),
+            }
+            for e in range(len(miou))
+        ],
+    }
 
 
 def run_oneshot(
@@ -393,22 +414,37 @@ def run_oneshot(
     wanted = eval_classes(info.classes, info.background, classes)
     if shots < 1:
         raise ValueError(f"--shots must be >= 1, got {shots}")
-    table = prototype_pass(model, ds, wanted, min_fraction=min_fraction, keep_mib=keep_mib, workers=workers,
-                           progress=progress)  # fmt: skip
+    table = prototype_pass(
+        model, ds, wanted, min_fraction=min_fraction, keep_mib=keep_mib, workers=workers, progress=progress
+    )
     supports, skipped = episode_supports(table.images, shots, episodes, seed, info.classes, rare)
     if skipped:
-        log.warning("left out %d class(es) in fewer than %d images: %s", len(skipped), shots + 1,
-                    ", ".join(info.classes[c] for c in skipped))  # fmt: skip
+        log.warning(
+            "left out %d class(es) in fewer than %d images: %s",
+            len(skipped),
+            shots + 1,
+            ", ".join(info.classes[c] for c in skipped),
+        )
     counts, cls, stats = score_queries(model, ds, table, supports, workers=workers, progress=progress)
     result = summarize_episodes(counts, [info.classes[c] for c in cls])
     result.update(
-        shots=shots, episodes=episodes, seed=seed, n_images=len(ds), min_fraction=min_fraction,
-        classes=[info.classes[c] for c in cls], skipped_classes=[info.classes[c] for c in skipped],
+        shots=shots,
+        episodes=episodes,
+        seed=seed,
+        n_images=len(ds),
+        min_fraction=min_fraction,
+        classes=[info.classes[c] for c in cls],
+        skipped_classes=[info.classes[c] for c in skipped],
         class_images={info.classes[c]: len(table.images[c]) for c in wanted},
-        n_queries=stats["n_scored"], episodes_without_background=stats["episodes_without_background"],
-        timing={"pass1_seconds": table.seconds, "ms_per_image": 1000 * table.seconds / max(1, len(ds)),
-                "score_seconds": stats["score_seconds"], "score_ms_per_query": stats["score_ms_per_query"]},
-    )  # fmt: skip
+        n_queries=stats["n_scored"],
+        episodes_without_background=stats["episodes_without_background"],
+        timing={
+            "pass1_seconds": table.seconds,
+            "ms_per_image": 1000 * table.seconds / max(1, len(ds)),
+            "score_seconds": stats["score_seconds"],
+            "score_ms_per_query": stats["score_ms_per_query"],
+        },
+    )
     return result, table, supports
 
 
@@ -439,9 +475,13 @@ def _fit(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def write_vis(
-    vis_dir: Path, n: int, model: FeatureModel, ds: SegmentationDataset, table: PrototypeTable,
+    vis_dir: Path,
+    n: int,
+    model: FeatureModel,
+    ds: SegmentationDataset,
+    table: PrototypeTable,
     supports: list[dict[int, list[int]]],
-) -> int:  # fmt: skip
+) -> int:
     """Panels ``support (mask tinted) | query | prediction | ground truth`` of episode 0: the
     first query of every class in turn, then the second, ..., ``n`` in all."""
     vis_dir.mkdir(parents=True, exist_ok=True)
@@ -461,8 +501,12 @@ def write_vis(
         pred = predict(out.embedding, fg.to(model.device), bg.to(model.device), query.size)[0].cpu().numpy()
         valid = query.label != info.ignore_index
         hw = query.size
-        parts = [_fit(_tint(sup.image, sup.label == c), hw), query.image, _binary(pred, valid),
-                 _binary(query.label == c, valid)]  # fmt: skip
+        parts = [
+            _fit(_tint(sup.image, sup.label == c), hw),
+            query.image,
+            _binary(pred, valid),
+            _binary(query.label == c, valid),
+        ]
         write_panel(vis_dir / f"{k:04d}_{safe_name(info.classes[c])}_{safe_name(query.id)}.png", parts)
     return min(n, len(chosen))
 
@@ -483,14 +527,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shots", type=int, default=1, help="support images per class and episode (default 1)")
     g.add_argument("--episodes", type=int, default=5, help="episodes; scores are mean +- std over them (default 5)")
     g.add_argument("--seed", type=int, default=0, help="seed of the support sampling (default 0)")
-    g.add_argument("--classes", default=None, help="comma-separated class names to evaluate (default: all but "
-                   "the background)")  # fmt: skip
-    g.add_argument("--min-fraction", type=float, default=0.01, help="a class is in an image when it covers at "
-                   "least this fraction of its valid pixels (default 0.01)")  # fmt: skip
-    g.add_argument("--rare", default="error", choices=("error", "skip"), help="a class in fewer than shots + 1 "
-                   "images: stop with an error (default) or leave it out")  # fmt: skip
-    g.add_argument("--keep-mib", type=float, default=1024.0, help="memory for the feature-resolution embeddings and labels "
-                   "kept between the two passes; images beyond it are run again (default 1024)")  # fmt: skip
+    g.add_argument(
+        "--classes", default=None, help="comma-separated class names to evaluate (default: all but the background)"
+    )
+    g.add_argument(
+        "--min-fraction",
+        type=float,
+        default=0.01,
+        help="a class is in an image when it covers at least this fraction of its valid pixels (default 0.01)",
+    )
+    g.add_argument(
+        "--rare",
+        default="error",
+        choices=("error", "skip"),
+        help="a class in fewer than shots + 1 images: stop with an error (default) or leave it out",
+    )
+    g.add_argument(
+        "--keep-mib",
+        type=float,
+        default=1024.0,
+        help="memory for the feature-resolution embeddings and labels "
+        "kept between the two passes; images beyond it are run again (default 1024)",
+    )
     add_output_arguments(p, vis="write N panels (support | query | prediction | ground truth)")
     return p
 
@@ -503,14 +561,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = model_from_args(args)
     ds = dataset_from_args(args)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    log.info("few-shot evaluation of %s on %s/%s (%d images): %d shot(s), %d episode(s), seed %d",
-             args.checkpoint, args.dataset, ds.split, len(ds), args.shots, args.episodes, args.seed)  # fmt: skip
+    log.info(
+        "few-shot evaluation of %s on %s/%s (%d images): %d shot(s), %d episode(s), seed %d",
+        args.checkpoint,
+        args.dataset,
+        ds.split,
+        len(ds),
+        args.shots,
+        args.episodes,
+        args.seed,
+    )
     t0 = time.perf_counter()
     result, table, supports = run_oneshot(
-        model, ds, shots=args.shots, episodes=args.episodes, seed=args.seed, classes=classes,
-        min_fraction=args.min_fraction, rare=args.rare, keep_mib=args.keep_mib, workers=args.workers,
+        model,
+        ds,
+        shots=args.shots,
+        episodes=args.episodes,
+        seed=args.seed,
+        classes=classes,
+        min_fraction=args.min_fraction,
+        rare=args.rare,
+        keep_mib=args.keep_mib,
+        workers=args.workers,
         progress=not args.no_progress,
-    )  # fmt: skip
+    )
     result = {
         **result,
         "dataset": args.dataset,
@@ -525,9 +599,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "units": "fractions in [0, 1]",
         "peak_rss_mib": peak_rss_mib(),
     }
-    log.info("%d-shot, %d episode(s), %d queries: mIoU %.2f +- %.2f %%, FB-IoU %.2f +- %.2f %%", args.shots,
-             args.episodes, result["n_queries"], 100 * result["miou"], 100 * result["miou_std"],
-             100 * result["fb_iou"], 100 * result["fb_iou_std"])  # fmt: skip
+    log.info(
+        "%d-shot, %d episode(s), %d queries: mIoU %.2f +- %.2f %%, FB-IoU %.2f +- %.2f %%",
+        args.shots,
+        args.episodes,
+        result["n_queries"],
+        100 * result["miou"],
+        100 * result["miou_std"],
+        100 * result["fb_iou"],
+        100 * result["fb_iou_std"],
+    )
     if args.json:
         write_json(args.json, result)
         print(f"wrote results to {args.json}")
@@ -535,8 +616,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         n = write_vis(vis_dir, args.vis, model, ds, table, supports)
         print(f"wrote {n} pictures to {vis_dir}")
     if not args.json:
-        print(f"mIoU {100 * result['miou']:.2f} +- {100 * result['miou_std']:.2f}, FB-IoU {100 * result['fb_iou']:.2f} "
-              "(no --json: nothing written)")  # fmt: skip
+        print(
+            f"mIoU {100 * result['miou']:.2f} +- {100 * result['miou_std']:.2f}, FB-IoU {100 * result['fb_iou']:.2f} "
+            "(no --json: nothing written)"
+        )
     return result
 
 

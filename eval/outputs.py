@@ -39,8 +39,11 @@ def add_output_arguments(parser: argparse.ArgumentParser, vis: str | None = None
     if vis is not None:
         o.add_argument("--vis", type=int, default=0, help=vis)
         o.add_argument("--vis-dir", default=None, help="folder for --vis (default: <json without .json>_vis)")
-    o.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --json file" + (" and --vis folder" if vis is not None else ""))  # fmt: skip
+    o.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --json file" + (" and --vis folder" if vis is not None else ""),
+    )
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     return o
 

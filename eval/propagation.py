@@ -90,16 +90,19 @@ def group_sequences(ids: Sequence[str]) -> dict[str, list[str]]:
     for sid in ids:
         seq, sep, _ = sid.rpartition("/")
         if not sep:
-            raise ValueError(f"frame id {sid!r} is not <sequence>/<frame>; propagation needs a video dataset "
-                             "such as davis2016")  # fmt: skip
+            raise ValueError(
+                f"frame id {sid!r} is not <sequence>/<frame>; propagation needs a video dataset such as davis2016"
+            )
         out.setdefault(seq, []).append(sid)
     for frames in out.values():
         frames.sort(key=lambda s: (int(s.rpartition("/")[2]) if s.rpartition("/")[2].isdigit() else math.inf, s))
     single = [s for s, f in out.items() if len(f) < 2]
     if single:
-        raise ValueError(f"sequence(s) {single} have a single frame: there is nothing to propagate the first mask "
-                         "to; give at least 2 frames per sequence (check --ids/--limit, or leave them out with "
-                         "--sequences)")  # fmt: skip
+        raise ValueError(
+            f"sequence(s) {single} have a single frame: there is nothing to propagate the first mask "
+            "to; give at least 2 frames per sequence (check --ids/--limit, or leave them out with "
+            "--sequences)"
+        )
     return out
 
 
@@ -202,9 +205,15 @@ class LabelPropagator:
     """
 
     def __init__(
-        self, first: torch.Tensor, first_labels: torch.Tensor, *, n_last: int = 7, topk: int = 5,
-        temperature: float = 0.1, radius: int = 12,
-    ) -> None:  # fmt: skip
+        self,
+        first: torch.Tensor,
+        first_labels: torch.Tensor,
+        *,
+        n_last: int = 7,
+        topk: int = 5,
+        temperature: float = 0.1,
+        radius: int = 12,
+    ) -> None:
         if n_last < 0:
             raise ValueError(f"n_last must be >= 0, got {n_last}")
         self.first = (first, first_labels)
@@ -214,8 +223,10 @@ class LabelPropagator:
     def step(self, desc: torch.Tensor) -> torch.Tensor:
         """``D x h x w`` unit descriptors of the next frame -> its ``C x h x w`` soft labels."""
         if desc.shape != self.first[0].shape:
-            raise ValueError(f"frame descriptors {tuple(desc.shape)} differ from the first frame's "
-                             f"{tuple(self.first[0].shape)}; every frame of a sequence needs the same size")  # fmt: skip
+            raise ValueError(
+                f"frame descriptors {tuple(desc.shape)} differ from the first frame's "
+                f"{tuple(self.first[0].shape)}; every frame of a sequence needs the same size"
+            )
         context = [self.first, *self.recent]
         soft = propagate_frame(desc, [k for k, _ in context], [lab for _, lab in context], **self.options)
         if self.recent.maxlen:
@@ -283,13 +294,20 @@ def run_propagation(
         seq, k = seq_of[sample.id], position[sample.id]
         n = len(sequences[seq])
         if sample.label is None:
-            raise DataError(f"{sample.id}: no ground-truth mask; propagation needs the masks to score against",
-                            sample_id=sample.id)  # fmt: skip
+            raise DataError(
+                f"{sample.id}: no ground-truth mask; propagation needs the masks to score against", sample_id=sample.id
+            )
         desc = _descriptors(out, what)
         t1 = time.perf_counter()
         if k == 0:
-            prop = LabelPropagator(desc, labels_to_grid(sample.label, num_classes, tuple(desc.shape[1:])).to(desc),
-                                   n_last=n_last, topk=topk, temperature=temperature, radius=radius)  # fmt: skip
+            prop = LabelPropagator(
+                desc,
+                labels_to_grid(sample.label, num_classes, tuple(desc.shape[1:])).to(desc),
+                n_last=n_last,
+                topk=topk,
+                temperature=temperature,
+                radius=radius,
+            )
             per_seq[seq] = {"frames": [], "j": [], "f": [], "n_frames": n}
             pred = sample.label.astype(np.int64)
         else:
@@ -305,8 +323,10 @@ def run_propagation(
             per_seq[seq]["f"].append(boundary_f_measure(fg_pred, fg_gt, bound_th))
         if seq in vis_seqs:
             assert vis_dir is not None
-            write_panel(vis_dir / f"{safe_name(sample.id)}.png",
-                        [_overlay(sample.image, pred > 0, gt > 0), _overlay(sample.image, gt > 0, None)])  # fmt: skip
+            write_panel(
+                vis_dir / f"{safe_name(sample.id)}.png",
+                [_overlay(sample.image, pred > 0, gt > 0), _overlay(sample.image, gt > 0, None)],
+            )
         if k == n - 1:
             prop = None
     seconds = time.perf_counter() - t0
@@ -314,17 +334,36 @@ def run_propagation(
     rows = {}
     for seq, r in per_seq.items():
         j, f = float(np.mean(r["j"])), float(np.mean(r["f"]))
-        rows[seq] = {"j_mean": j, "f_mean": f, "jf_mean": (j + f) / 2,
-                     "j_recall": float(np.mean(np.asarray(r["j"]) > 0.5)), "n_frames": r["n_frames"],
-                     "n_scored": len(r["j"]), "frames": r["frames"], "j": r["j"], "f": r["f"]}  # fmt: skip
+        rows[seq] = {
+            "j_mean": j,
+            "f_mean": f,
+            "jf_mean": (j + f) / 2,
+            "j_recall": float(np.mean(np.asarray(r["j"]) > 0.5)),
+            "n_frames": r["n_frames"],
+            "n_scored": len(r["j"]),
+            "frames": r["frames"],
+            "j": r["j"],
+            "f": r["f"],
+        }
     j_mean = float(np.mean([r["j_mean"] for r in rows.values()]))
     f_mean = float(np.mean([r["f_mean"] for r in rows.values()]))
     step = frame_step(sequences)
-    protocol = {"what": what, "n_last": n_last, "topk": topk, "temperature": temperature, "radius": radius,
-                "bound_th": bound_th, "exclude_last": exclude_last, "first_frame": "ground truth, not scored",
-                "averaging": "per sequence over its scored frames, then over sequences"}  # fmt: skip
-    timing = {"seconds": seconds, "ms_per_frame": 1000 * seconds / max(1, n_frames),
-              "propagation_ms_per_frame": 1000 * prop_seconds / max(1, n_frames)}  # fmt: skip
+    protocol = {
+        "what": what,
+        "n_last": n_last,
+        "topk": topk,
+        "temperature": temperature,
+        "radius": radius,
+        "bound_th": bound_th,
+        "exclude_last": exclude_last,
+        "first_frame": "ground truth, not scored",
+        "averaging": "per sequence over its scored frames, then over sequences",
+    }
+    timing = {
+        "seconds": seconds,
+        "ms_per_frame": 1000 * seconds / max(1, n_frames),
+        "propagation_ms_per_frame": 1000 * prop_seconds / max(1, n_frames),
+    }
     return {
         "j_mean": j_mean,
         "f_mean": f_mean,
@@ -360,19 +399,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(p, split_help="val")
     g = p.add_argument_group("propagation")
     g.add_argument("--sequences", default=None, help="comma-separated sequence names (default: all)")
-    g.add_argument("--what", default="embed", choices=("embed", "features"), help="descriptors of a maskcontrast "
-                   "checkpoint: the embeddings (default) or the 256-d decoder features; backbone-only checkpoints "
-                   "always use their features")  # fmt: skip
-    g.add_argument("--n-last", type=int, default=7, help="previous frames in the context, besides the first "
-                   "(default 7)")  # fmt: skip
+    g.add_argument(
+        "--what",
+        default="embed",
+        choices=("embed", "features"),
+        help="descriptors of a maskcontrast "
+        "checkpoint: the embeddings (default) or the 256-d decoder features; backbone-only checkpoints "
+        "always use their features",
+    )
+    g.add_argument(
+        "--n-last", type=int, default=7, help="previous frames in the context, besides the first (default 7)"
+    )
     g.add_argument("--topk", type=int, default=5, help="context cells kept per query cell (default 5)")
     g.add_argument("--temperature", type=float, default=0.1, help="softmax temperature on the cosine (default 0.1)")
-    g.add_argument("--radius", type=int, default=12, help="neighbourhood radius in feature cells; 0 = whole frame "
-                   "(default 12)")  # fmt: skip
-    g.add_argument("--bound-th", type=float, default=0.008, help="F tolerance: a fraction of the image diagonal "
-                   "(< 1) or pixels (>= 1) (default 0.008, DAVIS)")  # fmt: skip
-    g.add_argument("--exclude-last", action="store_true", help="do not score the last frame of each sequence "
-                   "(the DAVIS-2017 toolkit's convention)")  # fmt: skip
+    g.add_argument(
+        "--radius", type=int, default=12, help="neighbourhood radius in feature cells; 0 = whole frame (default 12)"
+    )
+    g.add_argument(
+        "--bound-th",
+        type=float,
+        default=0.008,
+        help="F tolerance: a fraction of the image diagonal (< 1) or pixels (>= 1) (default 0.008, DAVIS)",
+    )
+    g.add_argument(
+        "--exclude-last",
+        action="store_true",
+        help="do not score the last frame of each sequence (the DAVIS-2017 toolkit's convention)",
+    )
     add_output_arguments(p, vis="write overlays (prediction | ground truth) of every frame of the first N sequences")
     return p
 
@@ -396,24 +449,49 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     what = args.what if model.kind == "maskcontrast" else "features"
     log.info("propagating on %s/%s (%d frames) with %s of %s", args.dataset, ds.split, len(ds), what, args.checkpoint)
     result = run_propagation(
-        model, ds, what=what, n_last=args.n_last, topk=args.topk, temperature=args.temperature, radius=args.radius,
-        bound_th=args.bound_th, exclude_last=args.exclude_last, vis_dir=vis_dir, vis=args.vis, workers=args.workers,
+        model,
+        ds,
+        what=what,
+        n_last=args.n_last,
+        topk=args.topk,
+        temperature=args.temperature,
+        radius=args.radius,
+        bound_th=args.bound_th,
+        exclude_last=args.exclude_last,
+        vis_dir=vis_dir,
+        vis=args.vis,
+        workers=args.workers,
         progress=not args.no_progress,
-    )  # fmt: skip
-    result.update(dataset=args.dataset, split=ds.split, checkpoint=str(args.checkpoint), layout=model.layout,
-                  size=args.size, device=str(model.device), units="fractions in [0, 1]",
-                  peak_rss_mib=peak_rss_mib())  # fmt: skip
-    log.info("%d sequences, %d frames scored (%s): J %.2f %%, F %.2f %%, J&F %.2f %%", result["n_sequences"],
-             result["n_scored"], result["frame_note"], 100 * result["j_mean"], 100 * result["f_mean"],
-             100 * result["jf_mean"])  # fmt: skip
+    )
+    result.update(
+        dataset=args.dataset,
+        split=ds.split,
+        checkpoint=str(args.checkpoint),
+        layout=model.layout,
+        size=args.size,
+        device=str(model.device),
+        units="fractions in [0, 1]",
+        peak_rss_mib=peak_rss_mib(),
+    )
+    log.info(
+        "%d sequences, %d frames scored (%s): J %.2f %%, F %.2f %%, J&F %.2f %%",
+        result["n_sequences"],
+        result["n_scored"],
+        result["frame_note"],
+        100 * result["j_mean"],
+        100 * result["f_mean"],
+        100 * result["jf_mean"],
+    )
     if args.json:
         write_json(args.json, result)
         print(f"wrote results to {args.json}")
     if vis_dir is not None:
         print(f"wrote overlays to {vis_dir}")
     if not args.json:
-        print(f"J&F {100 * result['jf_mean']:.2f} (J {100 * result['j_mean']:.2f}, F {100 * result['f_mean']:.2f}; "
-              "no --json: nothing written)")  # fmt: skip
+        print(
+            f"J&F {100 * result['jf_mean']:.2f} (J {100 * result['j_mean']:.2f}, F {100 * result['f_mean']:.2f}; "
+            "no --json: nothing written)"
+        )
     return result
 
 

@@ -153,8 +153,13 @@ def retrieval_scores(
         per_class = {name: per_class[name] for name in subset}
     else:
         miou = scores.miou
-    return {"miou": miou, "per_class": per_class, "pixel_acc": scores.pixel_acc, "n_queries": int(q_mask.sum()),
-            "n_database": int(keep_db.sum())}  # fmt: skip
+    return {
+        "miou": miou,
+        "per_class": per_class,
+        "pixel_acc": scores.pixel_acc,
+        "n_queries": int(q_mask.sum()),
+        "n_database": int(keep_db.sum()),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,16 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(p, with_split=False)
     add_saliency_arguments(p)
     g = p.add_argument_group("retrieval")
-    g.add_argument("--db-split", default=None, help="database split (voc: train). Without --db-split and "
-                   "--query-split, a seeded split of the default split is used")  # fmt: skip
+    g.add_argument(
+        "--db-split",
+        default=None,
+        help="database split (voc: train). Without --db-split and "
+        "--query-split, a seeded split of the default split is used",
+    )
     g.add_argument("--query-split", default=None, help="query split (voc: val)")
     g.add_argument("--query-fraction", type=float, default=0.5, help="seeded split: share of queries (default 0.5)")
     g.add_argument("--split-seed", type=int, default=0, help="seeded split: seed (default 0)")
-    g.add_argument("--split-dir", default=None, help="seeded split: folder for split_train.txt (database) and "
-                   "split_val.txt (queries), reused when present (default: the --json folder)")  # fmt: skip
+    g.add_argument(
+        "--split-dir",
+        default=None,
+        help="seeded split: folder for split_train.txt (database) and "
+        "split_val.txt (queries), reused when present (default: the --json folder)",
+    )
     g.add_argument("--topk", type=int, default=1, help="neighbours that vote for a query's class (default 1)")
-    g.add_argument("--subset", default=None, help="comma-separated class subset scored separately ('none': no "
-                   "subset; default for voc: " + ",".join(VOC_SUBSET) + ")")  # fmt: skip
+    g.add_argument(
+        "--subset",
+        default=None,
+        help="comma-separated class subset scored separately ('none': no "
+        "subset; default for voc: " + ",".join(VOC_SUBSET) + ")",
+    )
     o = add_output_arguments(p)
     o.add_argument("--cache", default=None, help="folder for resumable per-image prototypes")
     return p
@@ -215,10 +232,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     source.check(model, info)
     progress = not args.no_progress
     base = {
-        "checkpoint": checkpoint_fingerprint(args.checkpoint), "output_stride": args.output_stride, "size": args.size,
-        "dataset": args.dataset, "dataset_args": parse_key_values(args.dataset_arg),
+        "checkpoint": checkpoint_fingerprint(args.checkpoint),
+        "output_stride": args.output_stride,
+        "size": args.size,
+        "dataset": args.dataset,
+        "dataset_args": parse_key_values(args.dataset_arg),
         "saliency": [args.saliency_source, args.saliency_dir, args.saliency_threshold],
-    }  # fmt: skip
+    }
     stats = []
     for name, ds in (("database", db_ds), ("queries", q_ds)):
         cache = (
@@ -233,10 +253,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if subset is not None:
         result["subset"] = {"classes": subset, **retrieval_scores(db, queries, info, args.topk, subset)}
     result.update(
-        topk=args.topk, dataset=args.dataset, db_split=db_ds.split, query_split=q_ds.split, n_db_images=len(db_ds),
-        n_query_images=len(q_ds), checkpoint=str(args.checkpoint), layout=model.layout,
-        saliency_source=args.saliency_source, units="fractions in [0, 1]", peak_rss_mib=peak_rss_mib(),
-    )  # fmt: skip
+        topk=args.topk,
+        dataset=args.dataset,
+        db_split=db_ds.split,
+        query_split=q_ds.split,
+        n_db_images=len(db_ds),
+        n_query_images=len(q_ds),
+        checkpoint=str(args.checkpoint),
+        layout=model.layout,
+        saliency_source=args.saliency_source,
+        units="fractions in [0, 1]",
+        peak_rss_mib=peak_rss_mib(),
+    )
     msg = f"retrieval (top-{args.topk}): mIoU {100 * result['miou']:.2f} % over {info.num_classes} classes"
     if subset is not None:
         msg += f", {100 * result['subset']['miou']:.2f} % over the {len(subset)}-class subset"

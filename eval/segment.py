@@ -156,13 +156,19 @@ class Clusters:
         """A ``torch.load(..., weights_only=True)``-readable dict."""
         t = torch.from_numpy
         return {
-            "format": CLUSTERS_FORMAT, "protocol": self.protocol, "k": int(self.k),
+            "format": CLUSTERS_FORMAT,
+            "protocol": self.protocol,
+            "k": int(self.k),
             "centroids": t(np.ascontiguousarray(self.centroids, dtype=np.float32)),
             "pca_mean": None if self.pca_mean is None else t(np.ascontiguousarray(self.pca_mean, dtype=np.float32)),
             "pca_w": None if self.pca_w is None else t(np.ascontiguousarray(self.pca_w, dtype=np.float32)),
-            "model_id": self.model_id, "size": self.size, "saliency": self.saliency,
-            "threshold": float(self.threshold), "embed_dim": int(self.embed_dim), "info": dict(self.info),
-        }  # fmt: skip
+            "model_id": self.model_id,
+            "size": self.size,
+            "saliency": self.saliency,
+            "threshold": float(self.threshold),
+            "embed_dim": int(self.embed_dim),
+            "info": dict(self.info),
+        }
 
     def save(self, path: str | Path) -> None:
         """Write ``clusters.pt`` atomically."""
@@ -183,16 +189,28 @@ class Clusters:
         except Exception as err:
             raise ClustersError(f"--clusters {path}: unreadable ({type(err).__name__}: {err})") from err
         if not isinstance(state, dict) or state.get("format") != CLUSTERS_FORMAT:
-            raise ClustersError(f"--clusters {path}: not a clustering written by eval.segment (format "
-                                f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, "
-                                f"expected {CLUSTERS_FORMAT})")  # fmt: skip
+            raise ClustersError(
+                f"--clusters {path}: not a clustering written by eval.segment (format "
+                f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, "
+                f"expected {CLUSTERS_FORMAT})"
+            )
 
         def arr(v: Any) -> np.ndarray | None:
             return None if v is None else v.numpy()
 
-        return cls(state["protocol"], int(state["k"]), state["centroids"].numpy(), arr(state["pca_mean"]),
-                   arr(state["pca_w"]), state["model_id"], state["size"], state["saliency"], float(state["threshold"]),
-                   int(state["embed_dim"]), dict(state.get("info") or {}))  # fmt: skip
+        return cls(
+            state["protocol"],
+            int(state["k"]),
+            state["centroids"].numpy(),
+            arr(state["pca_mean"]),
+            arr(state["pca_w"]),
+            state["model_id"],
+            state["size"],
+            state["saliency"],
+            float(state["threshold"]),
+            int(state["embed_dim"]),
+            dict(state.get("info") or {}),
+        )
 
     def check(self, model: Any, source: str = "the clustering") -> None:
         """Raise :class:`ClustersError` when this clustering was fitted on another model or input size."""
@@ -258,9 +276,15 @@ def _pixel_sample(n_pixels: int, n_take: int, seed: int, image_index: int) -> np
 
 
 def fit_points(
-    protocol: str, out: FeatureOutput, hw: tuple[int, int], fg: torch.Tensor | None, *, per_image: int, seed: int,
+    protocol: str,
+    out: FeatureOutput,
+    hw: tuple[int, int],
+    fg: torch.Tensor | None,
+    *,
+    per_image: int,
+    seed: int,
     index: int,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """What one image adds to the fit: its prototype (``1 x D``; ``0 x D`` without an object) or
     ``per_image`` sampled unit pixel embeddings (``n x D``), float32."""
     if protocol == "prototype":
@@ -272,9 +296,16 @@ def fit_points(
 
 
 def fit_from_points(
-    x: np.ndarray, k: int, protocol: str, *, pca_dim: int = 32, seed: int = 0, nredo: int = 10, niter: int = 100,
+    x: np.ndarray,
+    k: int,
+    protocol: str,
+    *,
+    pca_dim: int = 32,
+    seed: int = 0,
+    nredo: int = 10,
+    niter: int = 100,
     backend: str = "auto",
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, float]:  # fmt: skip
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, float]:
     """PCA whitening and K-means of ``n x D`` fit points. Returns ``(centroids k x d, (mean, W)
     or None, objective)``.
 
@@ -355,8 +386,9 @@ def _api_masks(masks: Any, n: int) -> list[Any] | None:
     return items
 
 
-def _api_foreground(masks: list[Any] | None, i: int, out: FeatureOutput, hw: tuple[int, int], threshold: float,
-                    device: torch.device) -> torch.Tensor:  # fmt: skip
+def _api_foreground(
+    masks: list[Any] | None, i: int, out: FeatureOutput, hw: tuple[int, int], threshold: float, device: torch.device
+) -> torch.Tensor:
     if masks is None:
         return model_foreground(out, hw, threshold)
     m = torch.as_tensor(np.asarray(masks[i])).to(device)
@@ -414,15 +446,29 @@ def fit_clusters(
         )
         chunks.append(fit_points(protocol, out, hw, fg, per_image=per_image, seed=seed, index=i))
     x = np.concatenate(chunks).astype(np.float32)
-    centroids, proj, objective = fit_from_points(x, k, protocol, pca_dim=pca_dim, seed=seed, nredo=nredo,
-                                                 niter=niter, backend=backend)  # fmt: skip
+    centroids, proj, objective = fit_from_points(
+        x, k, protocol, pca_dim=pca_dim, seed=seed, nredo=nredo, niter=niter, backend=backend
+    )
     return Clusters(
-        protocol, k, centroids, proj[0] if proj else None, proj[1] if proj else None, model_identity(model),
-        size_key(model.size), ("model" if mask_list is None else "folder") if protocol == "prototype" else None,
-        threshold, int(model.embed_dim),
-        {"seed": seed, "objective": objective, "n_points": len(x), "n_images": len(items),
-         "model_file": getattr(model, "source", ""), "backend": resolve_backend(backend)},
-    )  # fmt: skip
+        protocol,
+        k,
+        centroids,
+        proj[0] if proj else None,
+        proj[1] if proj else None,
+        model_identity(model),
+        size_key(model.size),
+        ("model" if mask_list is None else "folder") if protocol == "prototype" else None,
+        threshold,
+        int(model.embed_dim),
+        {
+            "seed": seed,
+            "objective": objective,
+            "n_points": len(x),
+            "n_images": len(items),
+            "model_file": getattr(model, "source", ""),
+            "backend": resolve_backend(backend),
+        },
+    )
 
 
 def segment_images(model: FeatureModel, images: Any, clusters: Clusters, *, masks: Any = None) -> Any:
@@ -546,31 +592,42 @@ def index_html(summary: dict[str, Any], palette: np.ndarray) -> str:
     """The offline page: each cluster's contact sheet and links to its images' overlays, then a
     table of every image (no external scripts, styles or fonts)."""
     e = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>eval.segment: {summary['k']} clusters</title><style>{_CSS}</style></head><body>",
-             f"<h1>{summary['n_segmented']} images in {summary['k']} clusters ({e(summary['protocol'])} protocol)</h1>",
-             f"<p class=note>Model: {e(str(summary['model']))}. Object masks: {e(str(summary['saliency_source']))}. "
-             "Each sheet shows the cluster's most typical segments (nearest its centroid, top row) and its least "
-             "typical ones (bottom row).</p>"]  # fmt: skip
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>eval.segment: {summary['k']} clusters</title><style>{_CSS}</style></head><body>",
+        f"<h1>{summary['n_segmented']} images in {summary['k']} clusters ({e(summary['protocol'])} protocol)</h1>",
+        f"<p class=note>Model: {e(str(summary['model']))}. Object masks: {e(str(summary['saliency_source']))}. "
+        "Each sheet shows the cluster's most typical segments (nearest its centroid, top row) and its least "
+        "typical ones (bottom row).</p>",
+    ]
     scores = summary.get("scores")
     if scores:
-        parts.append(f"<p>With the labels of {e(str(summary.get('dataset')))}: mIoU {100 * scores['miou']:.1f} %, "
-                     f"pixel accuracy {100 * scores['pixel_acc']:.1f} % (clusters matched to classes).</p>")  # fmt: skip
+        parts.append(
+            f"<p>With the labels of {e(str(summary.get('dataset')))}: mIoU {100 * scores['miou']:.1f} %, "
+            f"pixel accuracy {100 * scores['pixel_acc']:.1f} % (clusters matched to classes).</p>"
+        )
     for cl in summary["clusters"]:
         c = cl["cluster"]
         r, g, b = (int(v) for v in palette[c])
-        parts.append(f'<h2 id="c{c}"><span class=sw style="background:rgb({r},{g},{b})"></span>cluster {c} '
-                     f"({cl['segments']} segments)</h2>")  # fmt: skip
+        parts.append(
+            f'<h2 id="c{c}"><span class=sw style="background:rgb({r},{g},{b})"></span>cluster {c} '
+            f"({cl['segments']} segments)</h2>"
+        )
         if cl["sheet"]:
             parts.append(f'<img class=sheet src="{_href(cl["sheet"])}" alt="cluster {c}">')
-        links = " ".join(f'<a href="{_href(summary["images"][i]["overlay"])}">{e(summary["images"][i]["id"])}</a>'
-                         for i in cl["members"])  # fmt: skip
+        links = " ".join(
+            f'<a href="{_href(summary["images"][i]["overlay"])}">{e(summary["images"][i]["id"])}</a>'
+            for i in cl["members"]
+        )
         parts.append(f"<div class=links>{links or '<span class=note>no segment</span>'}</div>")
     parts.append("<h2>All images</h2><table><tr><th>image</th><th>clusters</th><th>label map</th></tr>")
     for im in summary["images"]:
         cls = ", ".join(f'<a href="#c{c}">{c}</a>' for c in im["clusters"]) or "background only"
-        parts.append(f'<tr><td><a href="{_href(im["overlay"])}">{e(im["id"])}</a></td><td>{cls}</td>'
-                     f'<td><a href="{_href(im["labels"])}">png</a></td></tr>')  # fmt: skip
+        parts.append(
+            f'<tr><td><a href="{_href(im["overlay"])}">{e(im["id"])}</a></td><td>{cls}</td>'
+            f'<td><a href="{_href(im["labels"])}">png</a></td></tr>'
+        )
     parts.append("</table>")
     if summary["skipped"]:
         parts.append("<h2>Skipped (unreadable)</h2><ul>")
@@ -609,15 +666,25 @@ class _Tolerant(Dataset):
 
 
 def _stream(
-    model: FeatureModel | None, ds: SegmentationDataset, *, start: int, workers: int, desc: str, progress: bool,
+    model: FeatureModel | None,
+    ds: SegmentationDataset,
+    *,
+    start: int,
+    workers: int,
+    desc: str,
+    progress: bool,
     batch: int = 4,
-) -> Iterator[tuple[int, Any, FeatureOutput | None]]:  # fmt: skip
+) -> Iterator[tuple[int, Any, FeatureOutput | None]]:
     """Yield ``(index, sample or _Unreadable, output or None)`` from ``start``; the model runs on the
     readable images only (``model=None``: decode only)."""
     from tqdm import tqdm
 
-    loader = DataLoader(_Tolerant(ds, start), batch_size=model.batch_size if model is not None else batch,
-                        num_workers=max(0, workers), collate_fn=list)  # fmt: skip
+    loader = DataLoader(
+        _Tolerant(ds, start),
+        batch_size=model.batch_size if model is not None else batch,
+        num_workers=max(0, workers),
+        collate_fn=list,
+    )
     bar = tqdm(total=len(ds), initial=start, desc=desc, unit="img", disable=not progress, leave=False)
     index = start
     try:
@@ -655,18 +722,36 @@ def build_parser() -> argparse.ArgumentParser:
             action.required = False
             action.default = None
         if action.dest == "size":
-            action.help = (f"network input size: one value = shorter side, two = H W, 0 = native resolution "
-                           f"(default {DEFAULT_SIZE}, or the size of --clusters)")  # fmt: skip
-    p.add_argument("--model", default=None, help="an exported network (.onnx or TorchScript .pt from "
-                   "python -m maskcontrast.export) instead of --checkpoint")  # fmt: skip
+            action.help = (
+                f"network input size: one value = shorter side, two = H W, 0 = native resolution "
+                f"(default {DEFAULT_SIZE}, or the size of --clusters)"
+            )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="an exported network (.onnx or TorchScript .pt from "
+        "python -m maskcontrast.export) instead of --checkpoint",
+    )
     c = p.add_argument_group("clustering")
     c.add_argument("--k", type=int, default=None, help="object clusters (labels 1..K; 0 is the background)")
-    c.add_argument("--protocol", default="prototype", choices=PROTOCOLS,
-                   help="prototype: one prototype per object mask (the paper's); pixel: every pixel (default prototype)")  # fmt: skip
-    c.add_argument("--saliency-source", default="model", choices=("model", "folder"),
-                   help="object masks of the prototype protocol: the model's saliency head, or --masks DIR")  # fmt: skip
-    c.add_argument("--masks", default=None, help="object-mask folder (<DIR>/<id>.png, 0 = background), e.g. "
-                   "saliency.generate's output, for --saliency-source folder")  # fmt: skip
+    c.add_argument(
+        "--protocol",
+        default="prototype",
+        choices=PROTOCOLS,
+        help="prototype: one prototype per object mask (the paper's); pixel: every pixel (default prototype)",
+    )
+    c.add_argument(
+        "--saliency-source",
+        default="model",
+        choices=("model", "folder"),
+        help="object masks of the prototype protocol: the model's saliency head, or --masks DIR",
+    )
+    c.add_argument(
+        "--masks",
+        default=None,
+        help="object-mask folder (<DIR>/<id>.png, 0 = background), e.g. "
+        "saliency.generate's output, for --saliency-source folder",
+    )
     c.add_argument("--saliency-threshold", type=float, default=0.5, help="on the model's saliency (default 0.5)")
     c.add_argument("--clusters", default=None, help="apply this clusters.pt instead of fitting (same model and size)")
     c.add_argument("--pca-dim", type=int, default=32, help="PCA whitening before K-means; 0 = off (default 32)")
@@ -675,8 +760,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--niter", type=int, default=100, help="K-means iterations (default 100)")
     c.add_argument("--backend", default="auto", choices=BACKENDS, help="K-means backend (default auto)")
     c.add_argument("--fit-pixels", type=int, default=100_000, help="pixel protocol: pixels sampled for the fit")
-    c.add_argument("--matching", default=None, choices=("auto", "hungarian", "majority"),
-                   help="with --dataset: cluster -> class matching (as eval.kmeans)")  # fmt: skip
+    c.add_argument(
+        "--matching",
+        default=None,
+        choices=("auto", "hungarian", "majority"),
+        help="with --dataset: cluster -> class matching (as eval.kmeans)",
+    )
     o = p.add_argument_group("outputs")
     o.add_argument("--out", required=True, help="output folder")
     o.add_argument("--overwrite", action="store_true", help="replace what an earlier run wrote in --out")
@@ -708,8 +797,10 @@ def _build_images(args: argparse.Namespace) -> SegmentationDataset:
     try:
         ds = build_dataset("image_folder", folder, masks=masks)
     except DataError as err:
-        raise ValueError(f"--images {folder}: no images found (looked for .jpg, .png, .bmp, .tif, .webp ... "
-                         "recursively); point --images at a folder of photos") from err  # fmt: skip
+        raise ValueError(
+            f"--images {folder}: no images found (looked for .jpg, .png, .bmp, .tif, .webp ... "
+            "recursively); point --images at a folder of photos"
+        ) from err
     if args.limit is not None:
         ds.ids = ds.ids[: max(1, args.limit)]
     return ds
@@ -744,12 +835,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     saved = Clusters.load(args.clusters) if args.clusters else None
     if saved is not None:
         if args.k is not None and args.k != saved.k:
-            raise ValueError(f"--k {args.k} differs from the {saved.k} clusters of --clusters {args.clusters}; "
-                             "leave --k out when applying saved clusters")  # fmt: skip
+            raise ValueError(
+                f"--k {args.k} differs from the {saved.k} clusters of --clusters {args.clusters}; "
+                "leave --k out when applying saved clusters"
+            )
         args.protocol = saved.protocol
         if saved.protocol == "prototype" and saved.saliency != args.saliency_source:
-            raise ClustersError(f"--clusters {args.clusters} was fitted with --saliency-source {saved.saliency}; "
-                                f"pass --saliency-source {saved.saliency}" + (" --masks DIR" if saved.saliency == "folder" else ""))  # fmt: skip
+            raise ClustersError(
+                f"--clusters {args.clusters} was fitted with --saliency-source {saved.saliency}; "
+                f"pass --saliency-source {saved.saliency}" + (" --masks DIR" if saved.saliency == "folder" else "")
+            )
     size_given = args.size is not None
     if size_given:
         from eval.arguments import _size_arg
@@ -764,24 +859,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     backend = resolve_backend(args.backend)
     model_file = args.model or args.checkpoint
     identity = {
-        "model": checkpoint_fingerprint(model_file), "images": str(ds.root), "dataset": args.dataset,
-        "dataset_args": parse_key_values(args.dataset_arg), "split": ds.split if args.dataset else None,
-        "ids": identity_digest(ds.ids), "protocol": args.protocol, "k": saved.k if saved else args.k,
-        "size": size_key(size), "pca_dim": args.pca_dim, "seed": args.seed, "nredo": args.nredo, "niter": args.niter,
-        "backend": backend, "fit_pixels": args.fit_pixels if args.protocol == "pixel" else None,
-        "saliency": [args.saliency_source, args.masks, args.saliency_threshold] if args.protocol == "prototype" else None,
+        "model": checkpoint_fingerprint(model_file),
+        "images": str(ds.root),
+        "dataset": args.dataset,
+        "dataset_args": parse_key_values(args.dataset_arg),
+        "split": ds.split if args.dataset else None,
+        "ids": identity_digest(ds.ids),
+        "protocol": args.protocol,
+        "k": saved.k if saved else args.k,
+        "size": size_key(size),
+        "pca_dim": args.pca_dim,
+        "seed": args.seed,
+        "nredo": args.nredo,
+        "niter": args.niter,
+        "backend": backend,
+        "fit_pixels": args.fit_pixels if args.protocol == "pixel" else None,
+        "saliency": [args.saliency_source, args.masks, args.saliency_threshold]
+        if args.protocol == "prototype"
+        else None,
         "clusters": checkpoint_fingerprint(args.clusters) if args.clusters else None,
-    }  # fmt: skip
+    }
     claim = claim_run_folder(out, LAYOUT, identity=identity, overwrite=args.overwrite)
     if ds.mask_dir is not None:
         missing = [i for i in ds.ids if not ds.mask_path(i).is_file()]  # type: ignore[union-attr]
         if missing:
-            raise ValueError(f"--masks {ds.mask_dir}: {len(missing)} of {len(ds)} images have no mask <id>.png, "
-                             f"e.g. {missing[:3]}; generate them (python -m saliency.generate) or remove those images")  # fmt: skip
+            raise ValueError(
+                f"--masks {ds.mask_dir}: {len(missing)} of {len(ds)} images have no mask <id>.png, "
+                f"e.g. {missing[:3]}; generate them (python -m saliency.generate) or remove those images"
+            )
     model = _load_any_model(args, size)
     if args.protocol == "prototype" and args.saliency_source == "model" and not model.has_saliency:
-        raise ValueError(f"{model_file} has no saliency head; pass --saliency-source folder --masks DIR, or "
-                         "--protocol pixel")  # fmt: skip
+        raise ValueError(
+            f"{model_file} has no saliency head; pass --saliency-source folder --masks DIR, or --protocol pixel"
+        )
     if saved is not None:
         saved.check(model, f"--clusters {args.clusters}")
     claim.prepare()
@@ -801,22 +911,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         clusters, fit_state = _fit(args, model, ds, cache_dir, identity, model_file, backend, progress)
         clusters.save(clusters_path)
     summary = _assign(args, model, ds, clusters, fit_state, out, identity, progress)
-    summary.update(model=str(model_file), model_id=clusters.model_id, size=clusters.size, dataset=args.dataset,
-                   kmeans={"backend": backend, "nredo": args.nredo, "niter": args.niter, "pca_dim": args.pca_dim,
-                           "seed": args.seed}, clusters_file=str(args.clusters or clusters_path),
-                   units="fractions in [0, 1]")  # fmt: skip
+    summary.update(
+        model=str(model_file),
+        model_id=clusters.model_id,
+        size=clusters.size,
+        dataset=args.dataset,
+        kmeans={
+            "backend": backend,
+            "nredo": args.nredo,
+            "niter": args.niter,
+            "pca_dim": args.pca_dim,
+            "seed": args.seed,
+        },
+        clusters_file=str(args.clusters or clusters_path),
+        units="fractions in [0, 1]",
+    )
     palette = cluster_palette()
     _sheets(args, ds, summary, out, palette)
     atomic_write_bytes(out / "index.html", index_html(summary, palette).encode("utf-8"))
     write_json(out / "segment.json", summary)
     if summary.get("scores"):
         s = summary["scores"]
-        print(f"mIoU {100 * s['miou']:.2f} %, pixel accuracy {100 * s['pixel_acc']:.2f} % ({summary['k']} clusters "
-              f"+ background, {s['matching']} matching)")  # fmt: skip
+        print(
+            f"mIoU {100 * s['miou']:.2f} %, pixel accuracy {100 * s['pixel_acc']:.2f} % ({summary['k']} clusters "
+            f"+ background, {s['matching']} matching)"
+        )
     if summary["skipped"]:
         log.warning("skipped %d unreadable image(s): %s", len(summary["skipped"]), ", ".join(summary["skipped"]))
-    print(f"wrote {summary['n_segmented']} label maps and overlays, {len(summary['clusters'])} contact sheets: "
-          f"{out / 'index.html'}")  # fmt: skip
+    print(
+        f"wrote {summary['n_segmented']} label maps and overlays, {len(summary['clusters'])} contact sheets: "
+        f"{out / 'index.html'}"
+    )
     return summary
 
 
@@ -828,9 +953,15 @@ def _fit_state(cache_dir: Path, identity: dict[str, Any], every: int) -> dict[st
 
 
 def _fit(
-    args: argparse.Namespace, model: FeatureModel, ds: SegmentationDataset, cache_dir: Path, identity: dict[str, Any],
-    model_file: str, backend: str, progress: bool,
-) -> tuple[Clusters, dict[str, Any]]:  # fmt: skip
+    args: argparse.Namespace,
+    model: FeatureModel,
+    ds: SegmentationDataset,
+    cache_dir: Path,
+    identity: dict[str, Any],
+    model_file: str,
+    backend: str,
+    progress: bool,
+) -> tuple[Clusters, dict[str, Any]]:
     """Pass 1 (resumable): fit points of every image (the prototype protocol also keeps each
     object mask, so its labels need no second forward pass); then PCA and K-means."""
     from maskcontrast.data import write_mask
@@ -846,8 +977,11 @@ def _fit(
     def snapshot() -> dict[str, Any]:
         pts = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
         own = np.concatenate(owners) if owners else np.zeros(0, np.int64)
-        return {"points": torch.from_numpy(pts.astype(np.float32)), "owner": torch.from_numpy(own.astype(np.int64)),
-                "skipped": dict(skipped)}  # fmt: skip
+        return {
+            "points": torch.from_numpy(pts.astype(np.float32)),
+            "owner": torch.from_numpy(own.astype(np.int64)),
+            "skipped": dict(skipped),
+        }
 
     for i, sample, o in _stream(model, ds, start=done, workers=args.workers, desc="fit", progress=progress):
         if isinstance(sample, _Unreadable):
@@ -870,22 +1004,51 @@ def _fit(
     if len(skipped) == len(ds):
         raise ValueError(f"no image of {ds.root} could be read (e.g. {next(iter(skipped.values()))})")
     x = state["points"].numpy()
-    log.info("fitting %d clusters on %d %s of dimension %d (%s)", args.k, len(x),
-             "prototypes" if args.protocol == "prototype" else "pixels", x.shape[1], backend)  # fmt: skip
-    centroids, proj, objective = fit_from_points(x, args.k, args.protocol, pca_dim=args.pca_dim, seed=args.seed,
-                                                 nredo=args.nredo, niter=args.niter, backend=backend)  # fmt: skip
+    log.info(
+        "fitting %d clusters on %d %s of dimension %d (%s)",
+        args.k,
+        len(x),
+        "prototypes" if args.protocol == "prototype" else "pixels",
+        x.shape[1],
+        backend,
+    )
+    centroids, proj, objective = fit_from_points(
+        x,
+        args.k,
+        args.protocol,
+        pca_dim=args.pca_dim,
+        seed=args.seed,
+        nredo=args.nredo,
+        niter=args.niter,
+        backend=backend,
+    )
     clusters = Clusters(
-        args.protocol, args.k, centroids, proj[0] if proj else None, proj[1] if proj else None, model_identity(model),
-        size_key(model.size), args.saliency_source if args.protocol == "prototype" else None, args.saliency_threshold,
+        args.protocol,
+        args.k,
+        centroids,
+        proj[0] if proj else None,
+        proj[1] if proj else None,
+        model_identity(model),
+        size_key(model.size),
+        args.saliency_source if args.protocol == "prototype" else None,
+        args.saliency_threshold,
         int(model.embed_dim),
-        {"seed": args.seed, "objective": objective, "n_points": len(x), "n_images": len(ds) - len(skipped),
-         "model_file": str(model_file), "backend": backend, "images": str(ds.root)},
-    )  # fmt: skip
+        {
+            "seed": args.seed,
+            "objective": objective,
+            "n_points": len(x),
+            "n_images": len(ds) - len(skipped),
+            "model_file": str(model_file),
+            "backend": backend,
+            "images": str(ds.root),
+        },
+    )
     return clusters, state
 
 
-def _cli_foreground(args: argparse.Namespace, sample: Any, out: FeatureOutput, hw: tuple[int, int],
-                    ds: SegmentationDataset) -> torch.Tensor:  # fmt: skip
+def _cli_foreground(
+    args: argparse.Namespace, sample: Any, out: FeatureOutput, hw: tuple[int, int], ds: SegmentationDataset
+) -> torch.Tensor:
     if args.saliency_source == "model":
         return model_foreground(out, hw, args.saliency_threshold)
     if sample.mask is None:
@@ -894,9 +1057,15 @@ def _cli_foreground(args: argparse.Namespace, sample: Any, out: FeatureOutput, h
 
 
 def _assign(
-    args: argparse.Namespace, model: FeatureModel, ds: SegmentationDataset, clusters: Clusters,
-    fit_state: dict[str, Any] | None, out: Path, identity: dict[str, Any], progress: bool,
-) -> dict[str, Any]:  # fmt: skip
+    args: argparse.Namespace,
+    model: FeatureModel,
+    ds: SegmentationDataset,
+    clusters: Clusters,
+    fit_state: dict[str, Any] | None,
+    out: Path,
+    identity: dict[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
     """Pass 2 (resumable): label PNG and overlay of every image, its segments, and the confusion
     when the images have labels. The prototype protocol reuses pass 1's masks and prototypes."""
     from maskcontrast.data import read_index_png, write_mask
@@ -911,8 +1080,11 @@ def _assign(
             protos[int(owner)] = row
     c = ds.info.num_classes
     rows = clusters.k + 1 if clusters.protocol == "prototype" else clusters.k
-    cache = StreamCache(out / "cache" / "assign.pt", {**identity, "clusters": identity_digest(
-        [clusters.centroids.tolist(), clusters.model_id])}, args.save_every)  # fmt: skip
+    cache = StreamCache(
+        out / "cache" / "assign.pt",
+        {**identity, "clusters": identity_digest([clusters.centroids.tolist(), clusters.model_id])},
+        args.save_every,
+    )
     done, state = cache.load()
     records: list[dict[str, Any]] = list(state["records"]) if state else []
     skipped: dict[str, str] = dict(state["skipped"]) if state else {}
@@ -951,34 +1123,60 @@ def _assign(
         if cache.due(i + 1):
             cache.save(i + 1, snapshot())
     cache.save(len(ds), snapshot())
-    images = [{"id": r["id"], "labels": f"labels/{safe_name(r['id'])}.png", "overlay": f"overlays/{safe_name(r['id'])}.jpg",
-               "clusters": sorted({int(s[0]) for s in r["segments"]})} for r in records]  # fmt: skip
+    images = [
+        {
+            "id": r["id"],
+            "labels": f"labels/{safe_name(r['id'])}.png",
+            "overlay": f"overlays/{safe_name(r['id'])}.jpg",
+            "clusters": sorted({int(s[0]) for s in r["segments"]}),
+        }
+        for r in records
+    ]
     members: dict[int, list[tuple[float, int, int]]] = {cl: [] for cl in range(1, clusters.k + 1)}
     for j, r in enumerate(records):
         for cl, dist, _pixels in r["segments"]:
             members[int(cl)].append((float(dist), j, int(r["index"])))
     summary: dict[str, Any] = {
-        "protocol": clusters.protocol, "k": clusters.k, "n_images": len(ds), "n_segmented": len(records),
-        "skipped": skipped, "saliency_source": (clusters.saliency if clusters.protocol == "prototype" else "none (pixel protocol)"),
+        "protocol": clusters.protocol,
+        "k": clusters.k,
+        "n_images": len(ds),
+        "n_segmented": len(records),
+        "skipped": skipped,
+        "saliency_source": (clusters.saliency if clusters.protocol == "prototype" else "none (pixel protocol)"),
         "images": images,
-        "clusters": [{"cluster": cl, "segments": len(m), "members": [j for _, j, _ in sorted(m)],
-                      "_order": sorted(m), "sheet": None} for cl, m in members.items()],
-    }  # fmt: skip
+        "clusters": [
+            {
+                "cluster": cl,
+                "segments": len(m),
+                "members": [j for _, j, _ in sorted(m)],
+                "_order": sorted(m),
+                "sheet": None,
+            }
+            for cl, m in members.items()
+        ],
+    }
     if conf is not None and len(records) and any(r for r in records):
         from eval.kmeans import summarize_seeds
 
         matching = args.matching or ("hungarian" if clusters.protocol == "prototype" else "auto")
         s = summarize_seeds([conf], [args.seed], ds.info.classes, matching)
         if conf.sum() > 0:
-            summary["scores"] = {"miou": s["miou_mean"], "pixel_acc": s["pixel_acc"], "per_class": s["per_class"],
-                                 "mapping": s["seeds"][0]["mapping"], "matching": matching,
-                                 "rows": "0 = background, 1..k clusters" if clusters.protocol == "prototype"
-                                 else "0..k-1 = clusters 1..k"}  # fmt: skip
+            summary["scores"] = {
+                "miou": s["miou_mean"],
+                "pixel_acc": s["pixel_acc"],
+                "per_class": s["per_class"],
+                "mapping": s["seeds"][0]["mapping"],
+                "matching": matching,
+                "rows": "0 = background, 1..k clusters"
+                if clusters.protocol == "prototype"
+                else "0..k-1 = clusters 1..k",
+            }
     return summary
 
 
-def _sheets(args: argparse.Namespace, ds: SegmentationDataset, summary: dict[str, Any], out: Path,
-            palette: np.ndarray) -> None:  # fmt: skip
+def _sheets(
+    args: argparse.Namespace, ds: SegmentationDataset, summary: dict[str, Any], out: Path, palette: np.ndarray
+) -> None:
     """A contact sheet per cluster: its ``--sheet-size`` most typical segments, then as many of its
     least typical ones (never the same segment twice)."""
     from maskcontrast.data import read_index_png

@@ -56,8 +56,13 @@ def resolve_split(
         if split_dir is not None:
             raise DataError(f"split files not found: {train_f} and {val_f}", path=str(src))
         train, val = seeded_split(all_ids, val_fraction, seed)
-        log.info("made a seeded split (seed %d, val fraction %.2f): %d train / %d val", seed, val_fraction,
-                 len(train), len(val))  # fmt: skip
+        log.info(
+            "made a seeded split (seed %d, val fraction %.2f): %d train / %d val",
+            seed,
+            val_fraction,
+            len(train),
+            len(val),
+        )
     if src != out_dir or not (out_dir / "split_train.txt").is_file():
         atomic_write_bytes(out_dir / "split_train.txt", ("\n".join(train) + "\n").encode())
         atomic_write_bytes(out_dir / "split_val.txt", ("\n".join(val) + "\n").encode())

@@ -275,11 +275,19 @@ def _net_kind(net: nn.Module) -> _NetKind:
         feature_dim = (
             net.backbone.out_channels if getattr(net.cfg, "head", "deeplab") == "stego" else net.cfg.head_channels
         )
-        return _NetKind("maskcontrast", net.backbone.arch, net.backbone.output_stride, feature_dim,
-                        net.embed_dim, net.saliency_head is not None, _maskcontrast_outputs)  # fmt: skip
+        return _NetKind(
+            "maskcontrast",
+            net.backbone.arch,
+            net.backbone.output_stride,
+            feature_dim,
+            net.embed_dim,
+            net.saliency_head is not None,
+            _maskcontrast_outputs,
+        )
     if isinstance(net, (ResNetBackbone, ViTBackbone)):
-        return _NetKind("backbone", net.arch, net.output_stride, net.out_channels, net.out_channels, False,
-                        _backbone_outputs)  # fmt: skip
+        return _NetKind(
+            "backbone", net.arch, net.output_stride, net.out_channels, net.out_channels, False, _backbone_outputs
+        )
     raise ValueError(
         f"FeatureModel wraps a MaskContrastModel, a ResNetBackbone or a ViTBackbone, got {type(net).__name__}"
     )
@@ -493,8 +501,10 @@ class FeatureModel(nn.Module):
         if not bgs:
             raise ValueError("no support mask has a background pixel; mark some pixels 0 (background)")
         fg, bg = combine_shots(fgs), combine_shots(bgs)
-        soft = [foreground_probability(prototype_score(out.embedding, fg, bg), hw, temperature)[0, 0]
-                for _, out, hw in self.run(images, size=size)]  # fmt: skip
+        soft = [
+            foreground_probability(prototype_score(out.embedding, fg, bg), hw, temperature)[0, 0]
+            for _, out, hw in self.run(images, size=size)
+        ]
         cut = 0.5 if threshold is None else threshold
         hard = [s > cut for s in soft]
         if all(s.shape == soft[0].shape for s in soft):
@@ -582,8 +592,12 @@ def load_model(
     if layout in ("maskcontrast", "maskcontrast_zoo", "maskcontrast_zoo_linear"):
         net = model_from_checkpoint(ckpt, name)
         if output_stride != 8 and output_stride != net.backbone.output_stride:
-            log.warning("%s: output_stride=%d ignored; the model keeps its trained stride %d",
-                        name, output_stride, net.backbone.output_stride)  # fmt: skip
+            log.warning(
+                "%s: output_stride=%d ignored; the model keeps its trained stride %d",
+                name,
+                output_stride,
+                net.backbone.output_stride,
+            )
     else:
         try:
             found = infer_backbone_arch(extract_backbone(ckpt, layout, init_key, name).sd)
@@ -593,8 +607,12 @@ def load_model(
             vit = found["vit"]
             net = ViTBackbone(found["arch"], vit["img_size"], vit["dim"], vit["depth"])
             if output_stride != 8:
-                log.warning("%s: output_stride=%d ignored; a ViT's stride is its patch size %d",
-                            name, output_stride, net.output_stride)  # fmt: skip
+                log.warning(
+                    "%s: output_stride=%d ignored; a ViT's stride is its patch size %d",
+                    name,
+                    output_stride,
+                    net.output_stride,
+                )
         else:
             net = ResNetBackbone(found["arch"], output_stride)
         load_backbone(net, ckpt, init_key, name=name)

@@ -112,8 +112,9 @@ def checks(
 ) -> dict[str, Any]:
     """The ``metadata`` of a field with bounds (as :func:`bounded`), for ``field(default_factory=...,
     metadata=checks(...))``."""
-    return {"check": {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices else None,
-                      "each": each}}  # fmt: skip
+    return {
+        "check": {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices else None, "each": each}
+    }
 
 
 def _value_problem(value: Any, rule: dict[str, Any]) -> str | None:
@@ -123,8 +124,12 @@ def _value_problem(value: Any, rule: dict[str, Any]) -> str | None:
         return None
     if isinstance(value, float) and math.isnan(value):
         return "must be a number, got nan"
-    for op, bound, ok in (("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
-                          ("le", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b)):  # fmt: skip
+    for op, bound, ok in (
+        ("ge", ">=", lambda a, b: a >= b),
+        ("gt", ">", lambda a, b: a > b),
+        ("le", "<=", lambda a, b: a <= b),
+        ("lt", "<", lambda a, b: a < b),
+    ):
         if rule[op] is not None and not ok(value, rule[op]):
             return f"must be {bound} {rule[op]}"
     return None
@@ -167,8 +172,10 @@ def check_values(cfg: DictConfig, source: str = "config", prefix: str = "") -> N
             problem = _value_problem(item, rule)
             if problem:
                 shown = list(value) if isinstance(value, ListConfig) else value
-                raise ConfigError(f"{source}: key '{prefix}{key}' {problem}, got {shown!r}; fix it in the config file "
-                                  f"or as an override ({prefix}{key}=...)")  # fmt: skip
+                raise ConfigError(
+                    f"{source}: key '{prefix}{key}' {problem}, got {shown!r}; fix it in the config file "
+                    f"or as an override ({prefix}{key}=...)"
+                )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,11 +186,18 @@ def check_values(cfg: DictConfig, source: str = "config", prefix: str = "") -> N
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
 #: timm ViT names ``model.backbone.arch`` accepts (their shapes: ``maskcontrast.models.vit.VIT_SPECS``)
 VIT_ARCHS = (
-    "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224",
-    "vit_small_patch8_224", "vit_base_patch8_224",
-    "vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_large_patch14_dinov2",
-    "vit_small_patch14_reg4_dinov2", "vit_base_patch14_reg4_dinov2", "vit_large_patch14_reg4_dinov2",
-)  # fmt: skip
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+    "vit_large_patch16_224",
+    "vit_small_patch8_224",
+    "vit_base_patch8_224",
+    "vit_small_patch14_dinov2",
+    "vit_base_patch14_dinov2",
+    "vit_large_patch14_dinov2",
+    "vit_small_patch14_reg4_dinov2",
+    "vit_base_patch14_reg4_dinov2",
+    "vit_large_patch14_reg4_dinov2",
+)
 
 
 @dataclass
@@ -311,8 +325,10 @@ def load_config(
             raise ConfigError(f"override '{item}' is not of the form key=value")
         # list items are addressed by index: data.sources.0.masks=DIR
         if not _has_key(base, key):
-            raise ConfigError(f"override '{item}': unknown key '{key}'; check the spelling against the schema "
-                              "(--help lists every key)")  # fmt: skip
+            raise ConfigError(
+                f"override '{item}': unknown key '{key}'; check the spelling against the schema "
+                "(--help lists every key)"
+            )
         try:
             parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]), resolve=False)["v"]  # type: ignore[index]
             OmegaConf.update(base, key, parsed, merge=True)
@@ -323,8 +339,10 @@ def load_config(
                 f"override '{item}': {_describe(err) if isinstance(err, OmegaConfBaseException) else err}"
             ) from err
     OmegaConf.set_struct(base, True)
-    check_values(base, " with ".join(([str(path)] if path is not None else []) + (["overrides"] if overrides else []))
-                 or "config")  # fmt: skip
+    check_values(
+        base,
+        " with ".join(([str(path)] if path is not None else []) + (["overrides"] if overrides else [])) or "config",
+    )
     return base
 
 
@@ -541,8 +559,10 @@ def resolve_config(cfg: DictConfig, source: str = "config") -> DictConfig:
         raise ConfigError(f"{source}: cannot resolve key '{key}': {msg}{hint}") from err
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(f"{source}: required keys have no value: {', '.join(missing)}; set them in the file "
-                          f"or as overrides, e.g. {missing[0]}=...")  # fmt: skip
+        raise ConfigError(
+            f"{source}: required keys have no value: {', '.join(missing)}; set them in the file "
+            f"or as overrides, e.g. {missing[0]}=..."
+        )
     check_values(cfg, source)
     return cfg
 
@@ -585,10 +605,14 @@ class DetConConfig:
     objective: DetConObjectiveConfig = field(default_factory=DetConObjectiveConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(mask_source="felzenszwalb"))
     # region masks cover the image: no object-area constraint on the crops
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(blur_p=0.5, min_mask_area=0.0,
-                                                                         max_mask_area=1.0))  # fmt: skip
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=256, lr=0.3, schedule="cosine",
-                                                                   weight_decay=1e-6, warmup_steps=0))  # fmt: skip
+    augment: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(blur_p=0.5, min_mask_area=0.0, max_mask_area=1.0)
+    )
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            batch_size=256, lr=0.3, schedule="cosine", weight_decay=1e-6, warmup_steps=0
+        )
+    )
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(run_dir="runs/detcon", epochs=300))
 
 
@@ -649,7 +673,9 @@ class StegoConfig:
     objective: StegoObjectiveConfig = field(default_factory=StegoObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=32, lr=0.01, schedule="constant",
-                                                                   weight_decay=0.0))  # fmt: skip
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(run_dir="runs/stego", epochs=0,
-                                                                         max_steps=5000))  # fmt: skip
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(batch_size=32, lr=0.01, schedule="constant", weight_decay=0.0)
+    )
+    trainer: TrainerConfig = field(
+        default_factory=lambda: TrainerConfig(run_dir="runs/stego", epochs=0, max_steps=5000)
+    )

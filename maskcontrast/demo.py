@@ -96,13 +96,40 @@ class Budget:
 #: measured on a 2-core CPU: default 33 min (limit 45), FAST 8 min (limit 10) (docs/BENCHMARKS.md, "Main job");
 #: tiny: a couple of steps per stage, for tests and smoke checks of the plumbing (its numbers mean nothing)
 PRESETS = {
-    "default": Budget(moco_steps=120, moco_batch=64, pretrain_steps=300, pretrain_batch=16, image_size=128,
-                      linear_epochs=10, kmeans_seeds=5, overlays=6),
-    "fast": Budget(moco_steps=20, moco_batch=32, pretrain_steps=40, pretrain_batch=8, image_size=96,
-                   linear_epochs=3, kmeans_seeds=2, overlays=4, fit_pixels=30000),
-    "tiny": Budget(moco_steps=2, moco_batch=8, pretrain_steps=2, pretrain_batch=4, image_size=64,
-                   linear_epochs=1, kmeans_seeds=1, overlays=1, linear_size=64, fit_pixels=5000),
-}  # fmt: skip
+    "default": Budget(
+        moco_steps=120,
+        moco_batch=64,
+        pretrain_steps=300,
+        pretrain_batch=16,
+        image_size=128,
+        linear_epochs=10,
+        kmeans_seeds=5,
+        overlays=6,
+    ),
+    "fast": Budget(
+        moco_steps=20,
+        moco_batch=32,
+        pretrain_steps=40,
+        pretrain_batch=8,
+        image_size=96,
+        linear_epochs=3,
+        kmeans_seeds=2,
+        overlays=4,
+        fit_pixels=30000,
+    ),
+    "tiny": Budget(
+        moco_steps=2,
+        moco_batch=8,
+        pretrain_steps=2,
+        pretrain_batch=4,
+        image_size=64,
+        linear_epochs=1,
+        kmeans_seeds=1,
+        overlays=1,
+        linear_size=64,
+        fit_pixels=5000,
+    ),
+}
 
 
 @dataclass
@@ -152,8 +179,14 @@ class Demo:
             ) from err
 
     def trainer_overrides(self, run_dir: Path, steps: int, batch: int) -> list[str]:
-        out = [f"trainer.run_dir={run_dir}", f"trainer.max_steps={steps}", f"optim.batch_size={batch}",
-               f"data.image_size={self.budget.image_size}", f"trainer.seed={self.seed}", "trainer.save_every_epochs=0"]  # fmt: skip
+        out = [
+            f"trainer.run_dir={run_dir}",
+            f"trainer.max_steps={steps}",
+            f"optim.batch_size={batch}",
+            f"data.image_size={self.budget.image_size}",
+            f"trainer.seed={self.seed}",
+            "trainer.save_every_epochs=0",
+        ]
         if self.threads:
             out.append(f"trainer.threads={self.threads}")
         return out
@@ -161,35 +194,125 @@ class Demo:
     def all_stages(self) -> None:
         b = self.budget
         data_source = f"data.sources=[{{name: msrc, root: '{self.data}'}}]"
-        self.run("saliency", ["saliency.generate", "--dataset", "msrc", "--root", str(self.data), "--out",
-                              str(self.masks), "--method", "fused", "--workers", "2"])  # fmt: skip
-        self.run("moco", ["maskcontrast.moco", "--config", str(CONFIGS / "moco" / "cpu_shared.yaml"), "--resume",
-                          data_source, *self.trainer_overrides(self.moco_dir, b.moco_steps, b.moco_batch)])  # fmt: skip
-        self.run("pretrain", ["maskcontrast.pretrain", "--config", str(CONFIGS / "pretrain" / "msrc.yaml"), "--resume",
-                              data_source, f"data.masks={self.masks}", f"model.backbone.init={self.moco_dir / 'last.pt'}",
-                              *self.trainer_overrides(self.pretrain_dir, b.pretrain_steps, b.pretrain_batch)])  # fmt: skip
+        self.run(
+            "saliency",
+            [
+                "saliency.generate",
+                "--dataset",
+                "msrc",
+                "--root",
+                str(self.data),
+                "--out",
+                str(self.masks),
+                "--method",
+                "fused",
+                "--workers",
+                "2",
+            ],
+        )
+        self.run(
+            "moco",
+            [
+                "maskcontrast.moco",
+                "--config",
+                str(CONFIGS / "moco" / "cpu_shared.yaml"),
+                "--resume",
+                data_source,
+                *self.trainer_overrides(self.moco_dir, b.moco_steps, b.moco_batch),
+            ],
+        )
+        self.run(
+            "pretrain",
+            [
+                "maskcontrast.pretrain",
+                "--config",
+                str(CONFIGS / "pretrain" / "msrc.yaml"),
+                "--resume",
+                data_source,
+                f"data.masks={self.masks}",
+                f"model.backbone.init={self.moco_dir / 'last.pt'}",
+                *self.trainer_overrides(self.pretrain_dir, b.pretrain_steps, b.pretrain_batch),
+            ],
+        )
         ckpt = str(self.pretrain_dir / "last.pt")
         common = ["--checkpoint", ckpt, "--dataset", "msrc", "--root", str(self.data), "--no-progress"]
         linear = self.eval_dir / "linear"
-        linear_size = [] if b.linear_size is None else [
-            f"base_size={b.linear_size}", f"eval_size={b.linear_size}", f"augment.crop_size={b.linear_size}"]  # fmt: skip
-        self.run("linear", ["eval.linear", "--config", str(CONFIGS / "eval" / "linear_cpu.yaml"), *common,
-                            "--out", str(linear), "--vis", str(b.overlays), f"epochs={b.linear_epochs}",
-                            f"data.split_seed={self.seed}", *linear_size], done=linear / "results.json")  # fmt: skip
+        linear_size = (
+            []
+            if b.linear_size is None
+            else [f"base_size={b.linear_size}", f"eval_size={b.linear_size}", f"augment.crop_size={b.linear_size}"]
+        )
+        self.run(
+            "linear",
+            [
+                "eval.linear",
+                "--config",
+                str(CONFIGS / "eval" / "linear_cpu.yaml"),
+                *common,
+                "--out",
+                str(linear),
+                "--vis",
+                str(b.overlays),
+                f"epochs={b.linear_epochs}",
+                f"data.split_seed={self.seed}",
+                *linear_size,
+            ],
+            done=linear / "results.json",
+        )
         fused = ["--saliency-source", "folder", "--saliency-dir", str(self.masks)]
-        for name, protocol, extra in (("prototype", "prototype", []), ("prototype_fused", "prototype", fused),
-                                      ("pixel", "pixel", [])):  # fmt: skip
+        for name, protocol, extra in (
+            ("prototype", "prototype", []),
+            ("prototype_fused", "prototype", fused),
+            ("pixel", "pixel", []),
+        ):
             js = self.eval_dir / f"kmeans_{name}.json"
             fit = ["--fit-pixels", str(b.fit_pixels)] if protocol == "pixel" and b.fit_pixels is not None else []
-            self.run(f"kmeans-{name.replace('_', '-')}", ["eval.kmeans", *common, "--protocol", protocol, "--k", "21",
-                                            "--seeds", str(b.kmeans_seeds), "--json", str(js), "--vis", str(b.overlays),
-                                            "--vis-ids", str(linear / "split_val.txt"), "--overwrite", *extra, *fit],
-                     done=js)  # fmt: skip
+            self.run(
+                f"kmeans-{name.replace('_', '-')}",
+                [
+                    "eval.kmeans",
+                    *common,
+                    "--protocol",
+                    protocol,
+                    "--k",
+                    "21",
+                    "--seeds",
+                    str(b.kmeans_seeds),
+                    "--json",
+                    str(js),
+                    "--vis",
+                    str(b.overlays),
+                    "--vis-ids",
+                    str(linear / "split_val.txt"),
+                    "--overwrite",
+                    *extra,
+                    *fit,
+                ],
+                done=js,
+            )
         n_val = len([x for x in (linear / "split_val.txt").read_text().split() if x])
-        self.run("segment", ["eval.segment", *common, "--ids", str(linear / "split_val.txt"), "--k",
-                             str(max(1, min(20, n_val))), "--saliency-source", "folder", "--masks", str(self.masks),
-                             "--size", str(b.image_size), "--seed", str(self.seed), "--out", str(self.segment_dir)],
-                 done=self.segment_dir / "segment.json")  # fmt: skip
+        self.run(
+            "segment",
+            [
+                "eval.segment",
+                *common,
+                "--ids",
+                str(linear / "split_val.txt"),
+                "--k",
+                str(max(1, min(20, n_val))),
+                "--saliency-source",
+                "folder",
+                "--masks",
+                str(self.masks),
+                "--size",
+                str(b.image_size),
+                "--seed",
+                str(self.seed),
+                "--out",
+                str(self.segment_dir),
+            ],
+            done=self.segment_dir / "segment.json",
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,8 +381,17 @@ def overlay_panels(demo: Demo, n: int) -> list[Path]:
         fused = read_index_png(mask_file) > 0 if mask_file.is_file() else np.zeros(sample.image.shape[:2], bool)
         mask_rgb = np.where(fused[..., None], sample.image, (sample.image * 0.25).astype(np.uint8))
         target = out_dir / name
-        write_panel(target, [sample.image, gt, mask_rgb, palette[read_index_png(km)],
-                             palette[read_index_png(km_fused)], palette[read_index_png(lin)]])  # fmt: skip
+        write_panel(
+            target,
+            [
+                sample.image,
+                gt,
+                mask_rgb,
+                palette[read_index_png(km)],
+                palette[read_index_png(km_fused)],
+                palette[read_index_png(lin)],
+            ],
+        )
         written.append(target)
     return written
 
@@ -291,8 +423,11 @@ def write_report(demo: Demo) -> dict[str, Any]:
     per_class_chart(rep / "per_class_iou.png", per_class, "MSRC-v2 (21 classes): per-class IoU")
     overlays = overlay_panels(demo, demo.budget.overlays)
     tb = rep / "tensorboard"
-    for name, src in (("moco", demo.moco_dir / "tb"), ("pretrain", demo.pretrain_dir / "tb"),
-                      ("linear", demo.eval_dir / "linear" / "tb")):  # fmt: skip
+    for name, src in (
+        ("moco", demo.moco_dir / "tb"),
+        ("pretrain", demo.pretrain_dir / "tb"),
+        ("linear", demo.eval_dir / "linear" / "tb"),
+    ):
         if src.is_dir():
             shutil.copytree(src, tb / name, dirs_exist_ok=True)
     seg_report = rep / "segment"
@@ -467,8 +602,11 @@ def fetch_demo_data(cache: Path, progress: bool | None = True) -> Path:
         else:
             kept = f"Nothing was written under {cache}."
         tried = "\n".join(f"  {u}" for u in (err.urls or urls_tried))
-        print(f"maskcontrast.demo: no demo data found, and downloading MSRC-v2 failed.\nTried, in order:\n{tried}\n"
-              f"Error: {err}\n{kept}\n{ALTERNATIVES.format(downloads=cache / 'downloads')}", file=sys.stderr)  # fmt: skip
+        print(
+            f"maskcontrast.demo: no demo data found, and downloading MSRC-v2 failed.\nTried, in order:\n{tried}\n"
+            f"Error: {err}\n{kept}\n{ALTERNATIVES.format(downloads=cache / 'downloads')}",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from err
 
 
@@ -514,9 +652,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = fetch_demo_data(cache_dir())
     log.info("demo data: %s", data)
     preset = PRESETS["tiny" if args.tiny else "fast" if args.fast else "default"]
-    budget = Budget(**{**preset.__dict__,
-                       **({"moco_steps": args.moco_steps} if args.moco_steps is not None else {}),
-                       **({"pretrain_steps": args.pretrain_steps} if args.pretrain_steps is not None else {})})  # fmt: skip
+    budget = Budget(
+        **{
+            **preset.__dict__,
+            **({"moco_steps": args.moco_steps} if args.moco_steps is not None else {}),
+            **({"pretrain_steps": args.pretrain_steps} if args.pretrain_steps is not None else {}),
+        }
+    )
     out = Path(args.out).expanduser().resolve()
     marker = out / "demo.json"
     settings = {"data": str(data), "budget": budget.settings(), "seed": args.seed}
@@ -524,8 +666,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.overwrite:
             shutil.rmtree(out)
         elif not marker.is_file() or json.loads(marker.read_text())["settings"] != settings:
-            raise SystemExit(f"maskcontrast.demo: {out} holds other outputs (or a demo with other settings); "
-                             "pass --overwrite to replace them or choose another --out")  # fmt: skip
+            raise SystemExit(
+                f"maskcontrast.demo: {out} holds other outputs (or a demo with other settings); "
+                "pass --overwrite to replace them or choose another --out"
+            )
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"settings": settings}, indent=2), encoding="utf-8")
     demo = Demo(out=out, data=data, budget=budget, seed=args.seed, threads=args.threads)
@@ -535,13 +679,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     total = time.perf_counter() - t0
     print()
     print(f"maskcontrast demo finished in {total / 60:.1f} min; report: {demo.report_dir / 'summary.md'}")
-    print(f"  K-means, prototype protocol: mIoU {100 * headline['kmeans_prototype_miou']:.1f} "
-          f"± {100 * headline['kmeans_prototype_miou_std']:.1f} %")  # fmt: skip
-    print(f"  K-means, prototype, fused masks: mIoU {100 * headline['kmeans_prototype_fused_miou']:.1f} "
-          f"± {100 * headline['kmeans_prototype_fused_miou_std']:.1f} %")  # fmt: skip
+    print(
+        f"  K-means, prototype protocol: mIoU {100 * headline['kmeans_prototype_miou']:.1f} "
+        f"± {100 * headline['kmeans_prototype_miou_std']:.1f} %"
+    )
+    print(
+        f"  K-means, prototype, fused masks: mIoU {100 * headline['kmeans_prototype_fused_miou']:.1f} "
+        f"± {100 * headline['kmeans_prototype_fused_miou_std']:.1f} %"
+    )
     print(f"  segment page: {demo.report_dir / 'segment' / 'index.html'}")
-    print(f"  K-means, pixel protocol:     mIoU {100 * headline['kmeans_pixel_miou']:.1f} "
-          f"± {100 * headline['kmeans_pixel_miou_std']:.1f} %")  # fmt: skip
+    print(
+        f"  K-means, pixel protocol:     mIoU {100 * headline['kmeans_pixel_miou']:.1f} "
+        f"± {100 * headline['kmeans_pixel_miou_std']:.1f} %"
+    )
     print(f"  linear probe:                mIoU {100 * headline['linear_miou']:.1f} %")
     return headline
 

@@ -80,13 +80,17 @@ def upsampled_pixels(features: torch.Tensor, select: torch.Tensor) -> torch.Tens
         q = upsampled_pixels(out.embedding, mask > 0)      # the salient pixels at input resolution
     """
     if features.dim() != 4 or select.dim() != 3 or features.shape[0] != select.shape[0]:
-        raise ValueError(f"expected features B x D x h x w and a selection B x H x W, got "
-                         f"{tuple(features.shape)} and {tuple(select.shape)}")  # fmt: skip
+        raise ValueError(
+            f"expected features B x D x h x w and a selection B x H x W, got "
+            f"{tuple(features.shape)} and {tuple(select.shape)}"
+        )
     b, d, h, w = features.shape
     big_h, big_w = select.shape[1:]
     if h > big_h or w > big_w:
-        raise ValueError(f"features of size {(h, w)} are larger than the mask size {(big_h, big_w)}; "
-                         "pass features at the mask's resolution or below")  # fmt: skip
+        raise ValueError(
+            f"features of size {(h, w)} are larger than the mask size {(big_h, big_w)}; "
+            "pass features at the mask's resolution or below"
+        )
     if (h, w) == (big_h, big_w):
         return features.permute(0, 2, 3, 1)[select]
     rows = features if w == big_w else F.interpolate(features, size=(h, big_w), mode="bilinear", align_corners=False)
@@ -125,8 +129,9 @@ def mask_prototypes(
         protos, owner = mask_prototypes(key_embedding, key_mask)
     """
     if embedding.dim() != 4 or mask.dim() != 3 or embedding.shape[0] != mask.shape[0]:
-        raise ValueError(f"expected embedding B x D x h x w and mask B x H x W, got {tuple(embedding.shape)} "
-                         f"and {tuple(mask.shape)}")  # fmt: skip
+        raise ValueError(
+            f"expected embedding B x D x h x w and mask B x H x W, got {tuple(embedding.shape)} and {tuple(mask.shape)}"
+        )
     b, d = embedding.shape[:2]
     mask = mask.long()
     if n_ids is None:
@@ -263,9 +268,21 @@ def pixel_sums(embedding: torch.Tensor, ids: torch.Tensor, n: int) -> tuple[torc
         return (a * b).sum(0)[y0][:, x0]  # h x w -> H x W at each pixel's top-left cell
 
     a, b, c, dd = wts
-    sq = (a * a * dot(c00, c00) + b * b * dot(c01, c01) + c * c * dot(c10, c10) + dd * dd * dot(c11, c11)
-          + 2 * (a * b * dot(c00, c01) + c * dd * dot(c10, c11) + a * c * dot(c00, c10) + b * dd * dot(c01, c11)
-                 + a * dd * dot(c00, c11) + b * c * dot(c01, c10)))  # fmt: skip
+    sq = (
+        a * a * dot(c00, c00)
+        + b * b * dot(c01, c01)
+        + c * c * dot(c10, c10)
+        + dd * dd * dot(c11, c11)
+        + 2
+        * (
+            a * b * dot(c00, c01)
+            + c * dd * dot(c10, c11)
+            + a * c * dot(c00, c10)
+            + b * dd * dot(c01, c11)
+            + a * dd * dot(c00, c11)
+            + b * c * dot(c01, c10)
+        )
+    )
     inv = sq.clamp_min(0).sqrt().clamp_min(1e-12).reciprocal()
     keep = ids >= 0
     idx = ids[keep]

@@ -80,16 +80,25 @@ class ExportNet(nn.Module):
 
 def _metadata(model: FeatureModel, fmt: str) -> dict[str, Any]:
     return {
-        "format": fmt, "kind": model.kind, "arch": model._arch, "layout": model.layout, "source": str(model.source),
-        "output_stride": int(model.output_stride), "feature_dim": int(model.feature_dim),
-        "embed_dim": int(model.embed_dim), "has_saliency": bool(model.has_saliency),
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "weights_digest": weights_digest(model.net),
+        "format": fmt,
+        "kind": model.kind,
+        "arch": model._arch,
+        "layout": model.layout,
+        "source": str(model.source),
+        "output_stride": int(model.output_stride),
+        "feature_dim": int(model.feature_dim),
+        "embed_dim": int(model.embed_dim),
+        "has_saliency": bool(model.has_saliency),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "weights_digest": weights_digest(model.net),
         "outputs": ["features", "embedding"] + (["saliency"] if model.has_saliency else []),
-    }  # fmt: skip
+    }
 
 
-def export_model(model: FeatureModel, path: str | Path, fmt: str = "onnx", *, example_size: int = 64,
-                 opset: int = 17) -> dict[str, Any]:  # fmt: skip
+def export_model(
+    model: FeatureModel, path: str | Path, fmt: str = "onnx", *, example_size: int = 64, opset: int = 17
+) -> dict[str, Any]:
     """Write ``model``'s network to ``path`` as ONNX or TorchScript (on the CPU, float32).
 
     ``example_size``: the side of the example input that traces the network (any size works
@@ -117,8 +126,16 @@ def export_model(model: FeatureModel, path: str | Path, fmt: str = "onnx", *, ex
             axes = {"image": {0: "batch", 2: "height", 3: "width"}}
             axes.update({n: {0: "batch", 2: "feat_height", 3: "feat_width"} for n in names})
             with torch.no_grad():
-                torch.onnx.export(net, (x,), str(tmp), input_names=["image"], output_names=names, dynamic_axes=axes,
-                                  opset_version=opset, dynamo=False)  # fmt: skip
+                torch.onnx.export(
+                    net,
+                    (x,),
+                    str(tmp),
+                    input_names=["image"],
+                    output_names=names,
+                    dynamic_axes=axes,
+                    opset_version=opset,
+                    dynamo=False,
+                )
             proto = onnx.load(str(tmp))
             for key, value in meta.items():
                 entry = proto.metadata_props.add()
@@ -139,8 +156,16 @@ class ExportedModel(FeatureModel):
     """An exported file (ONNX through onnxruntime, or TorchScript) behind the
     :class:`FeatureModel` methods (``run``, ``embed``, ``saliency``, ``features``, ``segment``)."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], runner: Any, *, size: Any = None, batch_size: int = 8,
-                 device: torch.device | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        runner: Any,
+        *,
+        size: Any = None,
+        batch_size: int = 8,
+        device: torch.device | None = None,
+    ) -> None:
         nn.Module.__init__(self)
         self.kind = str(meta.get("kind", "exported"))
         self.output_stride = int(meta["output_stride"])
@@ -177,8 +202,9 @@ class ExportedModel(FeatureModel):
         return FeatureOutput(ts[0].float(), ts[1].float(), ts[2].float() if len(ts) > 2 else None)
 
 
-def load_exported(path: str | Path, device: str | torch.device | None = None, *, size: Any = None,
-                  batch_size: int = 8) -> ExportedModel:  # fmt: skip
+def load_exported(
+    path: str | Path, device: str | torch.device | None = None, *, size: Any = None, batch_size: int = 8
+) -> ExportedModel:
     """Read a file written by :func:`export_model` (``.onnx``: onnxruntime, on the CPU unless a
     CUDA provider is installed; else TorchScript).
 
@@ -194,11 +220,15 @@ def load_exported(path: str | Path, device: str | torch.device | None = None, *,
             import onnx
             import onnxruntime as ort
         except ImportError as err:
-            raise ValueError(f"--model {path}: reading ONNX needs onnx and onnxruntime (pip install "
-                             "'maskcontrast[export]')") from err  # fmt: skip
+            raise ValueError(
+                f"--model {path}: reading ONNX needs onnx and onnxruntime (pip install 'maskcontrast[export]')"
+            ) from err
         proto = onnx.load(str(path), load_external_data=False)
-        meta = {p.key[len("maskcontrast.") :]: json.loads(p.value) for p in proto.metadata_props
-                if p.key.startswith("maskcontrast.")}  # fmt: skip
+        meta = {
+            p.key[len("maskcontrast.") :]: json.loads(p.value)
+            for p in proto.metadata_props
+            if p.key.startswith("maskcontrast.")
+        }
         if "weights_digest" not in meta:
             raise ValueError(f"--model {path}: no maskcontrast metadata; export it with python -m maskcontrast.export")
         providers = ["CPUExecutionProvider"]
@@ -218,9 +248,11 @@ def load_exported(path: str | Path, device: str | torch.device | None = None, *,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m maskcontrast.export",
-                                description="Export a checkpoint's network (embeddings, saliency, features; any "
-                                "input size) as ONNX or TorchScript.")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m maskcontrast.export",
+        description="Export a checkpoint's network (embeddings, saliency, features; any "
+        "input size) as ONNX or TorchScript.",
+    )
     p.add_argument("--checkpoint", required=True, help="maskcontrast checkpoint (or MoCo / torchvision file)")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torchscript")
     p.add_argument("--out", required=True, help="the file to write (e.g. model.onnx)")

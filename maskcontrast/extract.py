@@ -48,25 +48,56 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m maskcontrast.extract",
         description="Write one feature file per image (C x h x w) for downstream use; resumable.",
     )
-    p.add_argument("--checkpoint", required=True, help="maskcontrast checkpoint, official MoCo file or torchvision "
-                   "ResNet state dict (the last two: backbone features only)")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="maskcontrast checkpoint, official MoCo file or torchvision "
+        "ResNet state dict (the last two: backbone features only)",
+    )
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (one file per image + manifest.json)")
-    p.add_argument("--what", default="embed", choices=("embed", "features", "saliency"),
-                   help="embed: L2-normalised embeddings (default); features: 256-d decoder or backbone features; "
-                        "saliency: probabilities (models with a saliency head)")  # fmt: skip
+    p.add_argument(
+        "--what",
+        default="embed",
+        choices=("embed", "features", "saliency"),
+        help="embed: L2-normalised embeddings (default); features: 256-d decoder or backbone features; "
+        "saliency: probabilities (models with a saliency head)",
+    )
     p.add_argument("--format", default="npy", choices=("npy", "pt"), help="numpy .npy (default) or torch .pt files")
     p.add_argument("--fp16", action="store_true", help="store float16 (half the disk); also float16 autocast on CUDA")
-    p.add_argument("--resolution", default="feature", choices=("feature", "input"),
-                   help="feature: the network's output grid (default); input: the image's own size")  # fmt: skip
-    p.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
-                   help="resize before the network: one value = shorter side, two = H W (default: native)")  # fmt: skip
-    p.add_argument("--stride", type=int, default=None, help="round network input sides to a multiple of this "
-                   "(default: the output stride)")  # fmt: skip
-    p.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32),
-                   help="output stride of backbone-only models (default 8)")  # fmt: skip
-    p.add_argument("--init-key", default="teacher", choices=("teacher", "student"),
-                   help="network of a full DINO training checkpoint (default teacher)")  # fmt: skip
+    p.add_argument(
+        "--resolution",
+        default="feature",
+        choices=("feature", "input"),
+        help="feature: the network's output grid (default); input: the image's own size",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="resize before the network: one value = shorter side, two = H W (default: native)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="round network input sides to a multiple of this (default: the output stride)",
+    )
+    p.add_argument(
+        "--output-stride",
+        type=int,
+        default=8,
+        choices=(8, 16, 32),
+        help="output stride of backbone-only models (default 8)",
+    )
+    p.add_argument(
+        "--init-key",
+        default="teacher",
+        choices=("teacher", "student"),
+        help="network of a full DINO training checkpoint (default teacher)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA when present)")
@@ -97,8 +128,9 @@ def _settings(args: argparse.Namespace, layout: str) -> dict[str, Any]:
 
 
 #: what maskcontrast.extract writes in ``--out`` besides the feature files (its identity: the manifest's settings)
-RUN_LAYOUT = RunLayout("feature folder", owned=(MANIFEST,), identity_file=MANIFEST, compare=("settings",),
-                       writer="maskcontrast.extract")  # fmt: skip
+RUN_LAYOUT = RunLayout(
+    "feature folder", owned=(MANIFEST,), identity_file=MANIFEST, compare=("settings",), writer="maskcontrast.extract"
+)
 
 
 def _check_out(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
@@ -140,8 +172,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise ValueError(f"--images {images}: folder not found")
     ds = build_dataset("image_folder", images)
     out = Path(args.out).expanduser()
-    model = load_model(args.checkpoint, args.device, output_stride=args.output_stride, size=size, stride=args.stride,
-                       batch_size=args.batch_size, amp=args.fp16, init_key=args.init_key)  # fmt: skip
+    model = load_model(
+        args.checkpoint,
+        args.device,
+        output_stride=args.output_stride,
+        size=size,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        amp=args.fp16,
+        init_key=args.init_key,
+    )
     if args.what == "saliency" and not model.has_saliency:
         raise NoSaliencyHeadError(
             f"{args.checkpoint} ({model.layout}) has no saliency head; use --what embed or features"
@@ -155,8 +195,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if len(todo) < len(ds):
         log.info("resuming: %d of %d images already done", len(ds) - len(todo), len(ds))
     dtype = torch.float16 if args.fp16 else torch.float32
-    loader = DataLoader(Subset(ds, todo), batch_size=args.batch_size, num_workers=max(0, args.workers),
-                        collate_fn=_keep_list)  # fmt: skip
+    loader = DataLoader(
+        Subset(ds, todo), batch_size=args.batch_size, num_workers=max(0, args.workers), collate_fn=_keep_list
+    )
     shape = None
     with tqdm(total=len(todo), desc="extracting", unit="img", disable=args.no_progress) as bar:
         for samples in loader:

@@ -130,8 +130,14 @@ class _PixelContrastiveCE(torch.autograd.Function):
     of allocating them every step."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, row_weights: torch.Tensor,  # type: ignore[override]
-                chunk: int) -> torch.Tensor:  # fmt: skip
+    def forward(
+        ctx,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        labels: torch.Tensor,
+        row_weights: torch.Tensor,  # type: ignore[override]
+        chunk: int,
+    ) -> torch.Tensor:
         n = q.shape[0]
         kt = keys.t()
         lse = q.new_empty(n)

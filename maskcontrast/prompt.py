@@ -67,8 +67,10 @@ def as_support_mask(mask: Any, hw: tuple[int, int], index: int = 0) -> torch.Ten
     if t.ndim == 3 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 2 or tuple(t.shape) != tuple(hw):
-        raise ValueError(f"support mask {index} has shape {tuple(t.shape)}, but its image is {hw[0]} x {hw[1]} "
-                         "(H x W); give one H x W mask per support image")  # fmt: skip
+        raise ValueError(
+            f"support mask {index} has shape {tuple(t.shape)}, but its image is {hw[0]} x {hw[1]} "
+            "(H x W); give one H x W mask per support image"
+        )
     t = t.cpu()
     if t.dtype == torch.bool:
         fg, ignore = t, torch.zeros_like(t)
@@ -77,8 +79,10 @@ def as_support_mask(mask: Any, hw: tuple[int, int], index: int = 0) -> torch.Ten
         ignore = t == IGNORE_INDEX
         fg = (t != 0) & ~ignore
     if not bool(fg.any()):
-        raise ValueError(f"support mask {index} has no foreground pixel; mark the region to segment with "
-                         "nonzero values (0 = background, 255 = ignored)")  # fmt: skip
+        raise ValueError(
+            f"support mask {index} has no foreground pixel; mark the region to segment with "
+            "nonzero values (0 = background, 255 = ignored)"
+        )
     out = fg.long()
     out[ignore] = -1
     return out

@@ -117,8 +117,10 @@ _HELD: dict[str, int] = {}  # resolved folder -> fd of the lock this process hol
 def _holder(lock: Path) -> str:
     try:
         info = json.loads(lock.read_text(encoding="utf-8"))
-        return (f"pid {info.get('pid')} on host {info.get('host')}, running since {info.get('started')}: "
-                f"{info.get('command')}")  # fmt: skip
+        return (
+            f"pid {info.get('pid')} on host {info.get('host')}, running since {info.get('started')}: "
+            f"{info.get('command')}"
+        )
     except (OSError, ValueError):
         return "another process (its lock file names no holder yet)"
 
@@ -180,8 +182,12 @@ def lock_run_folder(folder: str | Path) -> None:
         os.close(fd)
         log.warning("%s: cannot lock the run folder (%s); make sure no other command writes in it", folder, err)
         return
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": " ".join(sys.argv)[:500],
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     _HELD[key] = fd
@@ -300,8 +306,12 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     if stale:
-        log.info("removed %d temporary file(s) of an interrupted save in %s: %s", len(stale), folder,
-                 ", ".join(p.name for p in stale[:4]))  # fmt: skip
+        log.info(
+            "removed %d temporary file(s) of an interrupted save in %s: %s",
+            len(stale),
+            folder,
+            ", ".join(p.name for p in stale[:4]),
+        )
     return stale
 
 
@@ -442,8 +452,11 @@ def claim_run_folder(
         claim.resume = claim.reuse = True
         return claim
     if owned:  # a run that failed before its first checkpoint: nothing to lose, nothing to resume
-        log.info("%s holds no checkpoint of an earlier %s (it stopped before its first one); starting afresh",
-                 path, layout.what)  # fmt: skip
+        log.info(
+            "%s holds no checkpoint of an earlier %s (it stopped before its first one); starting afresh",
+            path,
+            layout.what,
+        )
         claim.remove = owned
     return claim
 
@@ -657,8 +670,9 @@ def run_log(path: str | Path | None) -> Iterator[logging.Handler | None]:
         yield handler
     except BaseException as err:
         if isinstance(err, Exception):
-            record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, "stopped: %s: %s",
-                                       (type(err).__name__, err), None)  # fmt: skip
+            record = logging.LogRecord(
+                log.name, logging.ERROR, __file__, 0, "stopped: %s: %s", (type(err).__name__, err), None
+            )
             handler.handle(record)
         raise
     finally:

@@ -133,8 +133,9 @@ class RunResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "poly", power: float = 0.9,
-          warmup_steps: int = 0) -> float:  # fmt: skip
+def lr_at(
+    step: int, total_steps: int, base_lr: float, schedule: str = "poly", power: float = 0.9, warmup_steps: int = 0
+) -> float:
     """Learning rate at ``step`` (0-based) of ``total_steps``.
 
     ``poly``: ``base * (1 - t)^power``; ``cosine``: ``base * (1 + cos(pi t)) / 2``; ``constant``;
@@ -236,8 +237,15 @@ def region_maker(data_cfg: Any) -> RegionMaker | None:
     if source == "masks":
         return None
     r = data_cfg.regions
-    return RegionMaker(source, grid_cells=r.grid_cells, scale=r.scale, sigma=r.sigma, min_size=r.min_size,
-                       max_regions=r.max_regions, cache_dir=r.cache_dir)  # fmt: skip
+    return RegionMaker(
+        source,
+        grid_cells=r.grid_cells,
+        scale=r.scale,
+        sigma=r.sigma,
+        min_size=r.min_size,
+        max_regions=r.max_regions,
+        cache_dir=r.cache_dir,
+    )
 
 
 def build_view_dataset(cfg: Any, need_mask: bool) -> PairedViewDataset:
@@ -302,8 +310,10 @@ def claim_training_run(tcfg: Any) -> tuple[RunClaim, Path | None]:
         return claim, Path(resume).expanduser()
     last = run_dir / "last.pt"
     if claim.resume and not last.is_file() and not previous_path(last).is_file():
-        raise RunDirError(f"run folder {run_dir} holds epoch checkpoints but no last.pt; pass trainer.resume=<one of "
-                          "them> to continue from it, --overwrite to start afresh, or choose another trainer.run_dir")  # fmt: skip
+        raise RunDirError(
+            f"run folder {run_dir} holds epoch checkpoints but no last.pt; pass trainer.resume=<one of "
+            "them> to continue from it, --overwrite to start afresh, or choose another trainer.run_dir"
+        )
     if not claim.resume:
         return claim, None
     return claim, _complete_checkpoint(claim, last)
@@ -320,13 +330,19 @@ def _complete_checkpoint(claim: RunClaim, last: Path) -> Path:
         why = checkpoint_problem(path)
         if why is None:
             if problems:
-                log.warning("%s; resuming from %s, the newest complete checkpoint, instead (the damaged last.pt is "
-                            "kept, renamed last.damaged.pt)", "; ".join(problems), path)  # fmt: skip
+                log.warning(
+                    "%s; resuming from %s, the newest complete checkpoint, instead (the damaged last.pt is "
+                    "kept, renamed last.damaged.pt)",
+                    "; ".join(problems),
+                    path,
+                )
                 claim.damaged = [last] if last.is_file() else []
             return path
         problems.append(f"{path} is damaged ({why})")
-    raise RunDirError(f"{'; '.join(problems)}; no complete checkpoint is left to resume from. Pass --overwrite to "
-                      "start afresh (the damaged files are deleted then) or trainer.resume=<a good checkpoint>")  # fmt: skip
+    raise RunDirError(
+        f"{'; '.join(problems)}; no complete checkpoint is left to resume from. Pass --overwrite to "
+        "start afresh (the damaged files are deleted then) or trainer.resume=<a good checkpoint>"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,8 +430,9 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
             warning instead), or fewer images than one batch.
     """
     tcfg, ocfg = cfg.trainer, cfg.optim
-    amp_dtype = autocast_dtype(tcfg.precision, env.device, choices=("fp32", "bf16", "fp16"), key="trainer.precision",
-                               fp16_fallback=True)  # fmt: skip
+    amp_dtype = autocast_dtype(
+        tcfg.precision, env.device, choices=("fp32", "bf16", "fp16"), key="trainer.precision", fp16_fallback=True
+    )
     configure_cuda_backends(env.device)
     seed_everything(tcfg.seed)
     objective = build_objective().to(env.device)
@@ -434,8 +451,10 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
         )
     dataset = build_view_dataset(cfg, objective.needs_mask)
     if len(dataset) < ocfg.batch_size:
-        raise ConfigError(f"{len(dataset)} usable images are fewer than one batch (optim.batch_size="
-                          f"{ocfg.batch_size}); lower the batch size or add data")  # fmt: skip
+        raise ConfigError(
+            f"{len(dataset)} usable images are fewer than one batch (optim.batch_size="
+            f"{ocfg.batch_size}); lower the batch size or add data"
+        )
     objective.prepare_data(dataset)  # e.g. STEGO's frozen-feature bank and neighbours (a no-op for most)
     batch_sampler = EpochBatchSampler(len(dataset), per_rank, tcfg.seed, env.rank, env.world_size)
     workers = int(cfg.data.num_workers)
@@ -453,17 +472,20 @@ def setup_training(cfg: Any, build_objective: Callable[[], Objective], env: Dist
     total = budget if budget > 0 else int(tcfg.epochs) * spe
     objective.train()  # the objective keeps its frozen layers (if any) in eval mode
     params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, weight_decay=ocfg.weight_decay,
-                                nesterov=ocfg.nesterov)  # fmt: skip
+    optimizer = torch.optim.SGD(
+        params, lr=ocfg.lr, momentum=ocfg.momentum, weight_decay=ocfg.weight_decay, nesterov=ocfg.nesterov
+    )
     scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
     model: nn.Module = objective
     if env.world_size > 1:
         model = DistributedDataParallel(
-            objective, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+            objective,
+            device_ids=[env.device.index] if env.device.type == "cuda" else None,
             broadcast_buffers=False,
-        )  # fmt: skip
-    return TrainingSetup(cfg, env, objective, model, dataset, batch_sampler, loader, sampler, optimizer, scaler,
-                         amp_dtype, spe, total)  # fmt: skip
+        )
+    return TrainingSetup(
+        cfg, env, objective, model, dataset, batch_sampler, loader, sampler, optimizer, scaler, amp_dtype, spe, total
+    )
 
 
 def training_checkpoint(s: TrainingSetup, *, step: int, stage: str, cfg_dict: dict) -> dict[str, Any]:
@@ -491,12 +513,26 @@ def training_checkpoint(s: TrainingSetup, *, step: int, stage: str, cfg_dict: di
 #: fast it runs, where the data and the run folder now live. Any other change (the model, the
 #: objective, the data, the image size, the augmentation, the optimizer, the seed) is refused.
 RESUME_MAY_CHANGE: tuple[str, ...] = (
-    "trainer.max_steps", "trainer.epochs", "trainer.resume", "trainer.overwrite", "trainer.run_dir",
-    "trainer.save_every_steps", "trainer.save_every_epochs", "trainer.log_every_steps", "trainer.progress",
-    "trainer.threads", "trainer.device", "trainer.precision", "trainer.channels_last",
-    "data.num_workers", "data.cache_images", "data.sources.*.root", "data.sources.*.masks", "data.masks",
+    "trainer.max_steps",
+    "trainer.epochs",
+    "trainer.resume",
+    "trainer.overwrite",
+    "trainer.run_dir",
+    "trainer.save_every_steps",
+    "trainer.save_every_epochs",
+    "trainer.log_every_steps",
+    "trainer.progress",
+    "trainer.threads",
+    "trainer.device",
+    "trainer.precision",
+    "trainer.channels_last",
+    "data.num_workers",
+    "data.cache_images",
+    "data.sources.*.root",
+    "data.sources.*.masks",
+    "data.masks",
     "model.backbone.init",  # used before a resume only: the weights then come from the checkpoint
-)  # fmt: skip
+)
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -517,9 +553,11 @@ def refused_config_changes(old: dict, new: dict) -> list[str]:
     from fnmatch import fnmatchcase
 
     a, b = _flat(old), _flat(new)
-    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>")
-            and not any(fnmatchcase(k, pat) for pat in RESUME_MAY_CHANGE)]  # fmt: skip
+    return [
+        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>") and not any(fnmatchcase(k, pat) for pat in RESUME_MAY_CHANGE)
+    ]
 
 
 def restore_training(s: TrainingSetup, path: Path, stage: str, cfg_dict: dict) -> tuple[int, list[str]]:
@@ -543,16 +581,18 @@ def restore_training(s: TrainingSetup, path: Path, stage: str, cfg_dict: dict) -
             f"{', '.join(RESUME_MAY_CHANGE)}"
         )
     s.objective.load_checkpoint(ckpt)
-    restore_optim_state({"optimizer": ckpt["optimizer"], "scaler": tstate.get("scaler")}, s.optimizer,
-                        scaler=s.scaler)  # fmt: skip
+    restore_optim_state({"optimizer": ckpt["optimizer"], "scaler": tstate.get("scaler")}, s.optimizer, scaler=s.scaler)
     restore_rng_state(tstate["rng"])
     step = int(tstate["step"])
     diff = identity_diff(tstate.get("config", {}), cfg_dict)
     if diff:
         log.warning("resuming with a changed config: %s", "; ".join(diff[:12]))
     if tstate.get("steps_per_epoch") != s.steps_per_epoch:
-        log.warning("steps per epoch changed from %s to %s (data or batch size changed)",
-                    tstate.get("steps_per_epoch"), s.steps_per_epoch)  # fmt: skip
+        log.warning(
+            "steps per epoch changed from %s to %s (data or batch size changed)",
+            tstate.get("steps_per_epoch"),
+            s.steps_per_epoch,
+        )
     log.info("resumed from %s at step %d", path, step)
     return step, diff
 
@@ -570,8 +610,14 @@ def train_step(
     """
     tcfg, ocfg = s.cfg.trainer, s.cfg.optim
     torch.manual_seed(_step_seed(tcfg.seed, step, s.env.rank))
-    lr = lr_at(schedule_step(step, s.steps_per_epoch, ocfg.schedule_unit), s.total_steps, ocfg.lr, ocfg.schedule,
-               ocfg.poly_power, ocfg.warmup_steps)  # fmt: skip
+    lr = lr_at(
+        schedule_step(step, s.steps_per_epoch, ocfg.schedule_unit),
+        s.total_steps,
+        ocfg.lr,
+        ocfg.schedule,
+        ocfg.poly_power,
+        ocfg.warmup_steps,
+    )
     for g in s.optimizer.param_groups:
         g["lr"] = lr
     views: Views = s.sampler(batch)
@@ -606,8 +652,13 @@ class TrainingLog:
         self.s, self.writer = s, writer
         tcfg = s.cfg.trainer
         self.every = max(tcfg.log_every_steps, 1)
-        self.bar = tqdm(total=s.total_steps, initial=step, desc=stage, dynamic_ncols=True,
-                        disable=not (tcfg.progress and s.env.is_main))  # fmt: skip
+        self.bar = tqdm(
+            total=s.total_steps,
+            initial=step,
+            desc=stage,
+            dynamic_ncols=True,
+            disable=not (tcfg.progress and s.env.is_main),
+        )
         self.keys: list[str] = []
         self.sums: torch.Tensor | None = None  # device buffer: the sum of every metric since the last flush
         self.latest: torch.Tensor | None = None  # the metrics of the last step
@@ -618,14 +669,19 @@ class TrainingLog:
         self.last: dict[str, float] = {}
         self.t_last = time.perf_counter()
 
-    def step(self, step: int, batch: dict[str, Any], loss: torch.Tensor, metrics: dict[str, torch.Tensor],
-             lr: float) -> None:  # fmt: skip
+    def step(
+        self, step: int, batch: dict[str, Any], loss: torch.Tensor, metrics: dict[str, torch.Tensor], lr: float
+    ) -> None:
         """Record step ``step`` (1-based count of steps done); no host sync unless it is a logging step."""
         self.skipped += batch["skipped"].sum()
         self.redraws += batch["redraws"].sum()
         keys = ["loss_total", *metrics]
-        values = torch.stack([loss.detach().float().reshape(()),
-                              *(v.detach().float().reshape(()).to(loss.device) for v in metrics.values())])  # fmt: skip
+        values = torch.stack(
+            [
+                loss.detach().float().reshape(()),
+                *(v.detach().float().reshape(()).to(loss.device) for v in metrics.values()),
+            ]
+        )
         if keys != self.keys and self.n_sum:
             self.flush(step - 1)
         self.keys = keys
@@ -648,9 +704,12 @@ class TrainingLog:
         self.last = {**dict(zip(self.keys, latest)), "lr": self.lr, "images_per_s": ips}
         means = {**{k: v / self.n_sum for k, v in zip(self.keys, sums)}, "lr": self.lr, "images_per_s": ips}
         self.bar.set_postfix(
-            loss=f"{self.last['loss_total']:.3f}", top1=f"{self.last.get('acc_top1', 0):.2f}",
-            lr=f"{self.lr:.2g}", ips=f"{ips:.1f}", refresh=False,
-        )  # fmt: skip
+            loss=f"{self.last['loss_total']:.3f}",
+            top1=f"{self.last.get('acc_top1', 0):.2f}",
+            lr=f"{self.lr:.2g}",
+            ips=f"{ips:.1f}",
+            refresh=False,
+        )
         if self.writer is not None:
             for k, v in means.items():
                 tag = k.replace("loss_", "loss/").replace("acc_", "acc/") if k.startswith(("loss_", "acc_")) else k
@@ -665,9 +724,16 @@ class TrainingLog:
             self.writer.add_scalar("data/skipped_images", skipped, done)
             self.writer.add_scalar("data/view_redraws", redraws, done)
         if self.s.env.is_main:
-            log.info("epoch %d done (step %d): loss %.4f, top1 %.3f; %d images skipped (no usable mask or view), "
-                     "%d views redrawn", done, step, self.last["loss_total"], self.last.get("acc_top1", float("nan")),
-                     skipped, redraws)  # fmt: skip
+            log.info(
+                "epoch %d done (step %d): loss %.4f, top1 %.3f; %d images skipped (no usable mask or view), "
+                "%d views redrawn",
+                done,
+                step,
+                self.last["loss_total"],
+                self.last.get("acc_top1", float("nan")),
+                skipped,
+                redraws,
+            )
         self.skipped.zero_()
         self.redraws.zero_()
 
@@ -675,8 +741,13 @@ class TrainingLog:
         self.bar.close()
 
 
-def train_one_epoch(s: TrainingSetup, step: int, logger: TrainingLog, save: Callable[[str, int], None],
-                    stop: Callable[[int], None] | None = None) -> int:  # fmt: skip
+def train_one_epoch(
+    s: TrainingSetup,
+    step: int,
+    logger: TrainingLog,
+    save: Callable[[str, int], None],
+    stop: Callable[[int], None] | None = None,
+) -> int:
     """Run the steps of the epoch that ``step`` lies in (from ``step`` on, up to the step budget).
 
     ``save(name, step)`` writes a checkpoint (``last.pt`` at the epoch end, at the end of the
@@ -759,18 +830,30 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
                     save_config(cfg, run_dir / f"config.resumed-step{step}.yaml")
             with tensorboard(run_dir / "tb" if env.is_main else None) as writer:
                 if env.is_main:
-                    log.info("%s: %d images, %d steps per epoch (global batch %d on %d process(es)), %d steps in "
-                             "all, device %s, precision %s%s", stage, len(s.dataset), s.steps_per_epoch,
-                             ocfg.batch_size, env.world_size, s.total_steps, env.device, tcfg.precision,
-                             ", channels_last" if tcfg.channels_last else "")  # fmt: skip
+                    log.info(
+                        "%s: %d images, %d steps per epoch (global batch %d on %d process(es)), %d steps in "
+                        "all, device %s, precision %s%s",
+                        stage,
+                        len(s.dataset),
+                        s.steps_per_epoch,
+                        ocfg.batch_size,
+                        env.world_size,
+                        s.total_steps,
+                        env.device,
+                        tcfg.precision,
+                        ", channels_last" if tcfg.channels_last else "",
+                    )
                 logger = TrainingLog(s, writer, stage, step)
                 saved = {"step": step}
 
                 def save(name: str, at: int) -> None:
                     average_batchnorm_stats(s.objective)  # every rank's statistics, not rank 0's (all ranks call it)
                     if env.is_main:
-                        save_state(run_dir / name, training_checkpoint(s, step=at, stage=stage, cfg_dict=cfg_dict),
-                                   keep_previous=name == "last.pt")  # fmt: skip
+                        save_state(
+                            run_dir / name,
+                            training_checkpoint(s, step=at, stage=stage, cfg_dict=cfg_dict),
+                            keep_previous=name == "last.pt",
+                        )
                     if name == "last.pt":
                         saved["step"] = at
 
@@ -782,8 +865,13 @@ def train(cfg: DictConfig, build_objective: Callable[[], Objective], stage: str)
                         save("last.pt", at)
                     if env.world_size > 1:
                         dist.barrier()
-                    err = Preempted(signum, f"{stage} training", step=at, saved=last_path,
-                                    hint="resume with --resume (trainer.resume=auto)")  # fmt: skip
+                    err = Preempted(
+                        signum,
+                        f"{stage} training",
+                        step=at,
+                        saved=last_path,
+                        hint="resume with --resume (trainer.resume=auto)",
+                    )
                     if env.is_main:
                         log.warning("%s", err)
                     raise err
@@ -857,8 +945,11 @@ def training_parser(*, prog: str, description: str, schema: Any, docs: str) -> a
         f"explained in {docs}):\n" + "\n".join(schema_keys(schema)),
     )
     add_config_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh even if trainer.run_dir holds a run (its checkpoints are deleted)")  # fmt: skip
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even if trainer.run_dir holds a run (its checkpoints are deleted)",
+    )
     parser.add_argument("--resume", action="store_true", help="same as trainer.resume=auto: continue from last.pt")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser

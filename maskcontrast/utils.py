@@ -183,12 +183,19 @@ def autocast_dtype(
     if precision == "bf16" and device is not None and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else str(device)
         if fp16_fallback:
-            log.warning("%s=bf16: %s does not support bfloat16; training in fp16 with loss scaling instead "
-                        "(set %s=fp16 to silence this, or fp32)", key, name, key)  # fmt: skip
+            log.warning(
+                "%s=bf16: %s does not support bfloat16; training in fp16 with loss scaling instead "
+                "(set %s=fp16 to silence this, or fp32)",
+                key,
+                name,
+                key,
+            )
             return torch.float16
         fp16 = "fp16" in choices
-        raise ConfigError(f"{key}=bf16: {name} does not support bfloat16 (pre-Ampere GPUs such as V100 and T4); "
-                          f"set {key}={'fp16 or ' if fp16 else ''}fp32")  # fmt: skip
+        raise ConfigError(
+            f"{key}=bf16: {name} does not support bfloat16 (pre-Ampere GPUs such as V100 and T4); "
+            f"set {key}={'fp16 or ' if fp16 else ''}fp32"
+        )
     if precision != "auto":
         return _AUTOCAST_DTYPES[precision]
     if device is None:

@@ -24,6 +24,15 @@ from saliency.rbd import rbd_saliency
 from saliency.spectral import spectral_residual_saliency
 
 __all__ = [
-    "FusionConfig", "FusionResult", "fuse", "fused_saliency", "gmr_saliency", "mbd_saliency", "rbd_saliency",
-    "spectral_residual_saliency", "SaliencyMetrics", "PostprocessResult", "postprocess",
-]  # fmt: skip
+    "FusionConfig",
+    "FusionResult",
+    "fuse",
+    "fused_saliency",
+    "gmr_saliency",
+    "mbd_saliency",
+    "rbd_saliency",
+    "spectral_residual_saliency",
+    "SaliencyMetrics",
+    "PostprocessResult",
+    "postprocess",
+]

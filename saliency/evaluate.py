@@ -164,8 +164,12 @@ def evaluate_folders(
     if absent and missing == "error":
         raise ValueError(f"{len(absent)} ground-truth images have no prediction in {pred_dir}, e.g. {absent[:5]}")
     if absent:
-        log.warning("%d of %d ground-truth images have no prediction (%s)", len(absent), len(truths),
-                    "scored as all background" if missing == "zero" else "left out")  # fmt: skip
+        log.warning(
+            "%d of %d ground-truth images have no prediction (%s)",
+            len(absent),
+            len(truths),
+            "scored as all background" if missing == "zero" else "left out",
+        )
     meter = SaliencyMetrics(normalize=normalize)
     resized = 0
     images: dict[str, dict] = {}
@@ -184,8 +188,16 @@ def evaluate_folders(
     if resized:
         log.info("%d predictions were resized to their ground truth's size", resized)
     result = meter.compute()
-    result.update({"n_missing": len(absent), "n_resized": resized, "pred": str(pred_dir), "gt": str(gt_root),
-                   "missing": missing, "normalize": normalize})  # fmt: skip
+    result.update(
+        {
+            "n_missing": len(absent),
+            "n_resized": resized,
+            "pred": str(pred_dir),
+            "gt": str(gt_root),
+            "missing": missing,
+            "normalize": normalize,
+        }
+    )
     if gt_dataset:
         result["gt_dataset"] = gt_dataset
     if per_image:
@@ -206,8 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split for --gt-dataset")
     p.add_argument("--json", help="write the results to this JSON file (refused if it exists, unless --overwrite)")
     p.add_argument("--per-image", action="store_true", help="include every image's metrics in the JSON")
-    p.add_argument("--missing", choices=("zero", "skip", "error"), default="zero",
-                   help="what to do with a GT image that has no prediction")  # fmt: skip
+    p.add_argument(
+        "--missing",
+        choices=("zero", "skip", "error"),
+        default="zero",
+        help="what to do with a GT image that has no prediction",
+    )
     p.add_argument("--no-normalize", action="store_true", help="do not min-max normalise each prediction")
     p.add_argument("--objects", action="store_true", help="predictions are object-id masks: any id > 0 is foreground")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -221,8 +237,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s exists; pass --overwrite to replace it", args.json)
         return 2
     try:
-        result = evaluate_folders(args.pred, args.gt, args.gt_dataset, args.split, args.missing,
-                                  not args.no_normalize, args.objects, args.per_image, progress=True)  # fmt: skip
+        result = evaluate_folders(
+            args.pred,
+            args.gt,
+            args.gt_dataset,
+            args.split,
+            args.missing,
+            not args.no_normalize,
+            args.objects,
+            args.per_image,
+            progress=True,
+        )
     except (ValueError, DataError) as err:
         log.error("%s", err)
         return 2

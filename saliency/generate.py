@@ -236,8 +236,16 @@ def generate(
     if limit is not None and len(todo) > limit:
         remaining = len(todo) - limit
         todo = todo[:limit]
-    counts = {"total": len(ds), "done_before": done_before, "written": 0, "skipped": 0, "unreadable": 0,
-              "errors": 0, "flagged": 0, "remaining": remaining}  # fmt: skip
+    counts = {
+        "total": len(ds),
+        "done_before": done_before,
+        "written": 0,
+        "skipped": 0,
+        "unreadable": 0,
+        "errors": 0,
+        "flagged": 0,
+        "remaining": remaining,
+    }
     spec = {
         "method": method,
         "dataset": dataset,
@@ -270,8 +278,7 @@ def generate(
 
     bar = tqdm(total=len(todo), desc=f"saliency {method}", unit="img", disable=not progress or not todo)
     with section("saliency.generate"):
-        for result in pool_map(_work, todo, workers=workers, initializer=_init_worker, initargs=(spec,),
-                               ordered=False):  # fmt: skip
+        for result in pool_map(_work, todo, workers=workers, initializer=_init_worker, initargs=(spec,), ordered=False):
             handle(*result)
             bar.update()
             if requested() is not None:
@@ -283,8 +290,13 @@ def generate(
         atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
         if (signum := requested()) is not None:
             done = sum(counts[k] for k in ("written", "skipped", "unreadable", "errors"))
-            err = Preempted(signum, "saliency.generate", step=f"after {done} of {len(todo)} images", saved=out,
-                            hint="rerun the same command to continue")  # fmt: skip
+            err = Preempted(
+                signum,
+                "saliency.generate",
+                step=f"after {done} of {len(todo)} images",
+                saved=out,
+                hint="rerun the same command to continue",
+            )
             log.warning("%s", err)
             raise err
     return counts
@@ -367,9 +379,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info(
         "%d images: %d written, %d too small, %d unreadable, %d errors, %d flagged, %d done before, %d left",
-        counts["total"], counts["written"], counts["skipped"], counts["unreadable"], counts["errors"],
-        counts["flagged"], counts["done_before"], counts["remaining"],
-    )  # fmt: skip
+        counts["total"],
+        counts["written"],
+        counts["skipped"],
+        counts["unreadable"],
+        counts["errors"],
+        counts["flagged"],
+        counts["done_before"],
+        counts["remaining"],
+    )
     print(
         f"masks written to {Path(args.out).resolve()}"
         + (f", soft maps to {Path(args.soft_out).resolve()}" if args.soft_out else "")

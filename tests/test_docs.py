@@ -101,10 +101,22 @@ def _parser(module: str):
 
 def test_the_docs_show_commands_of_every_entry_point():
     modules = {m for _, m, _ in COMMANDS}
-    for entry in ("maskcontrast.pretrain", "maskcontrast.moco", "eval.kmeans", "eval.linear", "saliency.generate",
-                  "saliency.refine", "saliency.evaluate", "maskcontrast.extract", "eval.oneshot", "eval.propagation",
-                  "maskcontrast.data.download", "maskcontrast.detcon", "maskcontrast.densecl",
-                  "maskcontrast.stego"):  # fmt: skip
+    for entry in (
+        "maskcontrast.pretrain",
+        "maskcontrast.moco",
+        "eval.kmeans",
+        "eval.linear",
+        "saliency.generate",
+        "saliency.refine",
+        "saliency.evaluate",
+        "maskcontrast.extract",
+        "eval.oneshot",
+        "eval.propagation",
+        "maskcontrast.data.download",
+        "maskcontrast.detcon",
+        "maskcontrast.densecl",
+        "maskcontrast.stego",
+    ):
         assert entry in modules, f"no documented command of python -m {entry}"
 
 
@@ -160,5 +172,8 @@ def test_documented_bench_command_parses(where, script, argv, monkeypatch):
 
 
 def test_the_docs_show_bench_commands():
-    assert {m for _, m, _ in BENCH_COMMANDS} >= {"bench/quality.py", "bench/saliency_speed.py",
-                                                  "bench/refiner_output_rules.py"}  # fmt: skip
+    assert {m for _, m, _ in BENCH_COMMANDS} >= {
+        "bench/quality.py",
+        "bench/saliency_speed.py",
+        "bench/refiner_output_rules.py",
+    }

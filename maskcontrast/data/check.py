@@ -431,8 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"shared data folder not found: {root}")
         reports = check_shared(root, workers=args.workers, progress=progress)
         if not reports:
-            print(f"no known dataset under {root} (expected sub-folders: "
-                  f"{sorted(v[0] for v in SHARED_LAYOUT.values())})")  # fmt: skip
+            print(
+                f"no known dataset under {root} (expected sub-folders: {sorted(v[0] for v in SHARED_LAYOUT.values())})"
+            )
             return 1
         for r in reports:
             print(r.summary(args.max_print))

@@ -55,11 +55,25 @@ class OxfordIIITPet(SegmentationDataset):
         elif target == "species":
             classes = ("background", "cat", "dog")
         else:
-            breeds = sorted({pet_breed(p.stem) for p in (root_path / "annotations" / "trimaps").glob("*.png")
-                             if not p.name.startswith(".")}, key=str.lower)  # fmt: skip
+            breeds = sorted(
+                {
+                    pet_breed(p.stem)
+                    for p in (root_path / "annotations" / "trimaps").glob("*.png")
+                    if not p.name.startswith(".")
+                },
+                key=str.lower,
+            )
             classes = ("background", *breeds)
-        self.info = DatasetInfo("pet", classes, ((0, 0, 0), (128, 0, 0), (0, 128, 0), *(
-            ((37 * i) % 256, (91 * i) % 256, (173 * i) % 256) for i in range(3, len(classes) + 1))))  # fmt: skip
+        self.info = DatasetInfo(
+            "pet",
+            classes,
+            (
+                (0, 0, 0),
+                (128, 0, 0),
+                (0, 128, 0),
+                *(((37 * i) % 256, (91 * i) % 256, (173 * i) % 256) for i in range(3, len(classes) + 1)),
+            ),
+        )
         self._class_index = {c: i for i, c in enumerate(classes)}
         super().__init__(root_path, split, **kwargs)
 
@@ -93,8 +107,9 @@ class OxfordIIITPet(SegmentationDataset):
 
     def decode_label(self, raw: np.ndarray, sample_id: str) -> np.ndarray:
         if raw.max() > 3 or raw.min() < 1:
-            raise DataError(f"{self.files(sample_id).label}: trimap values must be 1, 2 or 3, "
-                            f"found {np.unique(raw)[:6].tolist()}")  # fmt: skip
+            raise DataError(
+                f"{self.files(sample_id).label}: trimap values must be 1, 2 or 3, found {np.unique(raw)[:6].tolist()}"
+            )
         lut = np.array([IGNORE_INDEX, self.class_of(sample_id), 0, IGNORE_INDEX], dtype=np.int64)
         return lut[raw]
 

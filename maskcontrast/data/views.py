@@ -199,8 +199,10 @@ class PairedViewDataset(Dataset):
         if not (0 < a.crop_ratio[0] <= a.crop_ratio[1]):
             raise ValueError(f"augment.crop_ratio must satisfy 0 < lo <= hi, got {list(a.crop_ratio)}")
         if not (0.0 <= a.min_mask_area < a.max_mask_area <= 1.0):
-            raise ValueError(f"augment.min_mask_area/max_mask_area must satisfy 0 <= min < max <= 1, "
-                             f"got {a.min_mask_area}, {a.max_mask_area}")  # fmt: skip
+            raise ValueError(
+                f"augment.min_mask_area/max_mask_area must satisfy 0 <= min < max <= 1, "
+                f"got {a.min_mask_area}, {a.max_mask_area}"
+            )
         if a.view_attempts < 1:
             raise ValueError(f"augment.view_attempts must be >= 1, got {a.view_attempts}")
         self.datasets = list(datasets)
@@ -228,8 +230,13 @@ class PairedViewDataset(Dataset):
                         path=str(ds.mask_dir),
                     )
                 if len(have) < len(ids):
-                    log.info("%s: %d of %d images have no mask file in %s and are left out",
-                             type(ds).__name__, len(ids) - len(have), len(ids), ds.mask_dir)  # fmt: skip
+                    log.info(
+                        "%s: %d of %d images have no mask file in %s and are left out",
+                        type(ds).__name__,
+                        len(ids) - len(have),
+                        len(ids),
+                        ds.mask_dir,
+                    )
                 ids = have
             elif need_mask and ds.load(ids[0]).mask is None:
                 raise DataError(
@@ -364,8 +371,10 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         if batch_size <= 0:
             raise ValueError(f"batch size per process must be > 0, got {batch_size}")
         if n < batch_size * world_size:
-            raise ValueError(f"{n} images are fewer than one global batch ({batch_size} x {world_size} processes); "
-                             "lower optim.batch_size or add data")  # fmt: skip
+            raise ValueError(
+                f"{n} images are fewer than one global batch ({batch_size} x {world_size} processes); "
+                "lower optim.batch_size or add data"
+            )
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world_size
         self.epoch, self.start_batch = 0, 0
 

@@ -24,9 +24,28 @@ from maskcontrast.data.record import DatasetInfo, default_palette
 __all__ = ["VOCSegmentation", "VOC_CLASSES"]
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 SALIENCY_FOLDERS = {"unsupervised": "saliency_unsupervised_model", "supervised": "saliency_supervised_model"}
 
@@ -51,8 +70,11 @@ class VOCSegmentation(SegmentationDataset):
     def split_file(self) -> Path:
         seg = self.root / "ImageSets" / "Segmentation"
         if self.split == "train_aug":
-            for cand in (seg / "train_aug.txt", self.root / "ImageSets" / "SegmentationAug" / "train_aug.txt",
-                         self.root / "train_aug.txt"):  # fmt: skip
+            for cand in (
+                seg / "train_aug.txt",
+                self.root / "ImageSets" / "SegmentationAug" / "train_aug.txt",
+                self.root / "train_aug.txt",
+            ):
                 if cand.is_file():
                     return cand
         return seg / f"{self.split}.txt"

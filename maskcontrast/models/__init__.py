@@ -49,13 +49,40 @@ from maskcontrast.models.segmenter import (
 from maskcontrast.models.vit import VIT_SPECS, ViTBackbone, ViTSpec, ViTTokens, infer_vit_spec, is_vit_arch
 
 __all__ = [
-    "ARCHS", "ResNetBackbone", "dilate_layer", "DeepLabV3Head", "MaskContrastModel", "ModelOutput",
-    "default_aspp_rates", "build_model", "init_backbone", "CheckpointError", "backbone_state_dict", "detect_layout",
-    "infer_resnet_arch", "load_backbone_weights", "model_checkpoint", "model_config_from_checkpoint",
-    "model_from_checkpoint", "read_checkpoint", "IGNORABLE", "LAYOUTS", "LoadReport", "extract_backbone",
-    "infer_backbone_arch", "load_backbone", "LightHead", "build_backbone", "head_kind", "VIT_SPECS", "ViTBackbone",
-    "ViTSpec", "ViTTokens", "infer_vit_spec", "is_vit_arch",
-]  # fmt: skip
+    "ARCHS",
+    "ResNetBackbone",
+    "dilate_layer",
+    "DeepLabV3Head",
+    "MaskContrastModel",
+    "ModelOutput",
+    "default_aspp_rates",
+    "build_model",
+    "init_backbone",
+    "CheckpointError",
+    "backbone_state_dict",
+    "detect_layout",
+    "infer_resnet_arch",
+    "load_backbone_weights",
+    "model_checkpoint",
+    "model_config_from_checkpoint",
+    "model_from_checkpoint",
+    "read_checkpoint",
+    "IGNORABLE",
+    "LAYOUTS",
+    "LoadReport",
+    "extract_backbone",
+    "infer_backbone_arch",
+    "load_backbone",
+    "LightHead",
+    "build_backbone",
+    "head_kind",
+    "VIT_SPECS",
+    "ViTBackbone",
+    "ViTSpec",
+    "ViTTokens",
+    "infer_vit_spec",
+    "is_vit_arch",
+]
 
 log = logging.getLogger(__name__)
 

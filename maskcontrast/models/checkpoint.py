@@ -96,25 +96,34 @@ _MAE_DECODER = r"(mask_token$|decoder_embed\.|decoder_pos_embed$|decoder_blocks\
 #: Keys are those of the state dict the layout loads from (``model``, ``state_dict``, the DINO
 #: ``teacher`` / ``student`` entry, or the file itself), before any prefix is removed.
 IGNORABLE: dict[str, tuple[tuple[str, str], ...]] = {
-    "maskcontrast": (("decoder", r"decoder\."), ("embedding head", r"embed_head\."),
-                     ("saliency head", r"saliency_head\.")),
-    "maskcontrast_zoo": (("DeepLab head (decoder)", r"module\.model_q\.decoder\."),
-                         ("embedding head", r"module\.model_q\.head\."),
-                         ("saliency head", r"module\.model_q\.classification_head\."),
-                         ("momentum key model", r"module\.model_k\."),
-                         ("prototype queue", r"module\.queue(_ptr)?$")),
+    "maskcontrast": (
+        ("decoder", r"decoder\."),
+        ("embedding head", r"embed_head\."),
+        ("saliency head", r"saliency_head\."),
+    ),
+    "maskcontrast_zoo": (
+        ("DeepLab head (decoder)", r"module\.model_q\.decoder\."),
+        ("embedding head", r"module\.model_q\.head\."),
+        ("saliency head", r"module\.model_q\.classification_head\."),
+        ("momentum key model", r"module\.model_k\."),
+        ("prototype queue", r"module\.queue(_ptr)?$"),
+    ),
     "maskcontrast_zoo_linear": (("DeepLab head and class conv (decoder)", r"decoder\."),),
     # also DenseCL's and DetCon's files (maskcontrast.densecl / maskcontrast.detcon), which keep this layout
-    "moco": (("projection head", r"module\.encoder_q\.(fc|head)\."), ("momentum key encoder", r"module\.encoder_k\."),
-             ("key queue", r"module\.queue(_ptr)?$"), ("DenseCL dense heads", r"module\.dense_head_[qk]\."),
-             ("DenseCL dense queue", r"module\.dense_queue(_ptr)?$"),
-             ("DetCon projectors and predictor", r"module\.(projector_[qk]|predictor)\.")),
+    "moco": (
+        ("projection head", r"module\.encoder_q\.(fc|head)\."),
+        ("momentum key encoder", r"module\.encoder_k\."),
+        ("key queue", r"module\.queue(_ptr)?$"),
+        ("DenseCL dense heads", r"module\.dense_head_[qk]\."),
+        ("DenseCL dense queue", r"module\.dense_queue(_ptr)?$"),
+        ("DetCon projectors and predictor", r"module\.(projector_[qk]|predictor)\."),
+    ),
     "dino_full": (("DINO projection head", r"(module\.)?head\."),),
     "dinov2": (("iBOT mask token", r"mask_token$"),),
     "mae": (("MAE decoder", _MAE_DECODER), ("classifier", r"(head|fc_norm)\.")),
     "timm_vit": (("classifier", r"head\."),),
     "torchvision": (("ImageNet classifier", r"(module\.)?fc\."),),
-}  # fmt: skip
+}
 
 #: target-side keys a backbone may keep from its own init (a MoCo encoder's projection head)
 _OWN_SKIP = re.compile(r"(fc|head)\.")
@@ -177,8 +186,10 @@ def detect_layout(ckpt: Mapping[str, Any], source: str = "checkpoint") -> str:
     if ckpt.get("format") == FORMAT:
         version = ckpt.get("format_version")
         if version != FORMAT_VERSION:
-            raise CheckpointError(f"{source}: maskcontrast format version {version} is not supported "
-                                  f"(this code reads version {FORMAT_VERSION})")  # fmt: skip
+            raise CheckpointError(
+                f"{source}: maskcontrast format version {version} is not supported "
+                f"(this code reads version {FORMAT_VERSION})"
+            )
         return "maskcontrast"
     if _dino_entry(ckpt, "teacher") is not None or _dino_entry(ckpt, "student") is not None:
         return "dino_full"
@@ -241,13 +252,18 @@ def _section(
             raise CheckpointError(f"{source}: init_key must be teacher or student, got {init_key!r}")
         entry = _dino_entry(ckpt, init_key)
         if entry is None:
-            raise CheckpointError(f"{source}: full DINO checkpoint without a '{init_key}' network "
-                                  f"(entries {sorted(ckpt)}); choose another init_key")  # fmt: skip
+            raise CheckpointError(
+                f"{source}: full DINO checkpoint without a '{init_key}' network "
+                f"(entries {sorted(ckpt)}); choose another init_key"
+            )
         return entry, init_key, "module.backbone." if _has_prefix(entry, "module.backbone.") else "backbone."
     if layout == "maskcontrast_zoo":
         model = ckpt.get("model")
-        return (model, "model", ZOO_PREFIX + "backbone.") if _has_prefix(model, ZOO_PREFIX) else (ckpt, None,
-                                                                                                ZOO_PREFIX + "backbone.")  # fmt: skip
+        return (
+            (model, "model", ZOO_PREFIX + "backbone.")
+            if _has_prefix(model, ZOO_PREFIX)
+            else (ckpt, None, ZOO_PREFIX + "backbone.")
+        )
     if layout == "maskcontrast_zoo_linear":
         return ckpt, None, "backbone."
     if layout == "mae":
@@ -463,11 +479,15 @@ def load_backbone(
     what = f"{name}: looked like {LAYOUTS[layout].split(' (')[0]} ({layout} layout)"
     if (own_spec is None) != (file_spec is None) and ex.sd:
         want = f"a ViT ({own_spec.describe()})" if own_spec else "a ResNet"
-        raise CheckpointError(f"{what} holding {theirs}, but the model's backbone is {arch}, {want}; set "
-                              f"model.backbone.arch to the file's variant")  # fmt: skip
+        raise CheckpointError(
+            f"{what} holding {theirs}, but the model's backbone is {arch}, {want}; set "
+            f"model.backbone.arch to the file's variant"
+        )
     if own_spec is not None and file_spec is not None and own_spec != file_spec:
-        raise CheckpointError(f"{what} holding {theirs}, but model.backbone.arch is {arch} ({own_spec.describe()}); "
-                              "set model.backbone.arch (and backbone.vit.dim/depth) to the file's variant")  # fmt: skip
+        raise CheckpointError(
+            f"{what} holding {theirs}, but model.backbone.arch is {arch} ({own_spec.describe()}); "
+            "set model.backbone.arch (and backbone.vit.dim/depth) to the file's variant"
+        )
     if own_spec is not None:
         _fit_pos_embed(ex.sd, target, ex.notes)
     missing = [k for k in own if k not in ex.sd]
@@ -585,8 +605,11 @@ def model_from_checkpoint(source: str | Path | Mapping[str, Any], name: str | No
     elif layout in ("maskcontrast_zoo", "maskcontrast_zoo_linear"):
         section, entry, _ = _section(ckpt, layout, "teacher", name)
         keep = ("module.model_q.",) if layout == "maskcontrast_zoo" else ("backbone.", "decoder.")
-        drop = [(g, re.compile(rx)) for g, rx in IGNORABLE["maskcontrast_zoo"] if g in ("momentum key model",
-                                                                                           "prototype queue")]  # fmt: skip
+        drop = [
+            (g, re.compile(rx))
+            for g, rx in IGNORABLE["maskcontrast_zoo"]
+            if g in ("momentum key model", "prototype queue")
+        ]
         for k in section:
             group = next((g for g, rx in drop if rx.match(k)), None) if layout == "maskcontrast_zoo" else None
             if group:
@@ -598,8 +621,10 @@ def model_from_checkpoint(source: str | Path | Mapping[str, Any], name: str | No
         dropped = {k for ks in ignored.values() for k in ks}
         weights.update({k: v for k, v in section.items() if not k.startswith(keep) and k not in dropped})  # unexpected
     else:
-        raise CheckpointError(f"{name}: not a maskcontrast checkpoint: a {layout} file holds a backbone only; use it as "
-                              "model.backbone.init, or load_model() for features")  # fmt: skip
+        raise CheckpointError(
+            f"{name}: not a maskcontrast checkpoint: a {layout} file holds a backbone only; use it as "
+            "model.backbone.init, or load_model() for features"
+        )
     model = MaskContrastModel(cfg)
     result = model.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -43,8 +43,10 @@ class ViTSpec:
     layer_scale: bool = False
 
     def describe(self) -> str:
-        return (f"patch {self.patch}, width {self.dim}, depth {self.depth}, {self.registers} register tokens"
-                f"{', layer scale' if self.layer_scale else ''}")  # fmt: skip
+        return (
+            f"patch {self.patch}, width {self.dim}, depth {self.depth}, {self.registers} register tokens"
+            f"{', layer scale' if self.layer_scale else ''}"
+        )
 
 
 #: timm name -> its shape (the names of ``maskcontrast.config.VIT_ARCHS``)
@@ -92,8 +94,15 @@ def create_timm_vit(
         kwargs.update(embed_dim=dim, num_heads=max(1, dim // 64))
     if depth:
         kwargs["depth"] = depth
-    return timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size, dynamic_img_size=True,
-                             drop_path_rate=drop_path_rate, **kwargs)  # fmt: skip
+    return timm.create_model(
+        arch,
+        pretrained=False,
+        num_classes=0,
+        img_size=img_size,
+        dynamic_img_size=True,
+        drop_path_rate=drop_path_rate,
+        **kwargs,
+    )
 
 
 def infer_vit_spec(sd: Mapping[str, torch.Tensor]) -> ViTSpec | None:
@@ -152,8 +161,14 @@ class ViTBackbone(nn.Module):
         bb(torch.randn(2, 3, 224, 320)).shape   # (2, 384, 14, 20)
     """
 
-    def __init__(self, arch: str = "vit_small_patch16_224", img_size: int = 224, dim: int = 0, depth: int = 0,
-                 drop_path_rate: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        arch: str = "vit_small_patch16_224",
+        img_size: int = 224,
+        dim: int = 0,
+        depth: int = 0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
         super().__init__()
         self.vit = create_timm_vit(arch, img_size, dim, depth, drop_path_rate)
         self.arch = arch

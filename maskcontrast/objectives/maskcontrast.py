@@ -137,9 +137,16 @@ class MaskContrastObjective(Objective):
 
         with torch.autocast(views.query.device.type, enabled=False):  # the loss math stays fp32 under AMP
             loss_con, q, labels = maskcontrast_pixel_loss(
-                full_precision(out_q.embedding), views.query_mask, cand_protos, cand_owner, queue,
-                self.temperature, self.class_weighting, image_offset=offset, n_ids=n_ids,
-            )  # fmt: skip
+                full_precision(out_q.embedding),
+                views.query_mask,
+                cand_protos,
+                cand_owner,
+                queue,
+                self.temperature,
+                self.class_weighting,
+                image_offset=offset,
+                n_ids=n_ids,
+            )
             loss = self.contrastive_weight * loss_con
             metrics = {"loss_contrastive": loss_con.detach()}
             if out_q.saliency is not None:

@@ -39,8 +39,13 @@ def moco_encoder(arch: str = "resnet50", dim: int = 128, mlp: bool = True, vit: 
     Input ``B x 3 x H x W``; output ``B x dim`` (not normalised).
     """
     if is_vit_arch(arch):
-        net = create_timm_vit(arch, int(getattr(vit, "img_size", 224)), int(getattr(vit, "dim", 0)),
-                              int(getattr(vit, "depth", 0)), float(getattr(vit, "drop_path_rate", 0.0)))  # fmt: skip
+        net = create_timm_vit(
+            arch,
+            int(getattr(vit, "img_size", 224)),
+            int(getattr(vit, "dim", 0)),
+            int(getattr(vit, "depth", 0)),
+            float(getattr(vit, "drop_path_rate", 0.0)),
+        )
         c = int(net.num_features)
         net.head = (
             nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, dim)) if mlp else nn.Linear(c, dim)
@@ -107,9 +112,14 @@ class MocoObjective(Objective):
         return {
             "arch": self.arch,
             "state_dict": sd,
-            "moco_config": {"dim": self.dim, "mlp": self.mlp, "queue_size": self.bank.size,
-                            "temperature": self.temperature, "momentum": self.momentum},
-        }  # fmt: skip
+            "moco_config": {
+                "dim": self.dim,
+                "mlp": self.mlp,
+                "queue_size": self.bank.size,
+                "temperature": self.temperature,
+                "momentum": self.momentum,
+            },
+        }
 
     def load_checkpoint(self, ckpt: Mapping[str, Any]) -> None:
         sd = ckpt.get("state_dict")

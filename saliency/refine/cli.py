@@ -28,8 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images", action="append", default=[], help="a folder of images (repeatable; searched recursively)"
     )
-    p.add_argument("--dataset", action="append", default=[], metavar="NAME=ROOT",
-                   help="images of a maskcontrast.data reader, e.g. weizmann=/data/weizmann_horse (repeatable; labels unused)")  # fmt: skip
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=ROOT",
+        help="images of a maskcontrast.data reader, e.g. weizmann=/data/weizmann_horse (repeatable; labels unused)",
+    )
     p.add_argument("--out", required=True, help="run folder (config, cached pseudo-labels, checkpoints, logs)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -61,7 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, OSError, CheckpointError, ValueError) as err:
         log.error("%s", err)
         return 2
-    log.info("trained on %d images in %.0f s (pseudo-labels %.0f s, training %.0f s)", summary["n_images"],
-             summary["seconds"], summary["pseudo_label_seconds"], summary["train_seconds"])  # fmt: skip
+    log.info(
+        "trained on %d images in %.0f s (pseudo-labels %.0f s, training %.0f s)",
+        summary["n_images"],
+        summary["seconds"],
+        summary["pseudo_label_seconds"],
+        summary["train_seconds"],
+    )
     print(f"refiner written to {Path(summary['checkpoint']).resolve()}")
     return 0

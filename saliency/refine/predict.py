@@ -22,10 +22,16 @@ from saliency.refine.selftrain import align_mean
 
 # Older checkpoints predate some keys; they load with the values that their version's code used.
 _LEGACY = {
-    1: {"model": {"stem_skip": False}, "fused_weight": 0.0, "unconfident_weight": 0.0, "precision": "fp32",
-        "align_mean": False, "combine": "blend"},
+    1: {
+        "model": {"stem_skip": False},
+        "fused_weight": 0.0,
+        "unconfident_weight": 0.0,
+        "precision": "fp32",
+        "align_mean": False,
+        "combine": "blend",
+    },
     2: {"align_mean": False, "combine": "blend"},
-}  # fmt: skip
+}
 
 
 class RefinerPredictor:

@@ -81,8 +81,9 @@ def pseudo_labels(sources: list[tuple[str, str]], cfg: RefineConfig, cache: Path
         targets.append(data[1])
         confs.append(data[2])
 
-    for res in pool_map(_pseudo_one, items, workers=cfg.workers, initializer=_init_pseudo, initargs=(sources, fusion),
-                        chunksize=2):  # fmt: skip
+    for res in pool_map(
+        _pseudo_one, items, workers=cfg.workers, initializer=_init_pseudo, initargs=(sources, fusion), chunksize=2
+    ):
         take(res)
     bar.close()
     if not ids:

@@ -40,9 +40,12 @@ from saliency.refine.selftrain import align_mean, augment, confident_bce, target
 log = logging.getLogger("saliency.refine")
 
 #: what a refiner run writes in its folder (``pseudo_labels.pt`` is a keyed cache that an overwrite keeps)
-RUN_LAYOUT = RunLayout("refiner run", owned=("last.pt", "last.prev.pt", "last.damaged*.pt", "refiner.pt",
-                                              "history.json"),
-                       state=("last.pt", "last.prev.pt", "refiner.pt"), writer="saliency.refine")  # fmt: skip
+RUN_LAYOUT = RunLayout(
+    "refiner run",
+    owned=("last.pt", "last.prev.pt", "last.damaged*.pt", "refiner.pt", "history.json"),
+    state=("last.pt", "last.prev.pt", "refiner.pt"),
+    writer="saliency.refine",
+)
 
 
 @torch.no_grad()
@@ -88,8 +91,10 @@ def train_refiner(
     if claim.resume and (out / "config.yaml").is_file():
         diff = identity_diff(read_identity(out / "config.yaml"), OmegaConf.to_container(cfg))
         if diff:
-            raise ConfigError(f"{out}/config.yaml differs from this run's config ({'; '.join(diff[:4])}); resume "
-                              "with the same settings")  # fmt: skip
+            raise ConfigError(
+                f"{out}/config.yaml differs from this run's config ({'; '.join(diff[:4])}); resume "
+                "with the same settings"
+            )
     claim.prepare()
     save_config(cfg, out / "config.yaml")
     if cfg.threads > 0:
@@ -128,8 +133,13 @@ def train_refiner(
         first_round, first_epoch = int(state["round"]), int(state["epoch"])
         history = list(state["history"])
         restore_rng_state(state["rng"])
-        log.info("resumed %s at round %d, epoch %d%s", last, first_round + 1, first_epoch + 1,
-                 f", step {int(state['step'])}" if "step" in state else "")  # fmt: skip
+        log.info(
+            "resumed %s at round %d, epoch %d%s",
+            last,
+            first_round + 1,
+            first_epoch + 1,
+            f", step {int(state['step'])}" if "step" in state else "",
+        )
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * first_round + first_epoch)
     if claim.resume and last.is_file() and "gen" in state:
         gen.set_state(state["gen"])  # the augmentation stream continues where it stopped
@@ -158,7 +168,12 @@ def train_refiner(
                     perm, first_step, losses = state["perm"], int(state["step"]), list(state["losses"])
                 else:
                     perm = torch.randperm(n, generator=gen)
-                bar = tqdm(range(first_step, steps_per_epoch), desc=f"round {rnd + 1}/{cfg.rounds} epoch {epoch + 1}/{cfg.epochs_per_round}", unit="step", leave=False)  # fmt: skip
+                bar = tqdm(
+                    range(first_step, steps_per_epoch),
+                    desc=f"round {rnd + 1}/{cfg.rounds} epoch {epoch + 1}/{cfg.epochs_per_round}",
+                    unit="step",
+                    leave=False,
+                )
                 for step in bar:
                     idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                     x = normalize(images[idx].to(device))
@@ -178,15 +193,30 @@ def train_refiner(
                         save_state(
                             last, state_now(rnd, epoch, step=step + 1, perm=perm, losses=losses), keep_previous=True
                         )
-                        err = Preempted(signum, "saliency refiner", saved=last, hint="resume with --resume",
-                                        step=f"round {rnd + 1}, epoch {epoch + 1}, step {step + 1}")  # fmt: skip
+                        err = Preempted(
+                            signum,
+                            "saliency refiner",
+                            saved=last,
+                            hint="resume with --resume",
+                            step=f"round {rnd + 1}, epoch {epoch + 1}, step {step + 1}",
+                        )
                         log.warning("%s", err)
                         raise err
-                entry = {"round": rnd + 1, "epoch": epoch + 1, "loss": float(np.mean(losses)),
-                         "confident_fraction": float(conf.float().mean()), "seconds": time.perf_counter() - train_start}  # fmt: skip
+                entry = {
+                    "round": rnd + 1,
+                    "epoch": epoch + 1,
+                    "loss": float(np.mean(losses)),
+                    "confident_fraction": float(conf.float().mean()),
+                    "seconds": time.perf_counter() - train_start,
+                }
                 history.append(entry)
-                log.info("round %d epoch %d: loss %.4f (confident pixels %.1f%%)", rnd + 1, epoch + 1, entry["loss"],
-                         100 * entry["confident_fraction"])  # fmt: skip
+                log.info(
+                    "round %d epoch %d: loss %.4f (confident pixels %.1f%%)",
+                    rnd + 1,
+                    epoch + 1,
+                    entry["loss"],
+                    100 * entry["confident_fraction"],
+                )
                 if writer is not None:
                     writer.add_scalar("refine/loss", entry["loss"], len(history))
                     writer.add_scalar("refine/confident_fraction", entry["confident_fraction"], len(history))
@@ -202,22 +232,40 @@ def train_refiner(
                     )
                     # on the 1/255 grid that last.pt stores them on, so that a resumed run is bit-exact
                     average, targets = torch.round(average * 255) / 255.0, torch.round(targets * 255) / 255.0
-                    log.info("round %d done: predicted foreground %.3f (fused %.3f), agreement with the fused label on its "
-                             "confident pixels %.3f, unconfident pixels called foreground %.3f; next targets: %.1f%% of "
-                             "pixels confident", rnd + 1, diag["foreground_share"], diag["fused_foreground_share"],
-                             diag["confident_agreement"], diag["unconfident_foreground"], 100 * float(conf.float().mean()))  # fmt: skip
+                    log.info(
+                        "round %d done: predicted foreground %.3f (fused %.3f), agreement with the fused label on its "
+                        "confident pixels %.3f, unconfident pixels called foreground %.3f; next targets: %.1f%% of "
+                        "pixels confident",
+                        rnd + 1,
+                        diag["foreground_share"],
+                        diag["fused_foreground_share"],
+                        diag["confident_agreement"],
+                        diag["unconfident_foreground"],
+                        100 * float(conf.float().mean()),
+                    )
                     if writer is not None:
                         for k, v in diag.items():
                             writer.add_scalar(f"refine/{k}", v, rnd + 1)
                 save_state(last, state_now(next_round, next_epoch), keep_previous=True)
                 if (signum := requested()) is not None and (next_round, next_epoch) != (cfg.rounds, 0):
-                    err = Preempted(signum, "saliency refiner", saved=last, hint="resume with --resume",
-                                    step=f"end of round {rnd + 1}, epoch {epoch + 1}")  # fmt: skip
+                    err = Preempted(
+                        signum,
+                        "saliency refiner",
+                        saved=last,
+                        hint="resume with --resume",
+                        step=f"end of round {rnd + 1}, epoch {epoch + 1}",
+                    )
                     log.warning("%s", err)
                     raise err
     seconds = time.perf_counter() - start
     save_state(final, _final_checkpoint(net, cfg, history=history, n_images=n))
-    summary = {"checkpoint": str(final), "history": history, "seconds": seconds, "pseudo_label_seconds": pseudo_seconds,
-               "train_seconds": time.perf_counter() - train_start, "n_images": n}  # fmt: skip
+    summary = {
+        "checkpoint": str(final),
+        "history": history,
+        "seconds": seconds,
+        "pseudo_label_seconds": pseudo_seconds,
+        "train_seconds": time.perf_counter() - train_start,
+        "n_images": n,
+    }
     atomic_write_bytes(out / "history.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary

@@ -102,9 +102,11 @@ def _wheel(folder: Path, name: str, module: str) -> None:
     import zipfile
 
     dist = f"{name}-0.1.dist-info"
-    files = {f"{module}/__init__.py": "VALUE = 42\n",
-             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
-             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}  # fmt: skip
+    files = {
+        f"{module}/__init__.py": "VALUE = 42\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     files[f"{dist}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{dist}/RECORD,,\n"
     with zipfile.ZipFile(folder / f"{name}-0.1-py3-none-any.whl", "w") as z:
         for f, text in files.items():

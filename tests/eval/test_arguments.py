@@ -21,8 +21,16 @@ from maskcontrast.models.vit import create_timm_vit
 def vit_ckpt(tmp_path_factory):
     """A tiny ViT-S/16-shaped maskcontrast model (64 wide, 2 blocks, light head, saliency head)."""
     torch.manual_seed(0)
-    cfg = load_config(ModelConfig, overrides=["backbone.arch=vit_small_patch16_224", "backbone.vit.img_size=64",
-                                              "backbone.vit.dim=64", "backbone.vit.depth=2", "embed_dim=8"])  # fmt: skip
+    cfg = load_config(
+        ModelConfig,
+        overrides=[
+            "backbone.arch=vit_small_patch16_224",
+            "backbone.vit.img_size=64",
+            "backbone.vit.dim=64",
+            "backbone.vit.depth=2",
+            "embed_dim=8",
+        ],
+    )
     path = tmp_path_factory.mktemp("vit") / "vit_maskcontrast.pt"
     torch.save(model_checkpoint(build_model(cfg), cfg), path)
     return path
@@ -69,27 +77,119 @@ def test_eval_clis_on_a_vit_checkpoint(shared_root, vit_ckpt, dinov2_file, tmp_p
     weizmann = shared_root("weizmann")
     common = ["--dataset", "weizmann", "--root", str(weizmann), "--limit", "6", "--workers", "0", "--no-progress"]
     for ckpt in (vit_ckpt, dinov2_file):
-        km = kmeans(["--checkpoint", str(ckpt), *common, "--size", "64", "--k", "2", "--seeds", "1",
-                     "--saliency-source", "gt", "--json", str(tmp_path / f"km_{ckpt.stem}.json")])  # fmt: skip
+        km = kmeans(
+            [
+                "--checkpoint",
+                str(ckpt),
+                *common,
+                "--size",
+                "64",
+                "--k",
+                "2",
+                "--seeds",
+                "1",
+                "--saliency-source",
+                "gt",
+                "--json",
+                str(tmp_path / f"km_{ckpt.stem}.json"),
+            ]
+        )
         assert 0.0 <= km["miou_mean"] <= 1.0
-    km = kmeans(["--checkpoint", str(vit_ckpt), *common, "--size", "64", "--k", "2", "--seeds", "1",
-                 "--protocol", "pixel", "--json", str(tmp_path / "km_pixel.json")])  # fmt: skip
+    km = kmeans(
+        [
+            "--checkpoint",
+            str(vit_ckpt),
+            *common,
+            "--size",
+            "64",
+            "--k",
+            "2",
+            "--seeds",
+            "1",
+            "--protocol",
+            "pixel",
+            "--json",
+            str(tmp_path / "km_pixel.json"),
+        ]
+    )
     assert 0.0 <= km["miou_mean"] <= 1.0
-    lin = linear(["--config", "configs/eval/linear_cpu.yaml", "--checkpoint", str(dinov2_file), *common,
-                  "--out", str(tmp_path / "linear"), "epochs=1", "base_size=56", "eval_size=56",
-                  "augment.crop_size=56"])  # fmt: skip
+    lin = linear(
+        [
+            "--config",
+            "configs/eval/linear_cpu.yaml",
+            "--checkpoint",
+            str(dinov2_file),
+            *common,
+            "--out",
+            str(tmp_path / "linear"),
+            "epochs=1",
+            "base_size=56",
+            "eval_size=56",
+            "augment.crop_size=56",
+        ]
+    )
     assert lin["layout"] == "dinov2" and lin["feature_dim"] == 64 and 0.0 <= lin["miou"] <= 1.0
-    ret = retrieval(["--checkpoint", str(vit_ckpt), *common, "--size", "64", "--saliency-source", "gt",
-                     "--topk", "2", "--json", str(tmp_path / "ret" / "r.json")])  # fmt: skip
+    ret = retrieval(
+        [
+            "--checkpoint",
+            str(vit_ckpt),
+            *common,
+            "--size",
+            "64",
+            "--saliency-source",
+            "gt",
+            "--topk",
+            "2",
+            "--json",
+            str(tmp_path / "ret" / "r.json"),
+        ]
+    )
     assert 0.0 <= ret["miou"] <= 1.0
     pet = shared_root("pet")
-    one = oneshot(["--checkpoint", str(vit_ckpt), "--dataset", "pet", "--root", str(pet), "--dataset-arg",
-                   "target=species", "--limit", "6", "--size", "64", "--workers", "0", "--no-progress",
-                   "--classes", "cat", "--shots", "1", "--episodes", "1"])  # fmt: skip
+    one = oneshot(
+        [
+            "--checkpoint",
+            str(vit_ckpt),
+            "--dataset",
+            "pet",
+            "--root",
+            str(pet),
+            "--dataset-arg",
+            "target=species",
+            "--limit",
+            "6",
+            "--size",
+            "64",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--classes",
+            "cat",
+            "--shots",
+            "1",
+            "--episodes",
+            "1",
+        ]
+    )
     assert 0.0 <= one["miou"] <= 1.0
     davis = shared_root("davis2016")
-    prop = propagation(["--checkpoint", str(dinov2_file), "--dataset", "davis2016", "--root", str(davis),
-                        "--sequences", "car-shadow", "--size", "56", "--workers", "0", "--no-progress"])  # fmt: skip
+    prop = propagation(
+        [
+            "--checkpoint",
+            str(dinov2_file),
+            "--dataset",
+            "davis2016",
+            "--root",
+            str(davis),
+            "--sequences",
+            "car-shadow",
+            "--size",
+            "56",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert 0.0 <= prop["jf_mean"] <= 1.0
 
 
@@ -100,8 +200,21 @@ def test_extract_on_a_vit_checkpoint(vit_ckpt, tmp_path):
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
-    extract(["--checkpoint", str(vit_ckpt), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out"),
-             "--workers", "0", "--no-progress", "--what", "embed"])  # fmt: skip
+    extract(
+        [
+            "--checkpoint",
+            str(vit_ckpt),
+            "--images",
+            str(tmp_path / "img"),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "0",
+            "--no-progress",
+            "--what",
+            "embed",
+        ]
+    )
     files = sorted((tmp_path / "out").rglob("*.npy"))
     assert len(files) == 2 and np.load(files[0]).shape == (8, 3, 4)  # 48 x 64 input / patch 16
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

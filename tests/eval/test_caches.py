@@ -31,8 +31,9 @@ def test_sigterm_saves_the_cache_at_that_image_and_the_rerun_equals_a_full_pass(
 
     model.run = signal_at_image_four
     with pytest.raises(Preempted) as info:
-        prototype_pass(model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}) if cached else None,
-                       progress=False)  # fmt: skip
+        prototype_pass(
+            model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}) if cached else None, progress=False
+        )
     assert info.value.code == 143
     if not cached:
         assert "after 6 images" in str(info.value) and "nothing needed saving" in str(info.value)

@@ -88,16 +88,16 @@ def test_eval_kmeans_finishes_without_faiss_and_agrees(synthetic, monkeypatch):
     ds, model = synthetic
     pytest.importorskip("faiss")
     model.gen.manual_seed(0)  # the same noisy embeddings in both runs
-    with_faiss, _, _ = run_pixel_protocol(model, ds, k=4, seeds=[0, 1], fit_pixels=2000, progress=False,
-                                          backend="auto")  # fmt: skip
-    proto_faiss, _, cl_faiss = run_prototype_protocol(model, ds, SaliencySource("model"), k=4, seeds=[0],
-                                                      progress=False, backend="auto")  # fmt: skip
+    with_faiss, _, _ = run_pixel_protocol(model, ds, k=4, seeds=[0, 1], fit_pixels=2000, progress=False, backend="auto")
+    proto_faiss, _, cl_faiss = run_prototype_protocol(
+        model, ds, SaliencySource("model"), k=4, seeds=[0], progress=False, backend="auto"
+    )
     monkeypatch.setitem(sys.modules, "faiss", None)
     model.gen.manual_seed(0)
-    without, _, _ = run_pixel_protocol(model, ds, k=4, seeds=[0, 1], fit_pixels=2000, progress=False,
-                                       backend="auto")  # fmt: skip
-    proto_torch, _, cl_torch = run_prototype_protocol(model, ds, SaliencySource("model"), k=4, seeds=[0],
-                                                      progress=False, backend="auto")  # fmt: skip
+    without, _, _ = run_pixel_protocol(model, ds, k=4, seeds=[0, 1], fit_pixels=2000, progress=False, backend="auto")
+    proto_torch, _, cl_torch = run_prototype_protocol(
+        model, ds, SaliencySource("model"), k=4, seeds=[0], progress=False, backend="auto"
+    )
     assert without["miou_mean"] == pytest.approx(with_faiss["miou_mean"], abs=1e-6)
     assert proto_torch["miou_mean"] == pytest.approx(proto_faiss["miou_mean"], abs=1e-6)
     np.testing.assert_array_equal(cl_torch[0], cl_faiss[0])
@@ -117,9 +117,27 @@ def test_eval_kmeans_cli_without_faiss(shared_root, moco_ckpt, tmp_path, monkeyp
 
     pytest.importorskip("faiss")
     root = shared_root("weizmann")
-    args = ["--checkpoint", str(moco_ckpt), "--dataset", "weizmann", "--root", str(root), "--limit", "8",
-            "--size", "64", "--workers", "0", "--seeds", "3", "--k", "3", "--saliency-source", "gt",
-            "--no-progress"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(moco_ckpt),
+        "--dataset",
+        "weizmann",
+        "--root",
+        str(root),
+        "--limit",
+        "8",
+        "--size",
+        "64",
+        "--workers",
+        "0",
+        "--seeds",
+        "3",
+        "--k",
+        "3",
+        "--saliency-source",
+        "gt",
+        "--no-progress",
+    ]
     with_faiss = main([*args, "--json", str(tmp_path / "f.json")])
     monkeypatch.setitem(sys.modules, "faiss", None)
     without = main([*args, "--json", str(tmp_path / "t.json")])

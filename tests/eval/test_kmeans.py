@@ -138,9 +138,29 @@ def test_prototype_cache_resumes_and_refuses_other_settings(synthetic, tmp_path)
 def test_cli_moco_checkpoint_end_to_end(shared_root, moco_ckpt, tmp_path):
     root = shared_root("weizmann")
     out = tmp_path / "km.json"
-    args = ["--checkpoint", str(moco_ckpt), "--dataset", "weizmann", "--root", str(root), "--limit", "8",
-            "--size", "64", "--workers", "0", "--seeds", "2", "--k", "3", "--json", str(out), "--vis", "2",
-            "--no-progress"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(moco_ckpt),
+        "--dataset",
+        "weizmann",
+        "--root",
+        str(root),
+        "--limit",
+        "8",
+        "--size",
+        "64",
+        "--workers",
+        "0",
+        "--seeds",
+        "2",
+        "--k",
+        "3",
+        "--json",
+        str(out),
+        "--vis",
+        "2",
+        "--no-progress",
+    ]
     with pytest.raises(ValueError, match="no saliency head"):
         main(args)
     result = main([*args, "--saliency-source", "gt"])
@@ -158,9 +178,31 @@ def test_cli_moco_checkpoint_end_to_end(shared_root, moco_ckpt, tmp_path):
 @pytest.mark.data
 def test_cli_pixel_protocol_on_msrc(shared_root, maskcontrast_ckpt, tmp_path):
     root = shared_root("msrc")
-    args = ["--checkpoint", str(maskcontrast_ckpt), "--dataset", "msrc", "--root", str(root), "--limit", "6",
-            "--size", "64", "--workers", "0", "--seeds", "1", "--protocol", "pixel", "--k", "25",
-            "--fit-pixels", "3000", "--no-progress", "--cache", str(tmp_path / "cache")]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(maskcontrast_ckpt),
+        "--dataset",
+        "msrc",
+        "--root",
+        str(root),
+        "--limit",
+        "6",
+        "--size",
+        "64",
+        "--workers",
+        "0",
+        "--seeds",
+        "1",
+        "--protocol",
+        "pixel",
+        "--k",
+        "25",
+        "--fit-pixels",
+        "3000",
+        "--no-progress",
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
     first = main(args)
     again = main(args)  # served from the cache of both passes
     assert first["miou_mean"] == pytest.approx(again["miou_mean"])
@@ -170,8 +212,9 @@ def test_cli_pixel_protocol_on_msrc(shared_root, maskcontrast_ckpt, tmp_path):
 
 def test_cli_checks_k_before_loading_anything(tmp_path):
     with pytest.raises(ValueError, match="--k must be >= 2"):
-        main(["--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "weizmann", "--root", str(tmp_path),
-              "--k", "1"])  # fmt: skip
+        main(
+            ["--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "weizmann", "--root", str(tmp_path), "--k", "1"]
+        )
 
 
 @pytest.mark.parametrize("protocol", ["prototype", "pixel"])
@@ -182,8 +225,11 @@ def test_fit_split_scores_with_the_fitted_clustering_and_matching(synthetic, tmp
     (tmp_path / "other").mkdir()
     ds = type(ds_fit)(tmp_path / "other", n_classes=4, n_images=9, seed=1)  # other images, same classes
     common = {"k": 4, "seeds": [0, 1]}
-    proto = (PrototypeProtocol(SaliencySource("model"), **common) if protocol == "prototype"
-             else PixelProtocol(fit_pixels=2000, **common))  # fmt: skip
+    proto = (
+        PrototypeProtocol(SaliencySource("model"), **common)
+        if protocol == "prototype"
+        else PixelProtocol(fit_pixels=2000, **common)
+    )
     result = fit_on_other_split(proto, model, ds_fit, ds, progress=False, cache_dir=tmp_path / "cache")
     assert result["miou_mean"] == pytest.approx(1.0) and result["pixel_acc"] == pytest.approx(1.0)
     assert result["fit"]["n_images"] == 12 and result["fit"]["miou_mean"] == pytest.approx(1.0)
@@ -208,14 +254,57 @@ def test_summarize_seeds_uses_given_mappings():
 def test_cli_fit_split(shared_root, moco_ckpt, tmp_path):
     root = shared_root("pet")
     out = tmp_path / "km.json"
-    result = main(["--checkpoint", str(moco_ckpt), "--dataset", "pet", "--root", str(root), "--dataset-arg",
-                   "target=species", "--fit-split", "trainval", "--split", "test", "--limit", "6", "--size", "64",
-                   "--workers", "0", "--seeds", "2", "--k", "3", "--saliency-source", "gt", "--json", str(out),
-                   "--no-progress"])  # fmt: skip
+    result = main(
+        [
+            "--checkpoint",
+            str(moco_ckpt),
+            "--dataset",
+            "pet",
+            "--root",
+            str(root),
+            "--dataset-arg",
+            "target=species",
+            "--fit-split",
+            "trainval",
+            "--split",
+            "test",
+            "--limit",
+            "6",
+            "--size",
+            "64",
+            "--workers",
+            "0",
+            "--seeds",
+            "2",
+            "--k",
+            "3",
+            "--saliency-source",
+            "gt",
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
     data = json.loads(out.read_text())
     assert data["fit_split"] == "trainval" and data["split"] == "test" and data["fit"]["n_images"] == 6
     assert data["seeds"][0]["mapping"] == result["seeds"][0]["mapping"]
     assert 0 <= data["pixel_acc"] <= 1 and "pixel_acc_std" in data
     with pytest.raises(ValueError, match="is the scored split itself"):
-        main(["--checkpoint", str(moco_ckpt), "--dataset", "pet", "--root", str(root), "--fit-split", "test",
-              "--split", "test", "--k", "3", "--saliency-source", "gt"])  # fmt: skip
+        main(
+            [
+                "--checkpoint",
+                str(moco_ckpt),
+                "--dataset",
+                "pet",
+                "--root",
+                str(root),
+                "--fit-split",
+                "test",
+                "--split",
+                "test",
+                "--k",
+                "3",
+                "--saliency-source",
+                "gt",
+            ]
+        )

@@ -124,10 +124,32 @@ def _trivial_background_miou(val_ids, root):
 def test_probe_fits_real_labelled_set_well_above_chance(shared_root, maskcontrast_ckpt, tmp_path):
     root = shared_root("weizmann")
     out = tmp_path / "run"
-    args = ["--config", "configs/eval/linear_cpu.yaml", "--checkpoint", str(maskcontrast_ckpt),
-            "--dataset", "weizmann", "--root", str(root), "--limit", "30", "--out", str(out), "--workers", "0",
-            "--no-progress", "--vis", "2", "epochs=20", "optim.lr=1.0", "optim.milestones=[15]", "base_size=96",
-            "eval_size=96", "augment.crop_size=96", "crf.enabled=true"]  # fmt: skip
+    args = [
+        "--config",
+        "configs/eval/linear_cpu.yaml",
+        "--checkpoint",
+        str(maskcontrast_ckpt),
+        "--dataset",
+        "weizmann",
+        "--root",
+        str(root),
+        "--limit",
+        "30",
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--vis",
+        "2",
+        "epochs=20",
+        "optim.lr=1.0",
+        "optim.milestones=[15]",
+        "base_size=96",
+        "eval_size=96",
+        "augment.crop_size=96",
+        "crf.enabled=true",
+    ]
     result = main(args)
     val_ids = (out / "split_val.txt").read_text().split()
     assert len(val_ids) == 6 and len((out / "split_train.txt").read_text().split()) == 24
@@ -136,7 +158,9 @@ def test_probe_fits_real_labelled_set_well_above_chance(shared_root, maskcontras
     assert result["crf"] in ("applied",) or result["crf"].startswith("skipped: pydensecrf is not importable")
     if result["crf"] == "applied":  # where pydensecrf2 is built: both scores are there
         assert 0.0 < result["crf_scores"]["miou"] <= 1.0 and set(result["crf_scores"]["per_class"]) == {
-            "background", "horse"}  # fmt: skip
+            "background",
+            "horse",
+        }
     saved = json.loads((out / "results.json").read_text())
     assert saved["miou"] == pytest.approx(result["miou"])
     assert len(list((out / "vis").glob("*.png"))) == 2
@@ -150,9 +174,26 @@ def test_probe_fits_real_labelled_set_well_above_chance(shared_root, maskcontras
 def test_moco_checkpoint_probe_resumes(shared_root, moco_ckpt, tmp_path):
     root = shared_root("weizmann")
     out = tmp_path / "run"
-    base = ["--config", "configs/eval/linear_cpu.yaml", "--checkpoint", str(moco_ckpt), "--dataset", "weizmann",
-            "--root", str(root), "--limit", "10", "--out", str(out), "--workers", "0", "--no-progress",
-            "base_size=64", "eval_size=64", "augment.crop_size=64"]  # fmt: skip
+    base = [
+        "--config",
+        "configs/eval/linear_cpu.yaml",
+        "--checkpoint",
+        str(moco_ckpt),
+        "--dataset",
+        "weizmann",
+        "--root",
+        str(root),
+        "--limit",
+        "10",
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--no-progress",
+        "base_size=64",
+        "eval_size=64",
+        "augment.crop_size=64",
+    ]
     first = main([*base, "epochs=2"])
     assert first["layout"] == "moco" and first["feature_dim"] == 512
     # other settings in the same folder are refused ...
@@ -173,10 +214,31 @@ def test_moco_checkpoint_probe_resumes(shared_root, moco_ckpt, tmp_path):
 def test_image_space_augmentation_path(shared_root, maskcontrast_ckpt, tmp_path):
     """The paper's path (no feature cache): augment images, run the frozen network every step."""
     root = shared_root("weizmann")
-    result = main(["--checkpoint", str(maskcontrast_ckpt), "--dataset", "weizmann", "--root", str(root),
-                   "--limit", "6", "--out", str(tmp_path / "run"), "--workers", "0", "--no-progress",
-                   "data.train_split=null", "data.val_split=null", "epochs=2", "eval_every=1", "batch_size=3",
-                   "base_size=64", "eval_size=64", "augment.crop_size=64"])  # fmt: skip
+    result = main(
+        [
+            "--checkpoint",
+            str(maskcontrast_ckpt),
+            "--dataset",
+            "weizmann",
+            "--root",
+            str(root),
+            "--limit",
+            "6",
+            "--out",
+            str(tmp_path / "run"),
+            "--workers",
+            "0",
+            "--no-progress",
+            "data.train_split=null",
+            "data.val_split=null",
+            "epochs=2",
+            "eval_every=1",
+            "batch_size=3",
+            "base_size=64",
+            "eval_size=64",
+            "augment.crop_size=64",
+        ]
+    )
     assert result["n_train"] + result["n_val"] == 6 and len(result["history"]) == 2
     assert np.isfinite(result["history"][-1]["loss"]) and 0.0 <= result["miou"] <= 1.0
     assert not (tmp_path / "run" / "features").exists()

@@ -107,13 +107,39 @@ def test_prototypes_of_a_class_and_its_complement(synthetic):
 def test_cli_on_pet_species(shared_root, moco_ckpt, maskcontrast_ckpt, tmp_path):
     root = shared_root("pet")
     out = tmp_path / "os.json"
-    base = ["--dataset", "pet", "--root", str(root), "--dataset-arg", "target=species", "--limit", "6",
-            "--size", "64", "--workers", "0", "--no-progress"]  # fmt: skip
+    base = [
+        "--dataset",
+        "pet",
+        "--root",
+        str(root),
+        "--dataset-arg",
+        "target=species",
+        "--limit",
+        "6",
+        "--size",
+        "64",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     # the first 6 Pet images are all cats (Abyssinian): dog is in none
     with pytest.raises(ValueError, match="class 'dog' is in only 0 image"):
         main(["--checkpoint", str(moco_ckpt), *base])
-    args = ["--checkpoint", str(moco_ckpt), *base, "--classes", "cat", "--shots", "2", "--episodes", "2",
-            "--json", str(out), "--vis", "2"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(moco_ckpt),
+        *base,
+        "--classes",
+        "cat",
+        "--shots",
+        "2",
+        "--episodes",
+        "2",
+        "--json",
+        str(out),
+        "--vis",
+        "2",
+    ]
     result = main(args)
     data = json.loads(out.read_text())
     for key in ("miou", "miou_std", "fb_iou", "per_class", "shots", "episodes", "n_images", "timing"):

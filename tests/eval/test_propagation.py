@@ -148,8 +148,23 @@ def tv_ckpt(tmp_path_factory):
 def test_static_sequence_gives_j_1(tmp_path, tv_ckpt):
     root = _davis(tmp_path / "data", frames=(0, 10, 20, 30))
     out = tmp_path / "davis.json"
-    args = ["--checkpoint", str(tv_ckpt), "--dataset", "davis2016", "--root", str(root), "--workers", "0",
-            "--no-progress", "--topk", "1", "--json", str(out), "--vis", "1"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(tv_ckpt),
+        "--dataset",
+        "davis2016",
+        "--root",
+        str(root),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--topk",
+        "1",
+        "--json",
+        str(out),
+        "--vis",
+        "1",
+    ]
     result = main(args)
     data = json.loads(out.read_text())
     for key in ("j_mean", "f_mean", "jf_mean", "per_sequence", "n_frames", "frame_step", "frame_note"):
@@ -170,14 +185,40 @@ def test_static_sequence_gives_j_1(tmp_path, tv_ckpt):
 def test_a_sequence_of_one_frame_is_a_clear_error(tmp_path, tv_ckpt):
     root = _davis(tmp_path / "data", frames=(0,), seqs=("one",))
     with pytest.raises(ValueError, match="single frame"):
-        main(["--checkpoint", str(tv_ckpt), "--dataset", "davis2016", "--root", str(root), "--workers", "0",
-              "--no-progress"])  # fmt: skip
+        main(
+            [
+                "--checkpoint",
+                str(tv_ckpt),
+                "--dataset",
+                "davis2016",
+                "--root",
+                str(root),
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
 
 
 @pytest.mark.data
 def test_cli_on_shared_davis(shared_root, maskcontrast_ckpt, tmp_path):
     root = shared_root("davis2016")
-    result = main(["--checkpoint", str(maskcontrast_ckpt), "--dataset", "davis2016", "--root", str(root),
-                   "--sequences", "car-shadow", "--size", "96", "--workers", "0", "--no-progress"])  # fmt: skip
+    result = main(
+        [
+            "--checkpoint",
+            str(maskcontrast_ckpt),
+            "--dataset",
+            "davis2016",
+            "--root",
+            str(root),
+            "--sequences",
+            "car-shadow",
+            "--size",
+            "96",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert result["frame_step"] == 10 and result["n_sequences"] == 1 and result["n_frames"] == 4
     assert 0.0 <= result["jf_mean"] <= 1.0 and result["protocol"]["what"] == "embed"

@@ -34,8 +34,9 @@ def test_confusion_hand_example():
 
 def _stats(protos, fg, bg):
     n = len(protos)
-    return PrototypeStats([str(i) for i in range(n)], np.asarray(protos, np.float32), np.ones(n, bool),
-                          np.asarray(fg), np.asarray(bg))  # fmt: skip
+    return PrototypeStats(
+        [str(i) for i in range(n)], np.asarray(protos, np.float32), np.ones(n, bool), np.asarray(fg), np.asarray(bg)
+    )
 
 
 def test_scores_perfect_and_subset():
@@ -60,9 +61,27 @@ def test_scores_perfect_and_subset():
 def test_cli_end_to_end_with_moco_checkpoint(shared_root, moco_ckpt, tmp_path):
     root = shared_root("weizmann")
     out = tmp_path / "r" / "retrieval.json"
-    args = ["--checkpoint", str(moco_ckpt), "--dataset", "weizmann", "--root", str(root), "--limit", "10",
-            "--size", "64", "--workers", "0", "--saliency-source", "gt", "--topk", "3", "--json", str(out),
-            "--no-progress"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(moco_ckpt),
+        "--dataset",
+        "weizmann",
+        "--root",
+        str(root),
+        "--limit",
+        "10",
+        "--size",
+        "64",
+        "--workers",
+        "0",
+        "--saliency-source",
+        "gt",
+        "--topk",
+        "3",
+        "--json",
+        str(out),
+        "--no-progress",
+    ]
     result = main(args)
     data = json.loads(out.read_text())
     assert data["layout"] == "moco" and data["n_db_images"] == 5 and data["n_query_images"] == 5
@@ -79,9 +98,27 @@ def test_cli_end_to_end_with_moco_checkpoint(shared_root, moco_ckpt, tmp_path):
 def test_cli_pet_species_with_model_saliency(shared_root, maskcontrast_ckpt, tmp_path):
     root = shared_root("pet")
     out = tmp_path / "retrieval.json"
-    args = ["--checkpoint", str(maskcontrast_ckpt), "--dataset", "pet", "--root", str(root), "--dataset-arg",
-            "target=species", "--ids", str(_ids_file(root, tmp_path)), "--size", "64", "--workers", "0",
-            "--subset", "cat", "--json", str(out), "--no-progress"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(maskcontrast_ckpt),
+        "--dataset",
+        "pet",
+        "--root",
+        str(root),
+        "--dataset-arg",
+        "target=species",
+        "--ids",
+        str(_ids_file(root, tmp_path)),
+        "--size",
+        "64",
+        "--workers",
+        "0",
+        "--subset",
+        "cat",
+        "--json",
+        str(out),
+        "--no-progress",
+    ]
     result = main(args)
     assert set(result["per_class"]) == {"background", "cat", "dog"} and result["subset"]["classes"] == ["cat"]
     assert result["n_db_images"] + result["n_query_images"] == 8

@@ -96,8 +96,22 @@ def colour(monkeypatch):
 
 
 def run(ckpt, images, out, *extra):
-    return main(["--checkpoint", str(ckpt), "--images", str(images), "--out", str(out), "--workers", "0",
-                 "--no-progress", "--size", "48", *extra])  # fmt: skip
+    return main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--no-progress",
+            "--size",
+            "48",
+            *extra,
+        ]
+    )
 
 
 def clusters_of(summary):
@@ -142,8 +156,10 @@ def test_saved_clusters_give_identical_labels_and_api_agrees(folder, colour, mas
     assert state["model_id"] == "colour-model" and tuple(state["centroids"].shape) == (2, 4)
     run(maskcontrast_ckpt, images, tmp_path / "b", "--clusters", str(saved))
     for name in kinds:
-        np.testing.assert_array_equal(read_index_png(tmp_path / "a" / "labels" / f"{name}.png"),
-                                      read_index_png(tmp_path / "b" / "labels" / f"{name}.png"))  # fmt: skip
+        np.testing.assert_array_equal(
+            read_index_png(tmp_path / "a" / "labels" / f"{name}.png"),
+            read_index_png(tmp_path / "b" / "labels" / f"{name}.png"),
+        )
     # the Python API gives the CLI's clustering and labels
     model = ColourModel(48)
     paths = sorted(images.glob("*.png"))
@@ -230,8 +246,22 @@ def test_bad_input(folder, colour, maskcontrast_ckpt, tmp_path):
     # clusters fitted at another size, or with another model
     saved = tmp_path / "o4" / "clusters.pt"
     with pytest.raises(ClustersError, match=r"input size shorter side 48.*--size 48"):
-        main(["--checkpoint", str(maskcontrast_ckpt), "--images", str(images), "--out", str(tmp_path / "o5"),
-              "--clusters", str(saved), "--size", "64", "--workers", "0"])  # fmt: skip
+        main(
+            [
+                "--checkpoint",
+                str(maskcontrast_ckpt),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "o5"),
+                "--clusters",
+                str(saved),
+                "--size",
+                "64",
+                "--workers",
+                "0",
+            ]
+        )
     other = ColourModel([48], digest="another-model")
     with pytest.raises(ClustersError, match="another checkpoint"):
         Clusters.load(saved).check(other, "--clusters clusters.pt")
@@ -243,8 +273,9 @@ def test_bad_input(folder, colour, maskcontrast_ckpt, tmp_path):
 def test_masks_folder_source(folder, colour, maskcontrast_ckpt, tmp_path):
     images, kinds = folder
     masks = images.parent / "masks"
-    summary = run(maskcontrast_ckpt, images, tmp_path / "m", "--k", "2", "--saliency-source", "folder",
-                  "--masks", str(masks))  # fmt: skip
+    summary = run(
+        maskcontrast_ckpt, images, tmp_path / "m", "--k", "2", "--saliency-source", "folder", "--masks", str(masks)
+    )
     assert summary["saliency_source"] == "folder"
     name = next(iter(kinds))
     lab = read_index_png(tmp_path / "m" / "labels" / f"{name}.png")
@@ -279,9 +310,31 @@ def test_real_checkpoint_cli_and_model_segment(folder, maskcontrast_ckpt, tmp_pa
 def test_labelled_dataset_scores(shared_root, maskcontrast_ckpt, tmp_path):
     root = shared_root("weizmann")
     out = tmp_path / "w"
-    summary = main(["--checkpoint", str(maskcontrast_ckpt), "--dataset", "weizmann", "--root", str(root),
-                    "--limit", "6", "--size", "48", "--k", "2", "--protocol", "pixel", "--fit-pixels", "2000",
-                    "--out", str(out), "--workers", "0", "--no-progress"])  # fmt: skip
+    summary = main(
+        [
+            "--checkpoint",
+            str(maskcontrast_ckpt),
+            "--dataset",
+            "weizmann",
+            "--root",
+            str(root),
+            "--limit",
+            "6",
+            "--size",
+            "48",
+            "--k",
+            "2",
+            "--protocol",
+            "pixel",
+            "--fit-pixels",
+            "2000",
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     scores = summary["scores"]
     assert 0 <= scores["miou"] <= 1 and 0 <= scores["pixel_acc"] <= 1 and len(scores["per_class"]) == 2
     assert "pixel accuracy" in (out / "index.html").read_text()

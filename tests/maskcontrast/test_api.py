@@ -39,8 +39,14 @@ def test_load_model_is_frozen_eval_mode(model):
 def test_shapes_and_dtypes_for_every_input_type(model, tmp_path):
     rgb = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "x.png")
-    inputs = [rgb, rgb.astype(np.float32) / 255, Image.fromarray(rgb), tmp_path / "x.png",
-              torch.from_numpy(rgb).permute(2, 0, 1), torch.from_numpy(rgb).permute(2, 0, 1).float() / 255]  # fmt: skip
+    inputs = [
+        rgb,
+        rgb.astype(np.float32) / 255,
+        Image.fromarray(rgb),
+        tmp_path / "x.png",
+        torch.from_numpy(rgb).permute(2, 0, 1),
+        torch.from_numpy(rgb).permute(2, 0, 1).float() / 255,
+    ]
     ref = model.embed(inputs[0])
     assert ref.shape == (1, 8, 40, 56) and ref.dtype == torch.float32
     torch.testing.assert_close(ref.norm(dim=1), torch.ones(1, 40, 56))
@@ -126,7 +132,8 @@ def test_moco_and_torchvision_checkpoints_are_backbone_only(tmp_path):
         with pytest.raises(NoSaliencyHeadError, match="no saliency head"):
             m.saliency(torch.rand(1, 3, 64, 64))
     assert maskcontrast.load_model(tmp_path / "tv.pth", "cpu", output_stride=16).features(
-        torch.rand(1, 3, 64, 64), resolution="feature").shape == (1, 512, 4, 4)  # fmt: skip
+        torch.rand(1, 3, 64, 64), resolution="feature"
+    ).shape == (1, 512, 4, 4)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"junk\.pt"):
         maskcontrast.load_model(tmp_path / "junk.pt")

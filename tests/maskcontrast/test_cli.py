@@ -13,8 +13,9 @@ from maskcontrast.config import ConfigError
 from maskcontrast.data import DataError
 
 
-@pytest.mark.parametrize("error", [ValueError("bad value"), FileExistsError("out exists"), DataError("bad file"),
-                                   ConfigError("bad key")])  # fmt: skip
+@pytest.mark.parametrize(
+    "error", [ValueError("bad value"), FileExistsError("out exists"), DataError("bad file"), ConfigError("bad key")]
+)
 def test_user_errors_exit_2_with_one_line(error: Exception, caplog: pytest.LogCaptureFixture) -> None:
     def main() -> None:
         raise error
@@ -43,9 +44,22 @@ def test_success_returns() -> None:
 def test_an_entry_point_exits_2_on_bad_input(tmp_path) -> None:
     """End to end through one real entry point: the message names the folder, no traceback."""
     missing = tmp_path / "nope.pt"
-    proc = subprocess.run([sys.executable, "-m", "maskcontrast.extract", "--checkpoint", str(missing),
-                           "--images", str(tmp_path), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maskcontrast.extract",
+            "--checkpoint",
+            str(missing),
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "is empty" in proc.stderr and str(tmp_path) in proc.stderr  # the images folder is checked first

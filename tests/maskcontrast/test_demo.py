@@ -60,8 +60,12 @@ def test_no_network_one_clear_message_nothing_written(fresh_env, monkeypatch, tm
     msg = capsys.readouterr().err
     assert "no demo data found, and downloading MSRC-v2 failed" in msg
     assert msg.index(urls[0]) < msg.index(urls[1])  # the URLs tried, in order
-    for alternative in ("--data DIR", "MASKCONTRAST_DATA", "python -m maskcontrast.data.download msrc --root DIR",
-                        "MASKCONTRAST_MSRC_URL"):  # fmt: skip
+    for alternative in (
+        "--data DIR",
+        "MASKCONTRAST_DATA",
+        "python -m maskcontrast.data.download msrc --root DIR",
+        "MASKCONTRAST_MSRC_URL",
+    ):
         assert alternative in msg
     assert f"Nothing was written under {fresh_env.resolve()}" in msg
     assert not fresh_env.exists() and not (tmp_path / "out").exists()
@@ -80,8 +84,9 @@ def test_default_mirrors_are_named_when_they_fail(fresh_env, monkeypatch, tmp_pa
         demo.fetch_demo_data(demo.cache_dir())
     msg = capsys.readouterr().err
     assert closed_port_url("/x.zip") in msg
-    assert len(MSRC_RESOURCES[0].urls) == 2 and all(u.endswith("msrc_objcategimagedatabase_v2.zip") for u in
-                                                     MSRC_RESOURCES[0].urls)  # fmt: skip
+    assert len(MSRC_RESOURCES[0].urls) == 2 and all(
+        u.endswith("msrc_objcategimagedatabase_v2.zip") for u in MSRC_RESOURCES[0].urls
+    )
 
 
 def test_md5_mismatch_names_both_digests_and_the_override(fresh_env, monkeypatch, server, capsys):
@@ -107,8 +112,9 @@ def _no_retries(fn):
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_demo_downloads_the_data_and_runs_end_to_end(msrc_official_zip, fresh_env, monkeypatch, server, tmp_path,
-                                                     capsys):  # fmt: skip
+def test_demo_downloads_the_data_and_runs_end_to_end(
+    msrc_official_zip, fresh_env, monkeypatch, server, tmp_path, capsys
+):
     """MASKCONTRAST_DATA is unset here (fresh_env) once the archive fixture has read the shared images."""
     archive = msrc_official_zip(24, scale=0.4)  # the prototype protocol (k = 21) needs >= 20 salient images
     server.files["/msrc.zip"] = archive
@@ -127,8 +133,7 @@ def test_demo_downloads_the_data_and_runs_end_to_end(msrc_official_zip, fresh_en
     assert json.loads((out / "demo.json").read_text())["settings"]["data"] == str(data)
     summary = (out / "report" / "summary.md").read_text()
     assert f"Data: MSRC-v2 at `{data}` (24 images" in summary
-    assert set(headline) >= {"kmeans_prototype_miou", "kmeans_prototype_fused_miou", "kmeans_pixel_miou",
-                             "linear_miou"}  # fmt: skip
+    assert set(headline) >= {"kmeans_prototype_miou", "kmeans_prototype_fused_miou", "kmeans_pixel_miou", "linear_miou"}
     assert all(np.isfinite(v) for v in headline.values())
     # both saliency sources named, the segment page linked and copied into the report
     assert "the model's saliency head" in summary and "fused masks of `saliency.generate`" in summary
@@ -160,18 +165,27 @@ def test_report_names_both_saliency_sources_and_links_the_segment_page(shared_ro
     classes = list(ds.info.classes)
 
     def km(miou):
-        return {"miou_mean": miou, "miou_std": 0.01, "pixel_acc": 0.5, "k": 21, "seeds": [{}], "n_images": 5,
-                "per_class": {c: miou for c in classes}}  # fmt: skip
+        return {
+            "miou_mean": miou,
+            "miou_std": 0.01,
+            "pixel_acc": 0.5,
+            "k": 21,
+            "seeds": [{}],
+            "n_images": 5,
+            "per_class": {c: miou for c in classes},
+        }
 
     for name, miou in (("prototype", 0.1), ("prototype_fused", 0.2), ("pixel", 0.05)):
         (d.eval_dir).mkdir(parents=True, exist_ok=True)
         (d.eval_dir / f"kmeans_{name}.json").write_text(json.dumps(km(miou)))
     (d.eval_dir / "linear").mkdir()
     (d.eval_dir / "linear" / "results.json").write_text(
-        json.dumps({"miou": 0.3, "per_class": {c: 0.3 for c in classes}, "n_train": 4, "n_val": 1}))  # fmt: skip
+        json.dumps({"miou": 0.3, "per_class": {c: 0.3 for c in classes}, "n_train": 4, "n_val": 1})
+    )
     d.segment_dir.mkdir()
-    (d.segment_dir / "segment.json").write_text(json.dumps({"n_segmented": 1, "k": 2, "scores": {"miou": 0.25,
-                                                                                                "pixel_acc": 0.6}}))  # fmt: skip
+    (d.segment_dir / "segment.json").write_text(
+        json.dumps({"n_segmented": 1, "k": 2, "scores": {"miou": 0.25, "pixel_acc": 0.6}})
+    )
     (d.segment_dir / "index.html").write_text("<html></html>")
     label = np.zeros((h, w), np.uint8)
     for folder in ("linear/vis/pred", "kmeans_prototype_vis/pred", "kmeans_prototype_fused_vis/pred"):

@@ -76,21 +76,46 @@ def test_segment_runs_from_the_onnx_file(maskcontrast_ckpt, onnx_file, tmp_path)
     rng = np.random.default_rng(0)
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3)).astype(np.uint8)).save(images / f"im{i}.png")
-    common = ["--images", str(images), "--size", "40", "--workers", "0", "--no-progress", "--protocol", "pixel",
-              "--fit-pixels", "1000", "--nredo", "1"]  # fmt: skip
+    common = [
+        "--images",
+        str(images),
+        "--size",
+        "40",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--protocol",
+        "pixel",
+        "--fit-pixels",
+        "1000",
+        "--nredo",
+        "1",
+    ]
     segment(["--checkpoint", str(maskcontrast_ckpt), "--k", "3", "--out", str(tmp_path / "ckpt"), *common])
     # the checkpoint's clusters apply to its exported file (same weights) and give the same labels
-    segment(["--model", str(onnx_file), "--clusters", str(tmp_path / "ckpt" / "clusters.pt"), "--out",
-             str(tmp_path / "onnx"), *common])  # fmt: skip
+    segment(
+        [
+            "--model",
+            str(onnx_file),
+            "--clusters",
+            str(tmp_path / "ckpt" / "clusters.pt"),
+            "--out",
+            str(tmp_path / "onnx"),
+            *common,
+        ]
+    )
     a = json.loads((tmp_path / "ckpt" / "segment.json").read_text())
     b = json.loads((tmp_path / "onnx" / "segment.json").read_text())
     assert [im["clusters"] for im in a["images"]] == [im["clusters"] for im in b["images"]]
     from maskcontrast.data import read_index_png
 
     same = [
-        (read_index_png(tmp_path / "ckpt" / "labels" / f"im{i}.png") == read_index_png(
-            tmp_path / "onnx" / "labels" / f"im{i}.png")).mean() for i in range(4)
-    ]  # fmt: skip
+        (
+            read_index_png(tmp_path / "ckpt" / "labels" / f"im{i}.png")
+            == read_index_png(tmp_path / "onnx" / "labels" / f"im{i}.png")
+        ).mean()
+        for i in range(4)
+    ]
     assert min(same) > 0.999  # equal up to ties at 1e-7
 
 

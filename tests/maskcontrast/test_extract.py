@@ -29,8 +29,20 @@ def images(tmp_path):
 
 
 def run(ckpt, images, out, *extra):
-    return main(["--checkpoint", str(ckpt), "--images", str(images), "--out", str(out), "--workers", "0",
-                 "--no-progress", *extra])  # fmt: skip
+    return main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_npy_fp16_matches_the_api(ckpt, images, tmp_path):

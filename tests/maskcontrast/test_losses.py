@@ -111,8 +111,17 @@ def test_binary_masks_give_one_prototype_per_image():
     assert owner.tolist() == [[0, 1], [1, 1], [2, 1]]
 
 
-@pytest.mark.parametrize("small,big", [((28, 28), (224, 224)), ((15, 11), (128, 100)), ((17, 9), (100, 9)),
-                                       ((6, 7), (6, 7)), ((6, 4), (6, 13)), ((1, 1), (5, 3))])  # fmt: skip
+@pytest.mark.parametrize(
+    "small,big",
+    [
+        ((28, 28), (224, 224)),
+        ((15, 11), (128, 100)),
+        ((17, 9), (100, 9)),
+        ((6, 7), (6, 7)),
+        ((6, 4), (6, 13)),
+        ((1, 1), (5, 3)),
+    ],
+)
 def test_upsampled_pixels_equal_interpolate_at_the_chosen_pixels(small, big):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, *small, generator=g, dtype=torch.float64, requires_grad=True)

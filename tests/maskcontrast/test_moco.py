@@ -38,10 +38,23 @@ def images(tmp_path_factory):
 
 
 def cfg_for(images, run_dir, *extra):  # on the CPU: resume equivalence is a CPU property
-    return resolve_config(load_config(MocoConfig, TINY, [
-        f"data.sources=[{{name: image_folder, root: {images}}}]", f"trainer.run_dir={run_dir}",
-        "data.image_size=32", "optim.batch_size=4", "objective.queue_size=8", "trainer.progress=false",
-        "trainer.threads=1", "trainer.device=cpu", *extra]))  # fmt: skip
+    return resolve_config(
+        load_config(
+            MocoConfig,
+            TINY,
+            [
+                f"data.sources=[{{name: image_folder, root: {images}}}]",
+                f"trainer.run_dir={run_dir}",
+                "data.image_size=32",
+                "optim.batch_size=4",
+                "objective.queue_size=8",
+                "trainer.progress=false",
+                "trainer.threads=1",
+                "trainer.device=cpu",
+                *extra,
+            ],
+        )
+    )
 
 
 def build(cfg):
@@ -99,9 +112,17 @@ def test_moco_resume_equivalence(images, tmp_path):
 
 
 def test_cli_and_objective_errors(images, tmp_path, capsys):
-    args = ["--config", TINY, f"data.sources=[{{name: image_folder, root: {images}}}]",
-            f"trainer.run_dir={tmp_path / 'cli'}", "data.image_size=32", "optim.batch_size=4",
-            "trainer.max_steps=1", "trainer.progress=false", "objective.queue_size=8"]  # fmt: skip
+    args = [
+        "--config",
+        TINY,
+        f"data.sources=[{{name: image_folder, root: {images}}}]",
+        f"trainer.run_dir={tmp_path / 'cli'}",
+        "data.image_size=32",
+        "optim.batch_size=4",
+        "trainer.max_steps=1",
+        "trainer.progress=false",
+        "objective.queue_size=8",
+    ]
     assert moco_main(args) == 0
     assert "checkpoint:" in capsys.readouterr().out
     assert moco_main([*args, "optim.batch_size=64"]) == 2  # refuses the existing run folder first
@@ -117,11 +138,25 @@ def test_cli_and_objective_errors(images, tmp_path, capsys):
 def test_infonce_goes_down_on_real_images(shared_root, tmp_path):
     """32 Pet images (labels unused), queue of 16, no colour augmentation (random init, 30 steps)."""
     pet = shared_root("pet")
-    cfg = resolve_config(load_config(MocoConfig, TINY, [
-        f"data.sources=[{{name: pet, root: {pet}, limit: 32}}]", f"trainer.run_dir={tmp_path / 'm'}",
-        "trainer.max_steps=30", "trainer.progress=false", "trainer.threads=1", "objective.queue_size=16",
-        "optim.lr=0.1", "augment.color_jitter_p=0", "augment.grayscale_p=0", "augment.blur_p=0",
-        "data.cache_images=true"]))  # fmt: skip
+    cfg = resolve_config(
+        load_config(
+            MocoConfig,
+            TINY,
+            [
+                f"data.sources=[{{name: pet, root: {pet}, limit: 32}}]",
+                f"trainer.run_dir={tmp_path / 'm'}",
+                "trainer.max_steps=30",
+                "trainer.progress=false",
+                "trainer.threads=1",
+                "objective.queue_size=16",
+                "optim.lr=0.1",
+                "augment.color_jitter_p=0",
+                "augment.grayscale_p=0",
+                "augment.blur_p=0",
+                "data.cache_images=true",
+            ],
+        )
+    )
     losses = []
 
     class Recording(MocoObjective):
@@ -145,8 +180,16 @@ def test_moco_on_a_vit_and_its_backbone_starts_maskcontrast(images, tmp_path):
     assert res.steps == 2
     path = tmp_path / "vit" / "last.pt"
     assert detect_layout(read_checkpoint(path)) == "moco"
-    mcfg = load_config(ModelConfig, overrides=["backbone.arch=vit_small_patch16_224", "backbone.vit.img_size=32",
-                                               "backbone.vit.dim=64", "backbone.vit.depth=2", f"backbone.init={path}"])  # fmt: skip
+    mcfg = load_config(
+        ModelConfig,
+        overrides=[
+            "backbone.arch=vit_small_patch16_224",
+            "backbone.vit.img_size=32",
+            "backbone.vit.dim=64",
+            "backbone.vit.depth=2",
+            f"backbone.init={path}",
+        ],
+    )
     model = build_model(mcfg)
     sd = read_checkpoint(path)["state_dict"]
     assert torch.equal(model.backbone.vit.blocks[1].mlp.fc2.weight, sd["module.encoder_q.blocks.1.mlp.fc2.weight"])

@@ -87,8 +87,10 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.manual_seed(0)  # the trainer seeds every rank alike, so the banks start equal
     bank = MemoryBank(4, 3)
     bank.enqueue(x[:1].expand(1, 3))
-    torch.save({"gathered": gathered, "shuffled": shuffled, "back": back, "x": x, "queue": bank.queue,
-                "ptr": bank.ptr}, f"{out}/rank{rank}.pt")  # fmt: skip
+    torch.save(
+        {"gathered": gathered, "shuffled": shuffled, "back": back, "x": x, "queue": bank.queue, "ptr": bank.ptr},
+        f"{out}/rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 
@@ -115,10 +117,20 @@ def _layout_and_stats_worker(rank: int, port: int, out: str) -> None:
     bn[1].running_mean.fill_(float(rank))  # rank 0: 0, rank 1: 1
     bn[1].running_var.fill_(2.0 + 2 * rank)  # 2 and 4
     average_batchnorm_stats(bn)
-    torch.save({"x": x.contiguous(), "back": back.contiguous(), "shuffled": shuffled.contiguous(),
-                "cl": [shuffled.is_contiguous(memory_format=torch.channels_last),
-                       back.is_contiguous(memory_format=torch.channels_last)],
-                "mean": bn[1].running_mean, "var": bn[1].running_var}, f"{out}/rank{rank}.pt")  # fmt: skip
+    torch.save(
+        {
+            "x": x.contiguous(),
+            "back": back.contiguous(),
+            "shuffled": shuffled.contiguous(),
+            "cl": [
+                shuffled.is_contiguous(memory_format=torch.channels_last),
+                back.is_contiguous(memory_format=torch.channels_last),
+            ],
+            "mean": bn[1].running_mean,
+            "var": bn[1].running_var,
+        },
+        f"{out}/rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 

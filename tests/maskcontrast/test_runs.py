@@ -23,8 +23,14 @@ from maskcontrast.runs import (
 )
 
 TRAIN = RunLayout("run", owned=("config.yaml", "last.pt", "tb"), state=("last.pt",), resume_hint="--resume")
-PROBE = RunLayout("probe run", owned=("state.pt", "run.json", "results.json"), state=("state.pt",),
-                  identity_file="run.json", finished="results.json", writer="eval.linear")  # fmt: skip
+PROBE = RunLayout(
+    "probe run",
+    owned=("state.pt", "run.json", "results.json"),
+    state=("state.pt",),
+    identity_file="run.json",
+    finished="results.json",
+    writer="eval.linear",
+)
 
 
 def test_fresh_refused_resumed_and_overwritten(tmp_path):

@@ -40,8 +40,16 @@ def make_image_folder(root, n=12, size=(40, 48), seed=0):
 
 def tiny_cfg(data_root, run_dir, *extra):
     src = f"data.sources=[{{name: image_folder, root: {data_root / 'images'}, masks: {data_root / 'masks'}}}]"
-    overrides = [src, f"trainer.run_dir={run_dir}", "data.image_size=32", "optim.batch_size=4",
-                 "trainer.progress=false", "trainer.threads=1", "trainer.device=cpu", *extra]  # fmt: skip
+    overrides = [
+        src,
+        f"trainer.run_dir={run_dir}",
+        "data.image_size=32",
+        "optim.batch_size=4",
+        "trainer.progress=false",
+        "trainer.threads=1",
+        "trainer.device=cpu",
+        *extra,
+    ]
     return resolve_config(load_config(PretrainConfig, TINY, overrides))
 
 
@@ -51,9 +59,11 @@ def build(cfg):
 
 def state_of(path):
     ckpt = read_checkpoint(path)
-    return {**{f"model.{k}": v for k, v in ckpt["model"].items()},
-            **{f"key.{k}": v for k, v in ckpt["key_model"].items()},
-            **{f"bank.{k}": v for k, v in ckpt["memory_bank"].items()}}  # fmt: skip
+    return {
+        **{f"model.{k}": v for k, v in ckpt["model"].items()},
+        **{f"key.{k}": v for k, v in ckpt["key_model"].items()},
+        **{f"bank.{k}": v for k, v in ckpt["memory_bank"].items()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +103,9 @@ def test_resume_equivalence_and_run_folder(data, tmp_path):
     assert read_checkpoint(tmp_path / "half" / "last.pt")["trainer"]["step"] == 2
     with pytest.raises(RunDirError, match="resume=auto"):
         train(half, build(half), "pretrain")
-    resumed = tiny_cfg(data, tmp_path / "half", "trainer.max_steps=4", "trainer.save_every_steps=2",
-                       "trainer.resume=auto")  # fmt: skip
+    resumed = tiny_cfg(
+        data, tmp_path / "half", "trainer.max_steps=4", "trainer.save_every_steps=2", "trainer.resume=auto"
+    )
     assert train(resumed, build(resumed), "pretrain").steps == 4
 
     a, b = state_of(tmp_path / "full" / "last.pt"), state_of(tmp_path / "half" / "last.pt")
@@ -150,8 +161,14 @@ def test_failed_start_is_rerun_nan_is_logged_and_stale_temporaries_go(data, tmp_
 
 
 def test_bf16_channels_last_and_frozen_early_layers(data, tmp_path):
-    cfg = tiny_cfg(data, tmp_path / "amp", "trainer.max_steps=1", "trainer.precision=bf16",
-                   "trainer.channels_last=true", "objective.freeze_early_layers=true")  # fmt: skip
+    cfg = tiny_cfg(
+        data,
+        tmp_path / "amp",
+        "trainer.max_steps=1",
+        "trainer.precision=bf16",
+        "trainer.channels_last=true",
+        "objective.freeze_early_layers=true",
+    )
     before = MaskContrastObjective(cfg.model, cfg.objective)  # same seed, same init as inside train()
     train(cfg, build(cfg), "pretrain")
     after = read_checkpoint(tmp_path / "amp" / "last.pt")["model"]
@@ -164,8 +181,15 @@ def test_bf16_channels_last_and_frozen_early_layers(data, tmp_path):
 
 def test_cli_writes_run_and_reports_errors(data, tmp_path, capsys, monkeypatch):
     src = f"data.sources=[{{name: image_folder, root: {data / 'images'}, masks: {data / 'masks'}}}]"
-    args = ["--config", TINY, src, f"trainer.run_dir={tmp_path / 'cli'}", "data.image_size=32",
-            "trainer.max_steps=1", "trainer.progress=false"]  # fmt: skip
+    args = [
+        "--config",
+        TINY,
+        src,
+        f"trainer.run_dir={tmp_path / 'cli'}",
+        "data.image_size=32",
+        "trainer.max_steps=1",
+        "trainer.progress=false",
+    ]
     assert pretrain_main(args) == 0
     out = capsys.readouterr().out
     assert f"checkpoint: {tmp_path / 'cli' / 'last.pt'}" in out
@@ -191,8 +215,9 @@ def _free_port():
 def _ddp_worker(rank, port, data, run_dir, out):
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
     torch.set_num_threads(1)
     cfg = tiny_cfg(data, run_dir, "trainer.max_steps=2", "trainer.device=cpu")
     holder = {}
@@ -221,11 +246,26 @@ def test_contrastive_loss_goes_down_on_pet_trimaps(shared_root, tmp_path):
     """Real images with Pet trimaps as object masks, tiny config from random init: 16 images, a
     queue of 8, no colour jitter (a random ResNet cannot learn colour invariance in 20 steps)."""
     pet = shared_root("pet")
-    cfg = resolve_config(load_config(PretrainConfig, TINY, [
-        f"data.sources=[{{name: pet, root: {pet}, limit: 16}}]", f"trainer.run_dir={tmp_path / 'pet'}",
-        "trainer.max_steps=20", "trainer.progress=false", "trainer.threads=1", "optim.batch_size=8",
-        "optim.lr=0.1", "objective.queue_size=8", "augment.color_jitter_p=0", "augment.grayscale_p=0",
-        "data.image_size=48", "data.cache_images=true"]))  # fmt: skip
+    cfg = resolve_config(
+        load_config(
+            PretrainConfig,
+            TINY,
+            [
+                f"data.sources=[{{name: pet, root: {pet}, limit: 16}}]",
+                f"trainer.run_dir={tmp_path / 'pet'}",
+                "trainer.max_steps=20",
+                "trainer.progress=false",
+                "trainer.threads=1",
+                "optim.batch_size=8",
+                "optim.lr=0.1",
+                "objective.queue_size=8",
+                "augment.color_jitter_p=0",
+                "augment.grayscale_p=0",
+                "data.image_size=48",
+                "data.cache_images=true",
+            ],
+        )
+    )
     losses = []
 
     class Recording(MaskContrastObjective):
@@ -274,8 +314,10 @@ def test_host_syncs_per_step_and_one_loader_pass_across_epochs(data, tmp_path, m
 
     def syncs(max_steps):
         counts = {"n": 0}
-        originals = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__float__", "__int__",
-                                                                    "__bool__", "nonzero")}  # fmt: skip
+        originals = {
+            name: getattr(torch.Tensor, name)
+            for name in ("item", "tolist", "__float__", "__int__", "__bool__", "nonzero")
+        }
 
         def counted(fn):
             def wrapper(self, *a, **k):
@@ -284,8 +326,14 @@ def test_host_syncs_per_step_and_one_loader_pass_across_epochs(data, tmp_path, m
 
             return wrapper
 
-        cfg = tiny_cfg(data, tmp_path / f"s{max_steps}", f"trainer.max_steps={max_steps}", "optim.batch_size=2",
-                       "trainer.log_every_steps=100", "trainer.save_every_steps=0")  # fmt: skip
+        cfg = tiny_cfg(
+            data,
+            tmp_path / f"s{max_steps}",
+            f"trainer.max_steps={max_steps}",
+            "optim.batch_size=2",
+            "trainer.log_every_steps=100",
+            "trainer.save_every_steps=0",
+        )
         with monkeypatch.context() as m:
             for name, fn in originals.items():
                 m.setattr(torch.Tensor, name, counted(fn))
@@ -364,8 +412,12 @@ def test_schedule_unit_epoch_holds_the_rate_for_an_epoch(data, tmp_path):
         tiny_cfg(data, tmp_path / "x", "optim.schedule_unit=iteration")
 
 
-VIT_TINY = ["model.backbone.arch=vit_small_patch16_224", "model.backbone.vit.img_size=32", "model.backbone.vit.dim=64",
-            "model.backbone.vit.depth=2"]  # fmt: skip
+VIT_TINY = [
+    "model.backbone.arch=vit_small_patch16_224",
+    "model.backbone.vit.img_size=32",
+    "model.backbone.vit.dim=64",
+    "model.backbone.vit.depth=2",
+]
 
 
 def test_vit_run_resumes_bit_exactly_after_sigkill(data, tmp_path):
@@ -382,10 +434,24 @@ def test_vit_run_resumes_bit_exactly_after_sigkill(data, tmp_path):
     assert train(full, build(full), "pretrain").steps == 8
 
     src = f"data.sources=[{{name: image_folder, root: {data / 'images'}, masks: {data / 'masks'}}}]"
-    cmd = [sys.executable, "-m", "maskcontrast.pretrain", "--config", TINY, src, f"trainer.run_dir={tmp_path / 'kill'}",
-           "data.image_size=32", "optim.batch_size=4", "trainer.progress=false", "trainer.threads=1", *VIT_TINY, *steps]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "maskcontrast.pretrain",
+        "--config",
+        TINY,
+        src,
+        f"trainer.run_dir={tmp_path / 'kill'}",
+        "data.image_size=32",
+        "optim.batch_size=4",
+        "trainer.progress=false",
+        "trainer.threads=1",
+        *VIT_TINY,
+        *steps,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     last = tmp_path / "kill" / "last.pt"
     deadline = time.monotonic() + 300
     while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:

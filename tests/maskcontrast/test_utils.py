@@ -197,8 +197,9 @@ def test_bf16_on_a_gpu_without_it_falls_back_or_says_what_to_set(monkeypatch, ca
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a V100 or T4
     with caplog.at_level(logging.WARNING):
-        got = autocast_dtype("bf16", cuda, choices=("fp32", "bf16", "fp16"), key="trainer.precision",
-                             fp16_fallback=True)  # fmt: skip
+        got = autocast_dtype(
+            "bf16", cuda, choices=("fp32", "bf16", "fp16"), key="trainer.precision", fp16_fallback=True
+        )
     assert got is torch.float16
     assert "does not support bfloat16" in caplog.text and "trainer.precision=fp16" in caplog.text
     with pytest.raises(ConfigError, match=r"precision=bf16: .* set precision=fp32"):

@@ -77,8 +77,7 @@ def test_items_are_deterministic_and_skip_unusable_images(folder):
 
 
 def test_views_respect_the_mask_area_and_align_with_images(folder):
-    aug = AugmentConfig(color_jitter_p=0, grayscale_p=0, crop_scale=[0.1, 1.0], min_mask_area=0.05,
-                        max_mask_area=0.95)  # fmt: skip
+    aug = AugmentConfig(color_jitter_p=0, grayscale_p=0, crop_scale=[0.1, 1.0], min_mask_area=0.05, max_mask_area=0.95)
     ds = dataset(folder, augment=aug)
     batch = default_collate([ds[(e, i)] for e in range(3) for i in range(8)])
     views = ViewSampler(aug, 24)(batch)
@@ -110,8 +109,9 @@ def test_crop_grid_identity_and_flip():
     full = torch.tensor([[0.0, 0.0, 4.0, 4.0, 0.0]])
     out = torch.nn.functional.grid_sample(img, crop_grid(full, 4, 4), align_corners=False)
     assert torch.allclose(out, img)
-    flipped = torch.nn.functional.grid_sample(img, crop_grid(full + torch.tensor([0, 0, 0, 0, 1.0]), 4, 4),
-                                              align_corners=False)  # fmt: skip
+    flipped = torch.nn.functional.grid_sample(
+        img, crop_grid(full + torch.tensor([0, 0, 0, 0, 1.0]), 4, 4), align_corners=False
+    )
     assert torch.allclose(flipped, img.flip(-1))
 
 
@@ -119,8 +119,11 @@ def test_view_sampler_color_ops_and_normalisation():
     aug = AugmentConfig(blur_p=1.0)
     vs = ViewSampler(aug, 32)
     assert len(vs.color) == 3
-    batch = {"image": torch.full((2, 48, 48, 3), 128, dtype=torch.uint8), "mask": torch.zeros(0, 0),
-             "boxes": torch.tensor([[0, 0, 48, 48, 0.0]] * 4).view(2, 2, 5)}  # fmt: skip
+    batch = {
+        "image": torch.full((2, 48, 48, 3), 128, dtype=torch.uint8),
+        "mask": torch.zeros(0, 0),
+        "boxes": torch.tensor([[0, 0, 48, 48, 0.0]] * 4).view(2, 2, 5),
+    }
     views = ViewSampler(PLAIN, 32)(batch)
     expected = (128 / 255 - torch.tensor(aug.mean)) / torch.tensor(aug.std)
     assert torch.allclose(views.query[0, :, 5, 5], expected, atol=1e-5) and views.query_mask is None

@@ -282,8 +282,15 @@ def test_short_refine_run_on_real_images_lowers_its_loss(shared_root, tmp_path):
     image = ds.read_sample_image(ds.files(ds.ids[0]), ds.ids[0])
     soft = predict(image)
     assert soft.shape == image.shape[:2] and soft.min() >= 0 and soft.max() <= 1
-    counts = generate(tmp_path / "masks", "refined", dataset="weizmann", root=root, checkpoint=out / "refiner.pt",
-                      limit=2, progress=False)  # fmt: skip
+    counts = generate(
+        tmp_path / "masks",
+        "refined",
+        dataset="weizmann",
+        root=root,
+        checkpoint=out / "refiner.pt",
+        limit=2,
+        progress=False,
+    )
     assert counts["written"] + counts["skipped"] == 2 and counts["errors"] == 0
 
 

@@ -81,8 +81,25 @@ def test_check_reports_broken_copy_by_id(shared_root, tmp_path, capsys):
         main(["--dataset", "pet", "--root", str(root), "--json", str(out_json)])
     assert err.value.code == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["--dataset", "pet", "--root", str(root), "--json", str(out_json), "--overwrite",
-                 "--workers", "1", "--option", "target=species", "--no-progress"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "--dataset",
+                "pet",
+                "--root",
+                str(root),
+                "--json",
+                str(out_json),
+                "--overwrite",
+                "--workers",
+                "1",
+                "--option",
+                "target=species",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert json.loads(out_json.read_text())["classes"] == ["background", "cat", "dog"]
 
 

@@ -214,8 +214,11 @@ def tiny_voc_archives() -> tuple[bytes, bytes]:
     tar = make_tar(
         {base + f"JPEGImages/{i}.jpg": _jpg() for i in ids}
         | {base + "SegmentationClass/2007_000033.png": _png(1)}
-        | {base + "ImageSets/Segmentation/val.txt": b"2007_000033\n", base + "ImageSets/Segmentation/train.txt": b"2007_000032\n"}
-    )  # fmt: skip
+        | {
+            base + "ImageSets/Segmentation/val.txt": b"2007_000033\n",
+            base + "ImageSets/Segmentation/train.txt": b"2007_000032\n",
+        }
+    )
     zipped = make_zip(
         {f"SegmentationClassAug/{i}.png": _png(n) for n, i in enumerate(ids)} | {"__MACOSX/._junk": b"junk"}
     )
@@ -227,9 +230,11 @@ def loopback_resources(server, tar: bytes, zipped: bytes) -> tuple[Resource, Res
     server.files["/SegmentationClassAug.zip"] = zipped
     voc, aug = VOC_RESOURCES
     return (
-        Resource(voc.name, (server.url("/VOCtrainval.tar"),), voc.filename, voc.dest, voc.subdir, voc.marker, md5=md5(tar)),
+        Resource(
+            voc.name, (server.url("/VOCtrainval.tar"),), voc.filename, voc.dest, voc.subdir, voc.marker, md5=md5(tar)
+        ),
         Resource(aug.name, (server.url("/SegmentationClassAug.zip"),), aug.filename, aug.dest, aug.subdir, aug.marker),
-    )  # fmt: skip
+    )
 
 
 def test_download_voc_end_to_end_idempotent(server, tmp_path, capsys):
@@ -239,8 +244,9 @@ def test_download_voc_end_to_end_idempotent(server, tmp_path, capsys):
     voc_root = download_voc(tmp_path, resources=resources, retries=1, backoff_s=0, progress=False)
     assert voc_root == tmp_path / "VOCdevkit" / "VOC2012"
     assert (voc_root / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split() == [
-        "2007_000032", "2008_000002"
-    ]  # fmt: skip
+        "2007_000032",
+        "2008_000002",
+    ]
     assert not (voc_root / "SegmentationClassAug" / "__MACOSX").exists()
     assert not list((tmp_path / "downloads").iterdir())  # archives removed after extraction
     val = build_dataset("voc", tmp_path, "val")
@@ -393,8 +399,9 @@ def test_check_msrc_folder_without_images(tmp_path):
 
 
 def test_extract_locates_the_content_folder(tmp_path):
-    (tmp_path / "a.zip").write_bytes(make_zip({"Some Name/Images/x.bmp": b"i", "Some Name/GroundTruth/x_GT.bmp": b"g",
-                                               "readme.txt": b"r"}))  # fmt: skip
+    (tmp_path / "a.zip").write_bytes(
+        make_zip({"Some Name/Images/x.bmp": b"i", "Some Name/GroundTruth/x_GT.bmp": b"g", "readme.txt": b"r"})
+    )
     dest = extract_atomic(tmp_path / "a.zip", tmp_path / "out", locate=("Images", "GroundTruth"))
     assert sorted(p.name for p in dest.iterdir()) == ["GroundTruth", "Images"]
     with pytest.raises(DownloadError, match=r"expected a folder holding \['Images', 'Labels'\]"):
@@ -427,9 +434,13 @@ def tiny_pet_archives() -> tuple[bytes, bytes]:
     images = make_targz({f"images/{n}.jpg": _jpg() for n in names})
     annotations = make_targz(
         {f"annotations/trimaps/{n}.png": buf.getvalue() for n in names}
-        | {"annotations/list.txt": listing, "annotations/trainval.txt": listing[: listing.index(b"\n") + 1],
-           "annotations/test.txt": listing[listing.index(b"\n") + 1 :], "annotations/README": b"readme"}
-    )  # fmt: skip
+        | {
+            "annotations/list.txt": listing,
+            "annotations/trainval.txt": listing[: listing.index(b"\n") + 1],
+            "annotations/test.txt": listing[listing.index(b"\n") + 1 :],
+            "annotations/README": b"readme",
+        }
+    )
     return images, annotations
 
 
@@ -468,6 +479,21 @@ def test_download_pet_cli_one_part_with_url_and_md5(server, tmp_path, caplog):
     assert not (tmp_path / "oxford-iiit-pet" / "images").exists()
     # an archive without the expected folder content is refused before anything is moved into place
     server.files["/empty.tar.gz"] = make_targz({"images/readme.txt": b"no pictures"})
-    assert main(["pet", "--root", str(tmp_path), "--only", "images", "--url", server.url("/empty.tar.gz"),
-                 "--md5", md5(server.files["/empty.tar.gz"]), "--no-progress"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "pet",
+                "--root",
+                str(tmp_path),
+                "--only",
+                "images",
+                "--url",
+                server.url("/empty.tar.gz"),
+                "--md5",
+                md5(server.files["/empty.tar.gz"]),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert "no images (*.jpg)" in caplog.text and not (tmp_path / "oxford-iiit-pet" / "images").exists()

@@ -55,9 +55,13 @@ def test_both_views_carry_the_same_region_ids(method, tmp_path):
     (tmp_path / "im").mkdir()
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "im" / f"{i}.png")
-    ds = PairedViewDataset([build_dataset("image_folder", str(tmp_path / "im"))], image_size=32, need_mask=True,
-                           augment=AugmentConfig(min_mask_area=0.0, max_mask_area=1.0),
-                           regions=RegionMaker(method, grid_cells=3, min_size=5, cache_dir=None))  # fmt: skip
+    ds = PairedViewDataset(
+        [build_dataset("image_folder", str(tmp_path / "im"))],
+        image_size=32,
+        need_mask=True,
+        augment=AugmentConfig(min_mask_area=0.0, max_mask_area=1.0),
+        regions=RegionMaker(method, grid_cells=3, min_size=5, cache_dir=None),
+    )
     item = ds[0]
     valid = item["mask"][:32, :32]
     assert int(valid.min()) >= 1 and item["index"].item() == 0  # the whole image is covered by regions

@@ -65,8 +65,13 @@ def build_tiny_voc(shared_root, base: Path) -> tuple[Path, list[str], list[str]]
     val_ids = read_id_list(seg / "val.txt")[:4]
     aug_ids = read_id_list(seg / "train_aug.txt")[:4]
     root = base / "VOCdevkit" / "VOC2012"
-    for d in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation",
-              "saliency_unsupervised_model"):  # fmt: skip
+    for d in (
+        "JPEGImages",
+        "SegmentationClass",
+        "SegmentationClassAug",
+        "ImageSets/Segmentation",
+        "saliency_unsupervised_model",
+    ):
         (root / d).mkdir(parents=True)
     palette = VOCSegmentation.info.palette_array()
     for voc_id, msrc_id in zip(val_ids + aug_ids, MSRC_IDS):

@@ -29,8 +29,9 @@ def official_moco_file(path, net, extra=None, drop=None):
     sd.update(extra or {})
     for k in drop or []:
         del sd[k]
-    torch.save({"epoch": 800, "arch": "resnet18", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []}},
-               path)  # fmt: skip
+    torch.save(
+        {"epoch": 800, "arch": "resnet18", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []}}, path
+    )
     return net
 
 
@@ -46,12 +47,16 @@ def test_official_moco_v2_layout_loads_with_only_fc_left_out(tmp_path):
 
 
 def test_moco_file_with_wrong_keys_is_an_error_listing_them(tmp_path):
-    official_moco_file(tmp_path / "extra.pth", torchvision.models.resnet18(),
-                       extra={"module.encoder_q.layer5.0.weight": torch.zeros(1)})  # fmt: skip
+    official_moco_file(
+        tmp_path / "extra.pth",
+        torchvision.models.resnet18(),
+        extra={"module.encoder_q.layer5.0.weight": torch.zeros(1)},
+    )
     with pytest.raises(CheckpointError, match=r"unexpected keys \['layer5.0.weight'\]"):
         load_backbone_weights(ResNetBackbone("resnet18"), tmp_path / "extra.pth")
-    official_moco_file(tmp_path / "missing.pth", torchvision.models.resnet18(),
-                       drop=["module.encoder_q.layer1.0.conv1.weight"])  # fmt: skip
+    official_moco_file(
+        tmp_path / "missing.pth", torchvision.models.resnet18(), drop=["module.encoder_q.layer1.0.conv1.weight"]
+    )
     with pytest.raises(CheckpointError, match=r"missing keys \['layer1.0.conv1.weight'\]"):
         load_backbone_weights(ResNetBackbone("resnet18"), tmp_path / "missing.pth")
     with pytest.raises(CheckpointError, match="resnet18"):

@@ -46,8 +46,16 @@ def assert_loaded(backbone, sd, skip=()):
 
 
 def vit_cfg(arch="vit_small_patch16_224", img_size=32, *extra):
-    return load_config(ModelConfig, overrides=[f"backbone.arch={arch}", f"backbone.vit.img_size={img_size}",
-                                               f"backbone.vit.dim={DIM}", f"backbone.vit.depth={DEPTH}", *extra])  # fmt: skip
+    return load_config(
+        ModelConfig,
+        overrides=[
+            f"backbone.arch={arch}",
+            f"backbone.vit.img_size={img_size}",
+            f"backbone.vit.dim={DIM}",
+            f"backbone.vit.depth={DEPTH}",
+            *extra,
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,8 +111,10 @@ def test_dino_backbone_only_file(tmp_path, caplog):
     assert report.layout == "timm_vit" and report.loaded == len(net.state_dict())
     assert_loaded(bb, net.state_dict())
     assert "timm_vit layout" in caplog.text and f"loaded {report.loaded} tensors" in caplog.text
-    assert infer_backbone_arch(net.state_dict()) == {"arch": "vit_small_patch16_224",
-                                                     "vit": {"img_size": 32, "dim": DIM, "depth": DEPTH}}  # fmt: skip
+    assert infer_backbone_arch(net.state_dict()) == {
+        "arch": "vit_small_patch16_224",
+        "vit": {"img_size": 32, "dim": DIM, "depth": DEPTH},
+    }
 
 
 def test_layout_is_read_from_contents_not_the_name(tmp_path):
@@ -119,18 +129,30 @@ def test_layout_is_read_from_contents_not_the_name(tmp_path):
 @pytest.mark.parametrize("key", ["teacher", "student"])
 def test_full_dino_checkpoint_teacher_default_student_selectable(tmp_path, key):
     teacher, student = tiny_vit(seed=1), tiny_vit(seed=2)
-    head = {"head.mlp.0.weight": torch.randn(8, DIM), "head.mlp.0.bias": torch.randn(8),
-            "head.last_layer.weight_g": torch.randn(16, 1), "head.last_layer.weight_v": torch.randn(16, 8)}  # fmt: skip
+    head = {
+        "head.mlp.0.weight": torch.randn(8, DIM),
+        "head.mlp.0.bias": torch.randn(8),
+        "head.last_layer.weight_g": torch.randn(16, 1),
+        "head.last_layer.weight_v": torch.randn(16, 8),
+    }
     ckpt = {
         "teacher": {**{f"backbone.{k}": v for k, v in teacher.state_dict().items()}, **head},
-        "student": {**{f"module.backbone.{k}": v for k, v in student.state_dict().items()},
-                    **{f"module.{k}": v for k, v in head.items()}},
-        "optimizer": {"state": {}, "param_groups": []}, "epoch": 100,
-        "args": argparse.Namespace(arch="vit_small", patch_size=16), "dino_loss": {"center": torch.zeros(1, 16)},
-    }  # fmt: skip
+        "student": {
+            **{f"module.backbone.{k}": v for k, v in student.state_dict().items()},
+            **{f"module.{k}": v for k, v in head.items()},
+        },
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 100,
+        "args": argparse.Namespace(arch="vit_small", patch_size=16),
+        "dino_loss": {"center": torch.zeros(1, 16)},
+    }
     torch.save(ckpt, tmp_path / "dino_full_checkpoint.pth")
-    cfg = vit_cfg("vit_small_patch16_224", 32, f"backbone.init={tmp_path / 'dino_full_checkpoint.pth'}",
-                  *([f"backbone.init_key={key}"] if key == "student" else []))  # fmt: skip
+    cfg = vit_cfg(
+        "vit_small_patch16_224",
+        32,
+        f"backbone.init={tmp_path / 'dino_full_checkpoint.pth'}",
+        *([f"backbone.init_key={key}"] if key == "student" else []),
+    )
     model = build_model(cfg)
     assert_loaded(model.backbone, (teacher if key == "teacher" else student).state_dict())
     report = load_backbone(
@@ -190,9 +212,14 @@ def test_dinov2_518px_file_loads_for_a_224_model(tmp_path, arch, caplog):
 
 def test_mae_file_decoder_ignored(tmp_path):
     net = tiny_vit("vit_small_patch16_224")
-    decoder = {"mask_token": torch.randn(1, 1, 32), "decoder_embed.weight": torch.randn(32, DIM),
-               "decoder_pos_embed": torch.randn(1, 5, 32), "decoder_blocks.0.norm1.weight": torch.randn(32),
-               "decoder_norm.weight": torch.randn(32), "decoder_pred.weight": torch.randn(768, 32)}  # fmt: skip
+    decoder = {
+        "mask_token": torch.randn(1, 1, 32),
+        "decoder_embed.weight": torch.randn(32, DIM),
+        "decoder_pos_embed": torch.randn(1, 5, 32),
+        "decoder_blocks.0.norm1.weight": torch.randn(32),
+        "decoder_norm.weight": torch.randn(32),
+        "decoder_pred.weight": torch.randn(768, 32),
+    }
     torch.save({"model": {**net.state_dict(), **decoder}}, tmp_path / "mae_visualize_vit_small.pth")
     bb = ViTBackbone("vit_small_patch16_224", 32, DIM, DEPTH)
     report = load_backbone(bb, tmp_path / "mae_visualize_vit_small.pth")
@@ -286,8 +313,11 @@ def test_wrong_family_variant_unknown_layout_and_truncated_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"rn\.pth: .*resnet18.*a ViT \(patch 16"):
         load_backbone(ViTBackbone("vit_small_patch16_224", 32, DIM, DEPTH), tmp_path / "rn.pth")
     torch.save(tiny_vit("vit_small_patch8_224").state_dict(), tmp_path / "p8.pth")
-    with pytest.raises(CheckpointError, match=r"p8\.pth: .*vit_small_patch8_224 \(patch 8.*model.backbone.arch is "
-                       r"vit_small_patch16_224 \(patch 16"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r"p8\.pth: .*vit_small_patch8_224 \(patch 8.*model.backbone.arch is "
+        r"vit_small_patch16_224 \(patch 16",
+    ):
         build_model(vit_cfg("vit_small_patch16_224", 32, f"backbone.init={tmp_path / 'p8.pth'}"))
     torch.save({"encoder": {"w": torch.zeros(1)}}, tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match=r"odd\.pth: unknown checkpoint layout.*dinov2"):

@@ -39,10 +39,22 @@ def moco_backbone(shapes, tmp_path_factory):
     from maskcontrast.train import train
 
     run = tmp_path_factory.mktemp("moco_for_stego")
-    cfg = resolve_config(load_config(MocoConfig, "configs/moco/tiny.yaml", [
-        f"data.sources=[{{name: image_folder, root: {shapes / 'images'}}}]", f"trainer.run_dir={run}",
-        "data.image_size=32", "optim.batch_size=8", "objective.queue_size=16", "trainer.max_steps=2",
-        "trainer.progress=false", "trainer.threads=1"]))  # fmt: skip
+    cfg = resolve_config(
+        load_config(
+            MocoConfig,
+            "configs/moco/tiny.yaml",
+            [
+                f"data.sources=[{{name: image_folder, root: {shapes / 'images'}}}]",
+                f"trainer.run_dir={run}",
+                "data.image_size=32",
+                "optim.batch_size=8",
+                "objective.queue_size=16",
+                "trainer.max_steps=2",
+                "trainer.progress=false",
+                "trainer.threads=1",
+            ],
+        )
+    )
     return train(cfg, lambda: MocoObjective(cfg.model, cfg.objective), "moco").checkpoint
 
 
@@ -50,8 +62,15 @@ def objective_cfg(name, shapes, run_dir, *extra, init=None):
     """The tiny config of ``name`` on the synthetic folder (32 px views, batch 8)."""
     schema, path, _, _ = OBJECTIVES[name]
     src = f"data.sources=[{{name: image_folder, root: {shapes / 'images'}, masks: {shapes / 'masks'}}}]"
-    overrides = [src, f"trainer.run_dir={run_dir}", "data.image_size=32", "optim.batch_size=8",
-                 "trainer.progress=false", "trainer.threads=1", "data.num_workers=0"]  # fmt: skip
+    overrides = [
+        src,
+        f"trainer.run_dir={run_dir}",
+        "data.image_size=32",
+        "optim.batch_size=8",
+        "trainer.progress=false",
+        "trainer.threads=1",
+        "data.num_workers=0",
+    ]
     if name == "detcon":
         overrides.append("data.regions.cache_dir=null")
     if name == "stego":

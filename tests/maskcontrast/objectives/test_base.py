@@ -75,8 +75,9 @@ def test_resume_after_sigkill_is_bit_exact(name, shapes, moco_backbone, tmp_path
     child.join(120)
     assert child.exitcode == -signal.SIGKILL
     assert read_checkpoint(tmp_path / "killed" / "last.pt")["trainer"]["step"] == 2
-    resumed = objective_cfg(name, shapes, tmp_path / "killed", "trainer.max_steps=4", "trainer.resume=auto",
-                            init=moco_backbone)  # fmt: skip
+    resumed = objective_cfg(
+        name, shapes, tmp_path / "killed", "trainer.max_steps=4", "trainer.resume=auto", init=moco_backbone
+    )
     assert train(resumed, build(name, resumed), _stage(name)).steps == 4
     a = _tensors(read_checkpoint(tmp_path / "full" / "last.pt"))
     b = _tensors(read_checkpoint(tmp_path / "killed" / "last.pt"))
@@ -92,8 +93,9 @@ def _free_port():
 
 
 def _ddp_worker(rank, port, name, shapes, run_dir, init, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
     torch.set_num_threads(1)
     cfg = objective_cfg(name, shapes, run_dir, "trainer.max_steps=2", "trainer.device=cpu", init=init)
     holder = {}
@@ -110,8 +112,12 @@ def _ddp_worker(rank, port, name, shapes, run_dir, init, out):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NEW)
 def test_ddp_two_gloo_processes_agree(name, shapes, moco_backbone, tmp_path):
-    mp.spawn(_ddp_worker, args=(_free_port(), name, shapes, tmp_path / "ddp", moco_backbone, str(tmp_path)),
-             nprocs=2, join=True)  # fmt: skip
+    mp.spawn(
+        _ddp_worker,
+        args=(_free_port(), name, shapes, tmp_path / "ddp", moco_backbone, str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)["state"]
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)["state"]
     params = [k for k in r0 if "running" not in k and "num_batches" not in k]

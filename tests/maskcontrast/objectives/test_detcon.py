@@ -17,8 +17,10 @@ from .conftest import build, objective_cfg
 
 
 def tiny(variant="b", **kw):
-    return DetConObjective(DetConModelConfig(arch="resnet18", output_stride=8, proj_hidden=32, proj_dim=16),
-                           DetConObjectiveConfig(variant=variant, regions_per_image=4, **kw))  # fmt: skip
+    return DetConObjective(
+        DetConModelConfig(arch="resnet18", output_stride=8, proj_hidden=32, proj_dim=16),
+        DetConObjectiveConfig(variant=variant, regions_per_image=4, **kw),
+    )
 
 
 def views_with(mask_q, mask_k, b=2, size=32):
@@ -64,8 +66,15 @@ def test_bad_input_names_the_key():
 
 
 def test_checkpoint_has_the_moco_layout_and_starts_maskcontrast(shapes, tmp_path):
-    cfg = objective_cfg("detcon", shapes, tmp_path / "run", "trainer.max_steps=2", "data.mask_source=grid",
-                        "augment.min_mask_area=0.0", "augment.max_mask_area=1.0")  # fmt: skip
+    cfg = objective_cfg(
+        "detcon",
+        shapes,
+        tmp_path / "run",
+        "trainer.max_steps=2",
+        "data.mask_source=grid",
+        "augment.min_mask_area=0.0",
+        "augment.max_mask_area=1.0",
+    )
     path = train(cfg, build("detcon", cfg), "detcon").checkpoint
     ckpt = read_checkpoint(path)
     assert detect_layout(ckpt) == "moco" and ckpt["arch"] == "resnet18"
@@ -79,8 +88,16 @@ def test_checkpoint_has_the_moco_layout_and_starts_maskcontrast(shapes, tmp_path
     fm = load_model(path, device="cpu")  # the eval commands read it as a backbone
     assert fm.embed(torch.rand(1, 3, 32, 32)).shape[:2] == (1, 512)
     # resume reads it back
-    resumed = objective_cfg("detcon", shapes, tmp_path / "run", "trainer.max_steps=3", "trainer.resume=auto",
-                            "data.mask_source=grid", "augment.min_mask_area=0.0", "augment.max_mask_area=1.0")  # fmt: skip
+    resumed = objective_cfg(
+        "detcon",
+        shapes,
+        tmp_path / "run",
+        "trainer.max_steps=3",
+        "trainer.resume=auto",
+        "data.mask_source=grid",
+        "augment.min_mask_area=0.0",
+        "augment.max_mask_area=1.0",
+    )
     assert train(resumed, build("detcon", resumed), "detcon").steps == 3
 
 
@@ -92,13 +109,21 @@ def test_detcon_and_densecl_train_a_vit_whose_file_starts_a_vit_maskcontrast(tmp
 
     vit = {"arch": "vit_small_patch16_224", "output_stride": 8}
     tiny_vit = {"img_size": 32, "dim": 64, "depth": 2, "drop_path_rate": 0.0}
-    mcfg = load_config(DetConModelConfig, overrides=[f"arch={vit['arch']}", "proj_hidden=16", "proj_dim=8",
-                                                     *(f"vit.{k}={v}" for k, v in tiny_vit.items())])  # fmt: skip
+    mcfg = load_config(
+        DetConModelConfig,
+        overrides=[
+            f"arch={vit['arch']}",
+            "proj_hidden=16",
+            "proj_dim=8",
+            *(f"vit.{k}={v}" for k, v in tiny_vit.items()),
+        ],
+    )
     detcon = DetConObjective(mcfg, DetConObjectiveConfig(variant="b", regions_per_image=2))
     loss, _ = detcon(views_with(halves(size=64), halves(size=64), size=64))
     loss.backward()
-    dcfg = load_config(DenseCLModelConfig, overrides=[f"arch={vit['arch']}", "dim=8",
-                                                      *(f"vit.{k}={v}" for k, v in tiny_vit.items())])  # fmt: skip
+    dcfg = load_config(
+        DenseCLModelConfig, overrides=[f"arch={vit['arch']}", "dim=8", *(f"vit.{k}={v}" for k, v in tiny_vit.items())]
+    )
     densecl = DenseCLObjective(dcfg, DenseCLObjectiveConfig(queue_size=4))
     loss2, _ = densecl(Views(torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)))
     assert torch.isfinite(loss) and torch.isfinite(loss2)
@@ -106,8 +131,17 @@ def test_detcon_and_densecl_train_a_vit_whose_file_starts_a_vit_maskcontrast(tmp
         path = tmp_path / f"{type(obj).__name__}.pt"
         torch.save(obj.checkpoint(), path)
         assert "module.encoder_q.blocks.1.mlp.fc2.weight" in torch.load(path, weights_only=True)["state_dict"]
-        model = build_model(load_config(ModelConfig, overrides=[
-            f"backbone.arch={vit['arch']}", *(f"backbone.vit.{k}={v}" for k, v in tiny_vit.items()),
-            f"backbone.init={path}"]))  # fmt: skip
-        assert torch.equal(model.backbone.vit.blocks[1].mlp.fc2.weight,
-                           torch.load(path, weights_only=True)["state_dict"]["module.encoder_q.blocks.1.mlp.fc2.weight"])  # fmt: skip
+        model = build_model(
+            load_config(
+                ModelConfig,
+                overrides=[
+                    f"backbone.arch={vit['arch']}",
+                    *(f"backbone.vit.{k}={v}" for k, v in tiny_vit.items()),
+                    f"backbone.init={path}",
+                ],
+            )
+        )
+        assert torch.equal(
+            model.backbone.vit.blocks[1].mlp.fc2.weight,
+            torch.load(path, weights_only=True)["state_dict"]["module.encoder_q.blocks.1.mlp.fc2.weight"],
+        )
