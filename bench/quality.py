@@ -98,7 +98,7 @@ PRESETS: dict[str, dict] = {
         "linear_set": ["augment.crop_size=96"],
         "moco_set": ["trainer.precision=bf16", "trainer.channels_last=true", "optim.warmup_steps=50"],
         "pretrain_set": [
-            "objective.momentum=0.99",
+            "objective.key_momentum=0.99",
             "objective.queue_size=128",
             "trainer.precision=bf16",
             "trainer.channels_last=true",
@@ -132,7 +132,7 @@ PRESETS: dict[str, dict] = {
             "data.load_size=256",
         ],
         "pretrain_set": [
-            "objective.momentum=0.999",
+            "objective.key_momentum=0.999",
             "objective.queue_size=256",
             "trainer.precision=bf16",
             "trainer.channels_last=true",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ __all__ = [
     "BackboneConfig",
     "ModelConfig",
     "load_config",
+    "DEPRECATED_KEYS",
+    "apply_deprecated_keys",
     "save_config",
     "config_to_dict",
     "add_config_arguments",
@@ -339,11 +342,33 @@ def load_config(
                 f"override '{item}': {_describe(err) if isinstance(err, OmegaConfBaseException) else err}"
             ) from err
     OmegaConf.set_struct(base, True)
-    check_values(
-        base,
-        " with ".join(([str(path)] if path is not None else []) + (["overrides"] if overrides else [])) or "config",
-    )
+    source = " with ".join(([str(path)] if path is not None else []) + (["overrides"] if overrides else [])) or "config"
+    check_values(base, source)  # first: an error names the key as it was written
+    apply_deprecated_keys(base, source)
     return base
+
+
+#: old key -> its new name; the old key still works for one release, with a warning
+DEPRECATED_KEYS = {"objective.momentum": "objective.key_momentum"}
+
+
+def apply_deprecated_keys(cfg: DictConfig, source: str = "config") -> None:
+    """Move the value of every deprecated key that is set (not None) to its new key, with a warning
+    naming both (:data:`DEPRECATED_KEYS`); the old key is then None."""
+    import warnings
+
+    for old, new in DEPRECATED_KEYS.items():
+        value = OmegaConf.select(cfg, old, default=None, throw_on_missing=False)
+        if value is None or OmegaConf.select(cfg, new, default=_MISSING, throw_on_missing=False) is _MISSING:
+            continue
+        message = f"{source}: '{old}' is deprecated, use '{new}' (its value {value} is used as {new})"
+        warnings.warn(message, DeprecationWarning, stacklevel=3)
+        logging.getLogger(__name__).warning(message)
+        OmegaConf.update(cfg, new, value, merge=True)
+        OmegaConf.update(cfg, old, None, merge=True)
+
+
+_MISSING = object()
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
@@ -483,7 +508,8 @@ class MaskContrastObjectiveConfig:
 
     temperature: float = bounded(0.5, gt=0.0)
     queue_size: int = bounded(128, ge=0)  # memory bank of past prototypes (paper: 128 or 256)
-    momentum: float = bounded(0.999, ge=0.0, le=1.0)  # key network EMA
+    key_momentum: float = bounded(0.999, ge=0.0, le=1.0)  # key network EMA
+    momentum: float | None = bounded(None, ge=0.0, le=1.0)  # deprecated alias of key_momentum
     contrastive_weight: float = bounded(1.0, ge=0.0)
     saliency_weight: float = bounded(1.0, ge=0.0)
     class_weighting: str = bounded("enet", choices=("enet", "none"))  # enet: 1 / log(1.02 + p), p per batch
@@ -524,7 +550,8 @@ class MocoObjectiveConfig:
 
     temperature: float = bounded(0.2, gt=0.0)
     queue_size: int = bounded(65536, ge=0)
-    momentum: float = bounded(0.999, ge=0.0, le=1.0)
+    key_momentum: float = bounded(0.999, ge=0.0, le=1.0)  # key encoder EMA
+    momentum: float | None = bounded(None, ge=0.0, le=1.0)  # deprecated alias of key_momentum
 
 
 @dataclass

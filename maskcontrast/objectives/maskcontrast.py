@@ -90,7 +90,7 @@ class MaskContrastObjective(Objective):
             for p in m.parameters():
                 p.requires_grad_(False)
         self.bank = MemoryBank(cfg.queue_size, self.query.embed_dim)
-        self.momentum = float(cfg.momentum)
+        self.momentum = float(cfg.key_momentum)  # the EMA the trainer applies
         self.temperature = float(cfg.temperature)
         self.contrastive_weight = float(cfg.contrastive_weight)
         self.saliency_weight = float(cfg.saliency_weight)

@@ -83,7 +83,7 @@ class MocoObjective(Objective):
             load_backbone_weights(self.encoder_q, model_cfg.init, str(getattr(model_cfg, "init_key", "teacher")))
         self.encoder_k = make_momentum_copy(self.encoder_q)
         self.bank = MemoryBank(cfg.queue_size, self.dim)
-        self.momentum = float(cfg.momentum)
+        self.momentum = float(cfg.key_momentum)  # the EMA the trainer applies
         self.temperature = float(cfg.temperature)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -200,3 +200,15 @@ def test_nan_config_values_are_refused_naming_the_key(override):
 
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         load_config(PretrainConfig, None, [override])
+
+
+def test_objective_momentum_is_a_deprecated_alias_of_key_momentum(caplog):
+    from maskcontrast.config import MocoConfig, PretrainConfig, load_config
+
+    with pytest.warns(DeprecationWarning, match=r"objective\.momentum' is deprecated, use 'objective\.key_momentum'"):
+        cfg = load_config(PretrainConfig, None, ["objective.momentum=0.9"])
+    assert cfg.objective.key_momentum == 0.9 and cfg.objective.momentum is None
+    assert load_config(MocoConfig, "configs/moco/cpu_shared.yaml").objective.key_momentum == 0.99
+    assert load_config(PretrainConfig, None, ["objective.key_momentum=0.5"]).objective.key_momentum == 0.5
+    with pytest.raises(ConfigError, match=r"objective\.momentum"):
+        load_config(PretrainConfig, None, ["objective.momentum=2.0"])
