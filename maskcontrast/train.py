@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from maskcontrast.config import ConfigError, config_to_dict, save_config
+from maskcontrast.config import DEPRECATED_KEYS, ConfigError, config_to_dict, save_config
 from maskcontrast.data import DataError, SegmentationDataset, build_dataset
 from maskcontrast.data.regions import RegionMaker
 from maskcontrast.data.views import EpochBatchSampler, PairedViewDataset, Views, ViewSampler
@@ -553,6 +553,10 @@ def refused_config_changes(old: dict, new: dict) -> list[str]:
     from fnmatch import fnmatchcase
 
     a, b = _flat(old), _flat(new)
+    for was, now in DEPRECATED_KEYS.items():  # a run saved before a rename: its old key is the new one
+        if a.get(was) is not None and now not in a:
+            a[now], a[was] = a[was], None
+        a.setdefault(was, b.get(was))
     return [
         f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
         for k in sorted(set(a) | set(b))

@@ -468,3 +468,13 @@ def test_vit_run_resumes_bit_exactly_after_sigkill(data, tmp_path):
     bad = [k for k in a if not torch.equal(a[k], b[k])]
     assert not bad, f"resumed (killed at step {killed_at}) differs in {bad[:5]}"
     assert model_from_checkpoint(last).backbone.arch == "vit_small_patch16_224"
+
+
+def test_a_run_saved_before_the_key_momentum_rename_resumes():
+    from maskcontrast.train import refused_config_changes
+
+    old = {"objective": {"momentum": 0.99, "temperature": 0.5}, "trainer": {"max_steps": 4}}
+    new = {"objective": {"key_momentum": 0.99, "momentum": None, "temperature": 0.5}, "trainer": {"max_steps": 8}}
+    assert refused_config_changes(old, new) == []
+    changed = {"objective": {"key_momentum": 0.9, "momentum": None, "temperature": 0.5}, "trainer": {"max_steps": 8}}
+    assert refused_config_changes(old, changed) == ["objective.key_momentum: 0.99 -> 0.9"]
