@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskcontrast.config import IMAGENET_MEAN, IMAGENET_STD
 from maskcontrast.embeddings import upsample_embedding
 from maskcontrast.models import (
     CheckpointError,
@@ -90,8 +91,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RESOLUTIONS = ("input", "feature")
 
 

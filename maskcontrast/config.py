@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "bounded",
     "checks",
     "check_values",
@@ -71,6 +73,11 @@ __all__ = [
     "StegoObjectiveConfig",
     "StegoConfig",
 ]
+
+
+#: the ImageNet normalisation every network of the project expects (RGB in [0, 1])
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ConfigError(ValueError):
@@ -462,8 +469,8 @@ class AugmentConfig:
     blur_p: float = bounded(0.0, ge=0.0, le=1.0)  # MoCo v2: 0.5
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0], metadata=checks(gt=0.0, each=True))
     flip_p: float = bounded(0.5, ge=0.0, le=1.0)
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
 
 @dataclass

@@ -59,6 +59,14 @@ __all__ = [
 CLASS_WEIGHTINGS = ("enet", "none")
 
 
+def check_temperature(value: float, key: str = "objective.temperature") -> float:
+    """``value`` as a float, or a ValueError naming ``key`` when it is not > 0 (the one check of every
+    contrastive temperature)."""
+    if not float(value) > 0:
+        raise ValueError(f"{key} must be > 0, got {value}")
+    return float(value)
+
+
 def full_precision(x: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 (e.g. from autocast) -> fp32; fp32 and fp64 stay as they are. The loss math
     runs in at least fp32."""

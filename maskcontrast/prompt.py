@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from maskcontrast.data.record import IGNORE_INDEX  # the mask value of ignored pixels (neither fg nor bg)
 from maskcontrast.embeddings import pixel_sums
+from maskcontrast.losses import check_temperature
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -131,8 +132,7 @@ def foreground_probability(
 ) -> torch.Tensor:
     """``B x E x h x w`` scores -> ``B x E x H x W`` soft foreground maps ``sigmoid(upsample(score) / T)``
     (bilinear, ``align_corners=False``)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    check_temperature(temperature, "temperature")
     if tuple(score.shape[-2:]) != tuple(size):
         score = F.interpolate(score, size=tuple(size), mode="bilinear", align_corners=False)
     return torch.sigmoid(score / temperature)

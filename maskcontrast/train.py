@@ -554,9 +554,10 @@ def refused_config_changes(old: dict, new: dict) -> list[str]:
 
     a, b = _flat(old), _flat(new)
     for was, now in DEPRECATED_KEYS.items():  # a run saved before a rename: its old key is the new one
-        if a.get(was) is not None and now not in a:
-            a[now], a[was] = a[was], None
-        a.setdefault(was, b.get(was))
+        if was in a and now not in a:
+            a[now] = a.pop(was)
+            if was in b:
+                a[was] = b[was]
     return [
         f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
         for k in sorted(set(a) | set(b))

@@ -19,7 +19,7 @@ from torch import nn
 from maskcontrast.config import DenseCLModelConfig, DenseCLObjectiveConfig
 from maskcontrast.data.views import Views
 from maskcontrast.dense_losses.densecl import dense_correspondence, densecl_dense_loss
-from maskcontrast.losses import info_nce_loss, topk_accuracy
+from maskcontrast.losses import check_temperature, info_nce_loss, topk_accuracy
 from maskcontrast.models import CheckpointError, build_backbone, init_backbone
 from maskcontrast.momentum import MemoryBank, batch_shuffle, batch_unshuffle, make_momentum_copy
 from maskcontrast.objectives.base import Objective
@@ -67,8 +67,7 @@ class DenseCLObjective(Objective):
 
     def __init__(self, model_cfg: DenseCLModelConfig | Any, cfg: DenseCLObjectiveConfig | Any) -> None:
         super().__init__()
-        if cfg.temperature <= 0:
-            raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
+        check_temperature(cfg.temperature)
         if not 0.0 <= cfg.dense_weight <= 1.0:
             raise ValueError(f"objective.dense_weight must be in [0, 1], got {cfg.dense_weight}")
         self.arch = str(model_cfg.arch)

@@ -18,7 +18,7 @@ from maskcontrast.config import DetConModelConfig, DetConObjectiveConfig
 from maskcontrast.data import DataError
 from maskcontrast.data.views import Views
 from maskcontrast.dense_losses.detcon import region_contrastive_loss, region_pool, sample_regions
-from maskcontrast.losses import topk_accuracy
+from maskcontrast.losses import check_temperature, topk_accuracy
 from maskcontrast.models import build_backbone, init_backbone
 from maskcontrast.momentum import concat_all_gather, make_momentum_copy, rank
 from maskcontrast.objectives.base import Objective
@@ -76,8 +76,7 @@ class DetConObjective(Objective):
         super().__init__()
         if cfg.variant not in ("s", "b"):
             raise ValueError(f"objective.variant must be s (DetConS) or b (DetConB), got {cfg.variant!r}")
-        if cfg.temperature <= 0:
-            raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
+        check_temperature(cfg.temperature)
         self.arch = str(model_cfg.arch)
         self.variant = str(cfg.variant)
         self.encoder_q = build_backbone(model_cfg)  # a dilated ResNet or a ViT (its patch map)

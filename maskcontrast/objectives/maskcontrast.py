@@ -16,6 +16,7 @@ from maskcontrast.embeddings import mask_prototypes
 from maskcontrast.losses import (
     CLASS_WEIGHTINGS,
     balanced_bce,
+    check_temperature,
     full_precision,
     maskcontrast_pixel_loss,
     pixel_prototype_logits,
@@ -76,8 +77,7 @@ class MaskContrastObjective(Objective):
             raise ValueError(
                 f"objective.class_weighting must be one of {CLASS_WEIGHTINGS}, got {cfg.class_weighting!r}"
             )
-        if cfg.temperature <= 0:
-            raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
+        check_temperature(cfg.temperature)
         self.model_config: dict = (
             OmegaConf.to_container(OmegaConf.structured(model_cfg), resolve=True)  # type: ignore[assignment]
             if not isinstance(model_cfg, dict)

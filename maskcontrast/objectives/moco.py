@@ -17,7 +17,7 @@ from torch import nn
 
 from maskcontrast.config import MocoModelConfig, MocoObjectiveConfig
 from maskcontrast.data.views import Views
-from maskcontrast.losses import info_nce_loss, topk_accuracy
+from maskcontrast.losses import check_temperature, info_nce_loss, topk_accuracy
 from maskcontrast.models import ARCHS, CheckpointError, load_backbone_weights
 from maskcontrast.models.vit import create_timm_vit, is_vit_arch
 from maskcontrast.momentum import MemoryBank, batch_shuffle, batch_unshuffle, make_momentum_copy
@@ -73,8 +73,7 @@ class MocoObjective(Objective):
 
     def __init__(self, model_cfg: MocoModelConfig | Any, cfg: MocoObjectiveConfig | Any) -> None:
         super().__init__()
-        if cfg.temperature <= 0:
-            raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
+        check_temperature(cfg.temperature)
         self.arch = str(model_cfg.arch)
         self.dim = int(model_cfg.dim)
         self.mlp = bool(model_cfg.mlp)

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskcontrast.config import IMAGENET_MEAN, IMAGENET_STD
 from maskcontrast.models import ResNetBackbone
 from saliency.refine.config import RefinerNetConfig
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
