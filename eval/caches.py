@@ -15,11 +15,12 @@ __all__ = ["checkpoint_fingerprint", "StreamCache"]
 log = logging.getLogger(__name__)
 
 
-def checkpoint_fingerprint(path: str | Path) -> str:
-    """Identifies a checkpoint file by absolute path, size and modification time."""
+def checkpoint_fingerprint(path: str | Path, init_key: str = "teacher") -> str:
+    """Identifies a checkpoint file by absolute path, size and modification time, and the network
+    read from it (``init_key``: the teacher or the student of a full DINO checkpoint)."""
     p = Path(path).expanduser().resolve()
     st = p.stat()
-    return f"{p}:{st.st_size}:{int(st.st_mtime)}"
+    return f"{p}:{st.st_size}:{int(st.st_mtime)}" + ("" if init_key == "teacher" else f":{init_key}")
 
 
 class StreamCache:

@@ -815,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     km = {"niter": args.niter, "nredo": args.nredo, "backend": resolve_backend(args.backend)}
     settings = {
-        "checkpoint": checkpoint_fingerprint(args.checkpoint),
+        "checkpoint": checkpoint_fingerprint(args.checkpoint, getattr(args, "init_key", "teacher")),
         "output_stride": args.output_stride,
         "size": args.size,
         "dataset": args.dataset,

@@ -740,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
     identity = {
-        "checkpoint": checkpoint_fingerprint(args.checkpoint),
+        "checkpoint": checkpoint_fingerprint(args.checkpoint, getattr(args, "init_key", "teacher")),
         "output_stride": args.output_stride,
         "dataset": args.dataset,
         "root": args.root,

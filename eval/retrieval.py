@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     source.check(model, info)
     progress = not args.no_progress
     base = {
-        "checkpoint": checkpoint_fingerprint(args.checkpoint),
+        "checkpoint": checkpoint_fingerprint(args.checkpoint, getattr(args, "init_key", "teacher")),
         "output_stride": args.output_stride,
         "size": args.size,
         "dataset": args.dataset,

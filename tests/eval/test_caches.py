@@ -43,3 +43,12 @@ def test_sigterm_saves_the_cache_at_that_image_and_the_rerun_equals_a_full_pass(
     resumed = prototype_pass(model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}), progress=False)
     np.testing.assert_array_equal(resumed.fg_hist, full.fg_hist)
     np.testing.assert_array_equal(resumed.has_proto, full.has_proto)
+
+
+def test_the_checkpoint_fingerprint_tells_the_dino_teacher_from_the_student(tmp_path):
+    from eval.caches import checkpoint_fingerprint
+
+    f = tmp_path / "dino.pth"
+    f.write_bytes(b"x")
+    assert checkpoint_fingerprint(f) == checkpoint_fingerprint(f, "teacher")
+    assert checkpoint_fingerprint(f, "student") != checkpoint_fingerprint(f)
