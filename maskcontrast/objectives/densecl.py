@@ -23,7 +23,14 @@ from maskcontrast.losses import check_temperature, info_nce_loss, topk_accuracy
 from maskcontrast.models import CheckpointError, build_backbone, init_backbone
 from maskcontrast.momentum import MemoryBank, batch_shuffle, batch_unshuffle, make_momentum_copy
 from maskcontrast.objectives.base import Objective
-from maskcontrast.objectives.layout import PREFIX, backbone_in_layout, pack_modules, unpack_modules
+from maskcontrast.objectives.layout import (
+    PREFIX,
+    backbone_in_layout,
+    pack_modules,
+    pack_queues,
+    unpack_modules,
+    unpack_queues,
+)
 
 __all__ = ["DenseCLObjective", "DenseCLEncoder"]
 
@@ -125,10 +132,7 @@ class DenseCLObjective(Objective):
 
     def checkpoint(self) -> dict[str, Any]:
         """``{'arch', 'state_dict', 'densecl_config'}`` in the MoCo layout plus the dense heads and queue."""
-        sd = pack_modules(self._checkpoint_modules())
-        for name, bank in (("queue", self.bank), ("dense_queue", self.dense_bank)):
-            sd[f"{PREFIX}{name}"] = bank.queue.detach().t().contiguous().cpu()  # dim x K, as the MoCo release
-            sd[f"{PREFIX}{name}_ptr"] = bank.ptr.detach().view(1).cpu()
+        sd = {**pack_modules(self._checkpoint_modules()), **pack_queues(self._queues())}
         return {
             "arch": self.arch,
             "state_dict": sd,
@@ -146,8 +150,10 @@ class DenseCLObjective(Objective):
         if not isinstance(sd, Mapping) or f"{PREFIX}dense_queue" not in sd:
             raise CheckpointError("not a DenseCL training checkpoint (no state_dict with module.dense_queue)")
         unpack_modules(sd, self._checkpoint_modules(), "DenseCL")
-        for name, bank in (("queue", self.bank), ("dense_queue", self.dense_bank)):
-            bank.load_state_dict({"queue": sd[f"{PREFIX}{name}"].t(), "ptr": sd[f"{PREFIX}{name}_ptr"].view(())})
+        unpack_queues(sd, self._queues())
+
+    def _queues(self) -> dict[str, MemoryBank]:
+        return {"queue": self.bank, "dense_queue": self.dense_bank}
 
 
 class _MocoView(nn.Module):

@@ -121,9 +121,9 @@ class DetConObjective(Objective):
             p1, v1 = region_pool(f1.float(), views.query_mask, ids, valid)
             p2, v2 = region_pool(f2.float(), views.key_mask, ids, valid)
         ok = (v1 & v2).flatten()
-        online = [self.projector_q, self.predictor] if self.variant == "b" else [self.projector_q]
-        q1 = _project(nn.Sequential(*online), p1.flatten(0, 1), ok)
-        q2 = _project(nn.Sequential(*online), p2.flatten(0, 1), ok)
+        online = nn.Sequential(self.projector_q, self.predictor) if self.variant == "b" else self.projector_q
+        q1 = _project(online, p1.flatten(0, 1), ok)
+        q2 = _project(online, p2.flatten(0, 1), ok)
         if self.variant == "b":
             with torch.no_grad():
                 t1, t2 = self.encoder_k(views.query), self.encoder_k(views.key)

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from maskcontrast.models import CheckpointError
+from maskcontrast.momentum import MemoryBank
 
-__all__ = ["PREFIX", "backbone_in_layout", "pack_modules", "unpack_modules"]
+__all__ = ["PREFIX", "backbone_in_layout", "pack_modules", "unpack_modules", "pack_queues", "unpack_queues"]
 
 PREFIX = "module."
 
@@ -52,3 +53,19 @@ def unpack_modules(state: Mapping[str, torch.Tensor], modules: Mapping[str, nn.M
             module.load_state_dict(part)
         except RuntimeError as err:
             raise CheckpointError(f"{what} checkpoint: '{p}*' does not fit: {str(err).splitlines()[0]}") from err
+
+
+def pack_queues(banks: Mapping[str, MemoryBank]) -> dict[str, torch.Tensor]:
+    """``module.<name>`` (``dim x K``, as the MoCo release stores its queue) and ``module.<name>_ptr``
+    of every ``name -> bank``, on the CPU."""
+    out = {}
+    for name, bank in banks.items():
+        out[f"{PREFIX}{name}"] = bank.queue.detach().t().contiguous().cpu()
+        out[f"{PREFIX}{name}_ptr"] = bank.ptr.detach().view(1).cpu()
+    return out
+
+
+def unpack_queues(state: Mapping[str, torch.Tensor], banks: Mapping[str, MemoryBank]) -> None:
+    """Load :func:`pack_queues`' layout back into ``banks``."""
+    for name, bank in banks.items():
+        bank.load_state_dict({"queue": state[f"{PREFIX}{name}"].t(), "ptr": state[f"{PREFIX}{name}_ptr"].view(())})

@@ -22,10 +22,9 @@ from maskcontrast.models import ARCHS, CheckpointError, load_backbone_weights
 from maskcontrast.models.vit import create_timm_vit, is_vit_arch
 from maskcontrast.momentum import MemoryBank, batch_shuffle, batch_unshuffle, make_momentum_copy
 from maskcontrast.objectives.base import Objective
+from maskcontrast.objectives.layout import PREFIX, pack_modules, pack_queues, unpack_modules, unpack_queues
 
 __all__ = ["MocoObjective", "moco_encoder"]
-
-PREFIX = "module."
 
 
 def moco_encoder(arch: str = "resnet50", dim: int = 128, mlp: bool = True, vit: Any = None) -> nn.Module:
@@ -103,11 +102,7 @@ class MocoObjective(Objective):
 
     def checkpoint(self) -> dict[str, Any]:
         """``{'arch', 'state_dict'}`` in the official layout (the trainer adds 'epoch' and 'optimizer')."""
-        sd: dict[str, torch.Tensor] = {}
-        for name, module in (("encoder_q", self.encoder_q), ("encoder_k", self.encoder_k)):
-            sd.update({f"{PREFIX}{name}.{k}": v.detach().cpu() for k, v in module.state_dict().items()})
-        sd[f"{PREFIX}queue"] = self.bank.queue.detach().t().contiguous().cpu()  # dim x K, as the release
-        sd[f"{PREFIX}queue_ptr"] = self.bank.ptr.detach().view(1).cpu()
+        sd = {**pack_modules(self._checkpoint_modules()), **pack_queues({"queue": self.bank})}
         return {
             "arch": self.arch,
             "state_dict": sd,
@@ -124,7 +119,8 @@ class MocoObjective(Objective):
         sd = ckpt.get("state_dict")
         if not isinstance(sd, Mapping) or f"{PREFIX}queue" not in sd:
             raise CheckpointError("not a MoCo training checkpoint (no state_dict with module.queue)")
-        for name, module in (("encoder_q", self.encoder_q), ("encoder_k", self.encoder_k)):
-            p = f"{PREFIX}{name}."
-            module.load_state_dict({k[len(p) :]: v for k, v in sd.items() if k.startswith(p)})
-        self.bank.load_state_dict({"queue": sd[f"{PREFIX}queue"].t(), "ptr": sd[f"{PREFIX}queue_ptr"].view(())})
+        unpack_modules(sd, self._checkpoint_modules(), "MoCo")
+        unpack_queues(sd, {"queue": self.bank})
+
+    def _checkpoint_modules(self) -> dict[str, nn.Module]:
+        return {"encoder_q": self.encoder_q, "encoder_k": self.encoder_k}
