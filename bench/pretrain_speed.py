@@ -44,14 +44,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: int, warmup: int, threads: int) -> dict:
-    from contextlib import nullcontext
-
+def synthetic_batch(batch: int, size: int, seed: int = 0) -> dict:
+    """A loader batch as ``PairedViewDataset`` yields it for ``size`` px views: random images kept at
+    1.5 x ``size``, a centred box as the object mask and two random crop boxes per image."""
     import numpy as np
     import torch
 
+    from maskcontrast.data.views import sample_crop_box
+
+    rng = np.random.default_rng(seed)
+    load = int(1.5 * size)
+    mask = np.zeros((batch, load, load), np.uint8)
+    mask[:, load // 4 : 3 * load // 4, load // 5 : 4 * load // 5] = 1
+    return {
+        "image": torch.from_numpy(rng.integers(0, 255, (batch, load, load, 3), dtype=np.uint8)),
+        "mask": torch.from_numpy(mask),
+        "boxes": torch.tensor(
+            [[[*sample_crop_box(rng, load, load), 0.0] for _ in range(2)] for _ in range(batch)], dtype=torch.float32
+        ),
+    }
+
+
+def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: int, warmup: int, threads: int) -> dict:
+    from contextlib import nullcontext
+
+    import torch
+
     from maskcontrast.config import AugmentConfig, MaskContrastObjectiveConfig, ModelConfig, load_config
-    from maskcontrast.data.views import ViewSampler, sample_crop_box
+    from maskcontrast.data.views import ViewSampler
     from maskcontrast.momentum import update_momentum
     from maskcontrast.objectives import MaskContrastObjective
     from maskcontrast.utils import peak_rss_mib
@@ -70,17 +90,7 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
     obj.train()
     opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.004, momentum=0.9, weight_decay=1e-4)
     sampler = ViewSampler(AugmentConfig(), size)
-    rng = np.random.default_rng(0)
-    load = int(1.5 * size)
-    mask = np.zeros((batch, load, load), np.uint8)
-    mask[:, load // 4 : 3 * load // 4, load // 5 : 4 * load // 5] = 1
-    batch_in = {
-        "image": torch.from_numpy(rng.integers(0, 255, (batch, load, load, 3), dtype=np.uint8)),
-        "mask": torch.from_numpy(mask),
-        "boxes": torch.tensor(
-            [[[*sample_crop_box(rng, load, load), 0.0] for _ in range(2)] for _ in range(batch)], dtype=torch.float32
-        ),
-    }
+    batch_in = synthetic_batch(batch, size)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
 
     def prep(x):

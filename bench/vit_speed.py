@@ -41,11 +41,10 @@ def model_overrides(conf: str, tiny: bool) -> list[str]:
 def worker(conf: str, size: int, batch: int, threads: int, tiny: bool) -> None:
     """Build the objective, then answer ``step`` lines with ``{"wall_s", "cpu_s"}`` and ``end`` with
     ``{"peak_rss_mib", "params"}`` (one JSON line each on stdout)."""
-    import numpy as np
     import torch
 
     from maskcontrast.config import AugmentConfig, MaskContrastObjectiveConfig, ModelConfig, load_config
-    from maskcontrast.data.views import ViewSampler, sample_crop_box
+    from maskcontrast.data.views import ViewSampler
     from maskcontrast.momentum import update_momentum
     from maskcontrast.objectives import MaskContrastObjective
     from maskcontrast.utils import peak_rss_mib
@@ -59,17 +58,9 @@ def worker(conf: str, size: int, batch: int, threads: int, tiny: bool) -> None:
     obj.train()
     opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.004, momentum=0.9, weight_decay=1e-4)
     sampler = ViewSampler(AugmentConfig(), size)
-    rng = np.random.default_rng(0)
-    load = int(1.5 * size)
-    mask = np.zeros((batch, load, load), np.uint8)
-    mask[:, load // 4 : 3 * load // 4, load // 5 : 4 * load // 5] = 1
-    batch_in = {
-        "image": torch.from_numpy(rng.integers(0, 255, (batch, load, load, 3), dtype=np.uint8)),
-        "mask": torch.from_numpy(mask),
-        "boxes": torch.tensor(
-            [[[*sample_crop_box(rng, load, load), 0.0] for _ in range(2)] for _ in range(batch)], dtype=torch.float32
-        ),
-    }
+    from pretrain_speed import synthetic_batch  # bench/: the same synthetic batch as the step benchmark
+
+    batch_in = synthetic_batch(batch, size)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd = line.strip()
