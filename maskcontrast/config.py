@@ -1,58 +1,31 @@
-"""Configuration: dataclass-backed OmegaConf schemas, YAML files and ``key=value`` overrides.
+"""Configuration schemas: the dataclasses that declare every option of every stage, with their
+defaults and the values each accepts (:func:`~maskcontrast.config_checks.bounded`).
 
-Every stage declares its options as a dataclass. :func:`load_config` merges, in order, the
-schema defaults, a YAML file and command-line overrides. The merged config is in struct mode,
-so an unknown key anywhere is an error that names the key and where it came from, and a value of
-the wrong type is an error that names the key and the expected type.
+Loading a schema with a YAML file and ``key=value`` overrides is :mod:`maskcontrast.config_loading`;
+the value checks and :class:`~maskcontrast.config_checks.ConfigError` are :mod:`maskcontrast.config_checks`.
 
 Example::
 
-    from dataclasses import dataclass, field
-    from maskcontrast.config import load_config
+    from maskcontrast.config import PretrainConfig
+    from maskcontrast.config_loading import load_config
 
-    @dataclass
-    class Cfg:
-        lr: float = 0.1
-        model: ModelConfig = field(default_factory=ModelConfig)
-
-    cfg = load_config(Cfg, "configs/x.yaml", ["lr=0.01", "model.backbone.arch=resnet18"])
+    cfg = load_config(PretrainConfig, "configs/pretrain/msrc.yaml", ["optim.lr=0.01"])
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import logging
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
-
-T = TypeVar("T")
+from maskcontrast.config_checks import bounded, checks
 
 __all__ = [
-    "ConfigError",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "bounded",
-    "checks",
-    "check_values",
     "RESNET_ARCHS",
     "VIT_ARCHS",
     "ViTConfig",
     "BackboneConfig",
     "ModelConfig",
-    "load_config",
-    "DEPRECATED_KEYS",
-    "apply_deprecated_keys",
-    "save_config",
-    "config_to_dict",
-    "add_config_arguments",
-    "resolve_config",
     "DataSourceConfig",
     "RegionsConfig",
     "DataConfig",
@@ -78,114 +51,6 @@ __all__ = [
 #: the ImageNet normalisation every network of the project expects (RGB in [0, 1])
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema (unknown key, wrong type, bad value)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Value checks declared in the schema
-# ----------------------------------------------------------------------------------------------
-
-
-def bounded(
-    default: Any,
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    choices: Sequence[Any] | None = None,
-    each: bool = False,
-) -> Any:
-    """A dataclass field with a default and the values it accepts, checked by :func:`check_values`
-    (every :func:`load_config` and :func:`resolve_config`); None passes when the field's type allows it.
-
-    ``each=True``: the bounds apply to every item of a list value. ``default`` may be a callable
-    (a default factory, for lists).
-    """
-    meta = checks(ge=ge, gt=gt, le=le, lt=lt, choices=choices, each=each)
-    if callable(default):
-        return field(default_factory=default, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def checks(
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    choices: Sequence[Any] | None = None,
-    each: bool = False,
-) -> dict[str, Any]:
-    """The ``metadata`` of a field with bounds (as :func:`bounded`), for ``field(default_factory=...,
-    metadata=checks(...))``."""
-    return {
-        "check": {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices else None, "each": each}
-    }
-
-
-def _value_problem(value: Any, rule: dict[str, Any]) -> str | None:
-    if rule["choices"] is not None and value not in rule["choices"]:
-        return f"must be one of {', '.join(map(str, rule['choices']))}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return "must be a number, got nan"
-    for op, bound, ok in (
-        ("ge", ">=", lambda a, b: a >= b),
-        ("gt", ">", lambda a, b: a > b),
-        ("le", "<=", lambda a, b: a <= b),
-        ("lt", "<", lambda a, b: a < b),
-    ):
-        if rule[op] is not None and not ok(value, rule[op]):
-            return f"must be {bound} {rule[op]}"
-    return None
-
-
-def check_values(cfg: DictConfig, source: str = "config", prefix: str = "") -> None:
-    """Check every value against the bounds its schema field declares (:func:`bounded`).
-
-    Interpolations that are not resolved yet are skipped (:func:`resolve_config` checks again).
-
-    Raises:
-        ConfigError: the first value out of range; the message names the key, the rule and the value.
-    """
-    from omegaconf import ListConfig
-
-    schema = OmegaConf.get_type(cfg)
-    rules = (
-        {f.name: f.metadata["check"] for f in dataclasses.fields(schema) if "check" in f.metadata}
-        if schema is not None and dataclasses.is_dataclass(schema)
-        else {}
-    )
-    for key in list(cfg):
-        key = str(key)
-        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
-            continue
-        node = cfg._get_node(key)  # type: ignore[union-attr]
-        value = cfg[key]
-        if isinstance(value, DictConfig):
-            check_values(value, source, f"{prefix}{key}.")
-            continue
-        if isinstance(value, ListConfig):
-            for i, item in enumerate(value):
-                if isinstance(item, DictConfig):
-                    check_values(item, source, f"{prefix}{key}.{i}.")
-        rule = rules.get(key)
-        if rule is None or value is None or node is None:
-            continue
-        items = list(value) if rule["each"] and isinstance(value, ListConfig) else [value]
-        for item in items:
-            problem = _value_problem(item, rule)
-            if problem:
-                shown = list(value) if isinstance(value, ListConfig) else value
-                raise ConfigError(
-                    f"{source}: key '{prefix}{key}' {problem}, got {shown!r}; fix it in the config file "
-                    f"or as an override ({prefix}{key}=...)"
-                )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,134 +134,6 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------
-
-
-def _describe(err: OmegaConfBaseException) -> str:
-    key = getattr(err, "full_key", None) or getattr(err, "key", None)
-    msg = str(err).splitlines()[0]
-    return f"key '{key}': {msg}" if key else msg
-
-
-def _has_key(cfg: DictConfig, key: str) -> bool:
-    """Whether the dotted ``key`` (list items by index) exists, without resolving interpolations, so
-    that a key whose value reads an unset environment variable can still be overridden."""
-    parent, _, last = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False) if parent else cfg
-    if isinstance(node, DictConfig):
-        return last in node
-    from omegaconf import ListConfig
-
-    return isinstance(node, ListConfig) and last.isdigit() and int(last) < len(node)
-
-
-def load_config(
-    schema: type[T] | T,
-    path: str | Path | None = None,
-    overrides: Sequence[str] = (),
-) -> DictConfig:
-    """Merge ``schema`` defaults, the YAML file at ``path`` and ``key=value`` overrides.
-
-    Args:
-        schema: a dataclass type or instance declaring every allowed key.
-        path: an optional YAML file.
-        overrides: dotted ``key=value`` strings, e.g. ``["optim.lr=0.01"]``.
-
-    Returns:
-        A read-only-structure ``DictConfig`` (struct mode: new keys are refused).
-
-    Raises:
-        ConfigError: a missing file, invalid YAML, an unknown key or a value of the wrong type.
-            The message names the file or the override and the key.
-    """
-    base = OmegaConf.structured(schema)
-    OmegaConf.set_struct(base, True)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            file_cfg = OmegaConf.load(path)
-        except Exception as err:  # yaml errors have several types
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        try:
-            base = OmegaConf.merge(base, file_cfg)
-        except (ConfigKeyError, ConfigAttributeError) as err:
-            raise ConfigError(f"{path}: unknown {_describe(err)}; check the spelling against the schema") from err
-        except (ValidationError, OmegaConfBaseException) as err:
-            raise ConfigError(f"{path}: {_describe(err)}") from err
-        except (TypeError, ValueError) as err:  # e.g. a mapping where the schema has a list
-            raise ConfigError(f"{path}: {err}") from err
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        # list items are addressed by index: data.sources.0.masks=DIR
-        if not _has_key(base, key):
-            raise ConfigError(
-                f"override '{item}': unknown key '{key}'; check the spelling against the schema "
-                "(--help lists every key)"
-            )
-        try:
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]), resolve=False)["v"]  # type: ignore[index]
-            OmegaConf.update(base, key, parsed, merge=True)
-        except (ConfigKeyError, ConfigAttributeError) as err:
-            raise ConfigError(f"override '{item}': unknown {_describe(err)}") from err
-        except (ValidationError, OmegaConfBaseException, TypeError, ValueError) as err:
-            raise ConfigError(
-                f"override '{item}': {_describe(err) if isinstance(err, OmegaConfBaseException) else err}"
-            ) from err
-    OmegaConf.set_struct(base, True)
-    source = " with ".join(([str(path)] if path is not None else []) + (["overrides"] if overrides else [])) or "config"
-    check_values(base, source)  # first: an error names the key as it was written
-    apply_deprecated_keys(base, source)
-    return base
-
-
-#: old key -> its new name; the old key still works for one release, with a warning
-DEPRECATED_KEYS = {"objective.momentum": "objective.key_momentum"}
-
-
-def apply_deprecated_keys(cfg: DictConfig, source: str = "config") -> None:
-    """Move the value of every deprecated key that is set (not None) to its new key, with a warning
-    naming both (:data:`DEPRECATED_KEYS`); the old key is then None."""
-    import warnings
-
-    for old, new in DEPRECATED_KEYS.items():
-        value = OmegaConf.select(cfg, old, default=None, throw_on_missing=False)
-        if value is None or OmegaConf.select(cfg, new, default=_MISSING, throw_on_missing=False) is _MISSING:
-            continue
-        message = f"{source}: '{old}' is deprecated, use '{new}' (its value {value} is used as {new})"
-        warnings.warn(message, DeprecationWarning, stacklevel=3)
-        logging.getLogger(__name__).warning(message)
-        OmegaConf.update(cfg, new, value, merge=True)
-        OmegaConf.update(cfg, old, None, merge=True)
-
-
-_MISSING = object()
-
-
-def save_config(cfg: DictConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
-
-
-def config_to_dict(cfg: DictConfig | Any) -> dict:
-    """A plain ``dict`` of the config (safe to store in a ``weights_only`` checkpoint)."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """Add ``--config FILE`` and positional ``key=value`` overrides to a parser."""
-    parser.add_argument("--config", default=default, help="YAML config file (default: %(default)s)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
-
-
-# ----------------------------------------------------------------------------------------------
 # Training schemas (pretraining and the MoCo stage share data, augmentation, optimiser, trainer)
 # ----------------------------------------------------------------------------------------------
 
@@ -441,9 +178,8 @@ class DataConfig:
     masks: str | None = None  # default masks folder for sources that set none
     image_size: int = bounded(224, ge=8)  # side of every augmented view
     load_size: int = bounded(0, ge=0)  # longer image side kept in memory before cropping; 0 = 1.5 x image_size
-    min_mask_fraction: float = bounded(
-        0.01, ge=0.0, le=1.0
-    )  # an image whose object mask covers less is skipped (counted)
+    # an image whose object mask covers less is skipped (counted)
+    min_mask_fraction: float = bounded(0.01, ge=0.0, le=1.0)
     num_workers: int = bounded(2, ge=0)  # DataLoader worker processes (0 = load in the main process)
     cache_images: bool = False  # keep resized images in RAM after their first load (best with num_workers=0)
     # the masks of an objective that needs them: masks (the sources' masks folders / own masks, e.g.
@@ -573,32 +309,6 @@ class MocoConfig:
         default_factory=lambda: OptimConfig(batch_size=256, lr=0.03, schedule="cosine", weight_decay=1e-4)
     )
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(run_dir="runs/moco", epochs=200))
-
-
-def resolve_config(cfg: DictConfig, source: str = "config") -> DictConfig:
-    """Resolve every interpolation (``${oc.env:MASKCONTRAST_DATA}``, ``${data.image_size}``) in place.
-
-    Raises:
-        ConfigError: an interpolation that cannot be resolved, e.g. an unset environment
-            variable, or a required key (``???``) without a value; the message names the key.
-    """
-    try:
-        OmegaConf.resolve(cfg)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        msg = str(err).splitlines()[0]
-        hint = ""
-        if "Environment variable" in msg:
-            hint = " (set it, e.g. `export MASKCONTRAST_DATA=/path/to/shared/data`, or override the key)"
-        raise ConfigError(f"{source}: cannot resolve key '{key}': {msg}{hint}") from err
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(
-            f"{source}: required keys have no value: {', '.join(missing)}; set them in the file "
-            f"or as overrides, e.g. {missing[0]}=..."
-        )
-    check_values(cfg, source)
-    return cfg
 
 
 # ----------------------------------------------------------------------------------------------

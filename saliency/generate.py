@@ -44,7 +44,8 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import maskcontrast
-from maskcontrast.config import ConfigError, add_config_arguments, load_config
+from maskcontrast.config_checks import ConfigError
+from maskcontrast.config_loading import add_config_arguments, load_config
 from maskcontrast.data import DataError, build_dataset, write_mask
 from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.data.io import SKIPPED_LIST, read_skipped

@@ -41,6 +41,7 @@ from maskcontrast.data.base import DATASETS, SegmentationDataset, build_dataset
 from maskcontrast.data.io import SKIPPED_LIST, read_skipped
 from maskcontrast.data.paths import SHARED_LAYOUT
 from maskcontrast.data.record import DataError
+from maskcontrast.keyvalues import parse_key_values
 from maskcontrast.utils import atomic_write_bytes, setup_logging
 
 __all__ = [
@@ -353,16 +354,6 @@ def check_shared(
 # ------------------------------------------------------------------------------------------------
 
 
-def _parse_options(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option '{item}' is not of the form key=value (e.g. target=species)")
-        out[key] = value
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m maskcontrast.data.check",
@@ -446,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.dataset or args.root is None:
             parser.error("give --dataset NAME and --root DIR (or --shared)")
         try:
-            kwargs: dict[str, Any] = _parse_options(args.option)
+            kwargs: dict[str, Any] = parse_key_values(args.option, "--option", typed=False, example="target=species")
         except ValueError as err:
             parser.error(str(err))
         if args.masks is not None:
