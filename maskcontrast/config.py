@@ -105,7 +105,8 @@ class BackboneConfig:
     """
 
     arch: str = bounded("resnet50", choices=RESNET_ARCHS + VIT_ARCHS)
-    output_stride: int = bounded(8, choices=(8, 16))  # 8 (paper) or 16; ResNets only
+    # 8 (paper) or 16; ResNets only
+    output_stride: int = bounded(8, choices=(8, 16))
     init: str = "random"
     init_key: str = bounded("teacher", choices=("teacher", "student"))
     vit: ViTConfig = field(default_factory=ViTConfig)
@@ -124,7 +125,8 @@ class ModelConfig:
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head_channels: int = bounded(256, ge=1)
-    aspp_rates: list[int] | None = None  # None: 12/24/36 at OS8, 6/12/18 at OS16
+    # None: 12/24/36 at OS8, 6/12/18 at OS16
+    aspp_rates: list[int] | None = None
     embed_dim: int = bounded(32, ge=1)
     saliency_head: bool = True
     # deeplab: ASPP decoder -> 1x1 embedding (MaskContrast); light: 1x1 + 3x3 conv decoder (docs/BACKBONES.md);
@@ -148,12 +150,16 @@ class DataSourceConfig:
     (Pet trimaps, DAVIS, Weizmann, SOD, coco128).
     """
 
-    name: str = "???"  # voc | msrc | pet | coco128 | davis2016 | weizmann | saliency_folder | image_folder
+    # voc | msrc | pet | coco128 | davis2016 | weizmann | saliency_folder | image_folder
+    name: str = "???"
     root: str = "???"
-    split: str | None = None  # None: the reader's default split
+    # None: the reader's default split
+    split: str | None = None
     masks: str | None = None
-    ids: str | None = None  # optional text file with the ids to use, one per line
-    limit: int = bounded(0, ge=0)  # > 0: use only this many images, evenly spaced over the (sorted) ids
+    # optional text file with the ids to use, one per line
+    ids: str | None = None
+    # > 0: use only this many images, evenly spaced over the (sorted) ids
+    limit: int = bounded(0, ge=0)
 
 
 @dataclass
@@ -162,12 +168,18 @@ class RegionsConfig:
     :mod:`maskcontrast.data.regions`. Felzenszwalb runs on the image as kept in memory
     (``data.load_size``), once per image, cached under ``cache_dir``."""
 
-    grid_cells: int = bounded(4, ge=1, le=15)  # grid: cells per side
-    scale: float = bounded(100.0, gt=0.0)  # felzenszwalb: larger -> larger segments
-    sigma: float = bounded(0.8, ge=0.0)  # felzenszwalb: Gaussian pre-smoothing
-    min_size: int = bounded(50, ge=1)  # felzenszwalb: smallest segment, pixels at data.load_size
-    max_regions: int = bounded(32, ge=1, le=255)  # felzenszwalb: the smallest segments are merged down to this
-    cache_dir: str | None = "~/.cache/maskcontrast/regions"  # null: recompute every time (no disk cache)
+    # grid: cells per side
+    grid_cells: int = bounded(4, ge=1, le=15)
+    # felzenszwalb: larger -> larger segments
+    scale: float = bounded(100.0, gt=0.0)
+    # felzenszwalb: Gaussian pre-smoothing
+    sigma: float = bounded(0.8, ge=0.0)
+    # felzenszwalb: smallest segment, pixels at data.load_size
+    min_size: int = bounded(50, ge=1)
+    # felzenszwalb: the smallest segments are merged down to this
+    max_regions: int = bounded(32, ge=1, le=255)
+    # null: recompute every time (no disk cache)
+    cache_dir: str | None = "~/.cache/maskcontrast/regions"
 
 
 @dataclass
@@ -175,13 +187,18 @@ class DataConfig:
     """Where training images (and object masks) come from and how they are loaded on the CPU."""
 
     sources: list[DataSourceConfig] = field(default_factory=list)
-    masks: str | None = None  # default masks folder for sources that set none
-    image_size: int = bounded(224, ge=8)  # side of every augmented view
-    load_size: int = bounded(0, ge=0)  # longer image side kept in memory before cropping; 0 = 1.5 x image_size
+    # default masks folder for sources that set none
+    masks: str | None = None
+    # side of every augmented view
+    image_size: int = bounded(224, ge=8)
+    # longer image side kept in memory before cropping; 0 = 1.5 x image_size
+    load_size: int = bounded(0, ge=0)
     # an image whose object mask covers less is skipped (counted)
     min_mask_fraction: float = bounded(0.01, ge=0.0, le=1.0)
-    num_workers: int = bounded(2, ge=0)  # DataLoader worker processes (0 = load in the main process)
-    cache_images: bool = False  # keep resized images in RAM after their first load (best with num_workers=0)
+    # DataLoader worker processes (0 = load in the main process)
+    num_workers: int = bounded(2, ge=0)
+    # keep resized images in RAM after their first load (best with num_workers=0)
+    cache_images: bool = False
     # the masks of an objective that needs them: masks (the sources' masks folders / own masks, e.g.
     # saliency.generate's), felzenszwalb (segments of the image) or grid (data.regions.grid_cells^2 cells)
     mask_source: str = bounded("masks", choices=("masks", "felzenszwalb", "grid"))
@@ -231,18 +248,29 @@ class TrainerConfig:
 
     run_dir: str = "runs/pretrain"
     epochs: int = bounded(40, ge=0)
-    max_steps: int | None = bounded(0, ge=0)  # > 0: a step budget; the schedule spans this many steps (0 or null: none)
-    resume: str = "none"  # none | auto (continue from <run_dir>/last.pt when it exists) | path to a last.pt
-    overwrite: bool = False  # allow starting afresh in a run folder that already holds a run
-    save_every_epochs: int = bounded(10, ge=0)  # also keep epoch_<n>.pt every n epochs (0 = never)
-    save_every_steps: int = bounded(0, ge=0)  # refresh last.pt every n steps (0 = at epoch ends and at the end only)
-    log_every_steps: int = bounded(10, ge=1)  # TensorBoard scalars every n steps
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:1 ...
-    precision: str = bounded("fp32", choices=("fp32", "bf16", "fp16"))  # autocast
-    channels_last: bool = True  # NHWC: the fast path (fp32 loss within 1e-5 of NCHW, tests/maskcontrast/test_train.py)
+    # > 0: a step budget; the schedule spans this many steps (0 or null: none)
+    max_steps: int | None = bounded(0, ge=0)
+    # none | auto (continue from <run_dir>/last.pt when it exists) | path to a last.pt
+    resume: str = "none"
+    # allow starting afresh in a run folder that already holds a run
+    overwrite: bool = False
+    # also keep epoch_<n>.pt every n epochs (0 = never)
+    save_every_epochs: int = bounded(10, ge=0)
+    # refresh last.pt every n steps (0 = at epoch ends and at the end only)
+    save_every_steps: int = bounded(0, ge=0)
+    # TensorBoard scalars every n steps
+    log_every_steps: int = bounded(10, ge=1)
+    # auto (CUDA when present) | cpu | cuda | cuda:1 ...
+    device: str = "auto"
+    # autocast
+    precision: str = bounded("fp32", choices=("fp32", "bf16", "fp16"))
+    # NHWC: the fast path (fp32 loss within 1e-5 of NCHW, tests/maskcontrast/test_train.py)
+    channels_last: bool = True
     seed: int = 0
-    threads: int = bounded(0, ge=0)  # torch CPU threads per process (0 = torch's default)
-    progress: bool = True  # tqdm progress bar
+    # torch CPU threads per process (0 = torch's default)
+    threads: int = bounded(0, ge=0)
+    # tqdm progress bar
+    progress: bool = True
 
 
 @dataclass
@@ -250,13 +278,18 @@ class MaskContrastObjectiveConfig:
     """The MaskContrast loss: pixel-to-prototype contrast plus balanced BCE on saliency."""
 
     temperature: float = bounded(0.5, gt=0.0)
-    queue_size: int = bounded(128, ge=0)  # memory bank of past prototypes (paper: 128 or 256)
-    key_momentum: float = bounded(0.999, ge=0.0, le=1.0)  # key network EMA
-    momentum: float | None = bounded(None, ge=0.0, le=1.0)  # deprecated alias of key_momentum
+    # memory bank of past prototypes (paper: 128 or 256)
+    queue_size: int = bounded(128, ge=0)
+    # key network EMA
+    key_momentum: float = bounded(0.999, ge=0.0, le=1.0)
+    # deprecated alias of key_momentum
+    momentum: float | None = bounded(None, ge=0.0, le=1.0)
     contrastive_weight: float = bounded(1.0, ge=0.0)
     saliency_weight: float = bounded(1.0, ge=0.0)
-    class_weighting: str = bounded("enet", choices=("enet", "none"))  # enet: 1 / log(1.02 + p), p per batch
-    freeze_early_layers: bool = False  # freeze conv1 .. layer2 (the supervised-saliency recipe)
+    # enet: 1 / log(1.02 + p), p per batch
+    class_weighting: str = bounded("enet", choices=("enet", "none"))
+    # freeze conv1 .. layer2 (the supervised-saliency recipe)
+    freeze_early_layers: bool = False
     # negatives of a pixel under DDP: global (the prototypes of every process + the queue) or local
     # (its own process's prototypes + the queue, as the official code); the queue always gets every process's
     negatives: str = bounded("global", choices=("global", "local"))
@@ -279,11 +312,16 @@ class MocoModelConfig:
     """Image-level MoCo v2 encoder: a standard (undilated) torchvision ResNet, or a timm ViT (its
     class token), with an MLP head."""
 
-    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 (resnet101 works too) | a ViT of VIT_ARCHS
-    dim: int = bounded(128, ge=1)  # output dimension of the projection
-    mlp: bool = True  # MoCo v2: Linear(C, C) + ReLU + Linear(C, dim); False: MoCo v1's Linear(C, dim)
-    init: str = "random"  # random | a checkpoint path of any known layout (backbone only)
-    init_key: str = bounded("teacher", choices=("teacher", "student"))  # full DINO checkpoints
+    # resnet18 | resnet34 | resnet50 (resnet101 works too) | a ViT of VIT_ARCHS
+    arch: str = "resnet50"
+    # output dimension of the projection
+    dim: int = bounded(128, ge=1)
+    # MoCo v2: Linear(C, C) + ReLU + Linear(C, dim); False: MoCo v1's Linear(C, dim)
+    mlp: bool = True
+    # random | a checkpoint path of any known layout (backbone only)
+    init: str = "random"
+    # full DINO checkpoints
+    init_key: str = bounded("teacher", choices=("teacher", "student"))
     vit: ViTConfig = field(default_factory=ViTConfig)
 
 
@@ -293,8 +331,10 @@ class MocoObjectiveConfig:
 
     temperature: float = bounded(0.2, gt=0.0)
     queue_size: int = bounded(65536, ge=0)
-    key_momentum: float = bounded(0.999, ge=0.0, le=1.0)  # key encoder EMA
-    momentum: float | None = bounded(None, ge=0.0, le=1.0)  # deprecated alias of key_momentum
+    # key encoder EMA
+    key_momentum: float = bounded(0.999, ge=0.0, le=1.0)
+    # deprecated alias of key_momentum
+    momentum: float | None = bounded(None, ge=0.0, le=1.0)
 
 
 @dataclass
@@ -322,12 +362,18 @@ class DetConModelConfig:
     DetCon's MLP projector (and predictor for DetConB). Checkpoints keep the MoCo layout
     (``module.encoder_q.<resnet key>``), so ``model.backbone.init`` of MaskContrast reads them."""
 
-    arch: str = bounded("resnet50", choices=RESNET_ARCHS + VIT_ARCHS)  # a ViT: its patch map (stride = patch)
-    output_stride: int = bounded(32, choices=(8, 16, 32))  # 32: the paper; 8: 8x finer regions at small views
-    init: str = "random"  # random | torchvision | a checkpoint of any known layout (backbone only)
-    init_key: str = bounded("teacher", choices=("teacher", "student"))  # full DINO checkpoints
-    vit: ViTConfig = field(default_factory=ViTConfig)  # ViT archs only
-    proj_hidden: int = bounded(4096, ge=1)  # projector / predictor: Linear(C, hidden) BN ReLU Linear(hidden, dim)
+    # a ViT: its patch map (stride = patch)
+    arch: str = bounded("resnet50", choices=RESNET_ARCHS + VIT_ARCHS)
+    # 32: the paper; 8: 8x finer regions at small views
+    output_stride: int = bounded(32, choices=(8, 16, 32))
+    # random | torchvision | a checkpoint of any known layout (backbone only)
+    init: str = "random"
+    # full DINO checkpoints
+    init_key: str = bounded("teacher", choices=("teacher", "student"))
+    # ViT archs only
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    # projector / predictor: Linear(C, hidden) BN ReLU Linear(hidden, dim)
+    proj_hidden: int = bounded(4096, ge=1)
     proj_dim: int = bounded(256, ge=1)
 
 
@@ -336,9 +382,12 @@ class DetConObjectiveConfig:
     """DetCon's region contrastive loss (DetConS: SimCLR-style; DetConB: predictor + momentum target)."""
 
     variant: str = bounded("b", choices=("s", "b"))
-    temperature: float = bounded(0.1, gt=0.0)  # paper: 0.1
-    regions_per_image: int = bounded(16, ge=1)  # paper: 16 masks sampled per image
-    key_momentum: float = bounded(0.996, ge=0.0, le=1.0)  # DetConB target EMA (paper: BYOL's 0.996, cosine to 1)
+    # paper: 0.1
+    temperature: float = bounded(0.1, gt=0.0)
+    # paper: 16 masks sampled per image
+    regions_per_image: int = bounded(16, ge=1)
+    # DetConB target EMA (paper: BYOL's 0.996, cosine to 1)
+    key_momentum: float = bounded(0.996, ge=0.0, le=1.0)
 
 
 @dataclass
@@ -365,11 +414,15 @@ class DenseCLModelConfig:
     """A ResNet with DenseCL's two heads: the global MLP of MoCo v2 (``fc``) and a dense 1x1-conv MLP.
     Checkpoints keep the MoCo layout plus ``module.dense_head_q.*``."""
 
-    arch: str = bounded("resnet50", choices=RESNET_ARCHS + VIT_ARCHS)  # a ViT: its patch map (stride = patch)
-    output_stride: int = bounded(32, choices=(8, 16, 32))  # 32: the paper (7x7 dense grid at 224 px)
+    # a ViT: its patch map (stride = patch)
+    arch: str = bounded("resnet50", choices=RESNET_ARCHS + VIT_ARCHS)
+    # 32: the paper (7x7 dense grid at 224 px)
+    output_stride: int = bounded(32, choices=(8, 16, 32))
     init: str = "random"
-    init_key: str = bounded("teacher", choices=("teacher", "student"))  # full DINO checkpoints
-    vit: ViTConfig = field(default_factory=ViTConfig)  # ViT archs only
+    # full DINO checkpoints
+    init_key: str = bounded("teacher", choices=("teacher", "student"))
+    # ViT archs only
+    vit: ViTConfig = field(default_factory=ViTConfig)
     dim: int = bounded(128, ge=1)
 
 
@@ -378,9 +431,11 @@ class DenseCLObjectiveConfig:
     """MoCo v2's global InfoNCE plus the dense InfoNCE over matched locations."""
 
     temperature: float = bounded(0.2, gt=0.0)
-    queue_size: int = bounded(65536, ge=0)  # global and dense queues (paper: 65,536 each)
+    # global and dense queues (paper: 65,536 each)
+    queue_size: int = bounded(65536, ge=0)
     key_momentum: float = bounded(0.999, ge=0.0, le=1.0)
-    dense_weight: float = bounded(0.5, ge=0.0, le=1.0)  # lambda: (1 - lambda) L_global + lambda L_dense
+    # lambda: (1 - lambda) L_global + lambda L_dense
+    dense_weight: float = bounded(0.5, ge=0.0, le=1.0)
 
 
 @dataclass
@@ -399,14 +454,16 @@ class DenseCLConfig:
 class StegoObjectiveConfig:
     """STEGO's correspondence loss over three kinds of pairs, each with its weight and shift ``b``."""
 
-    neighbours: int = bounded(7, ge=1)  # K nearest neighbours by frozen global feature (paper: 7)
+    # K nearest neighbours by frozen global feature (paper: 7)
+    neighbours: int = bounded(7, ge=1)
     self_weight: float = bounded(0.67, ge=0.0)
     self_shift: float = 0.18
     knn_weight: float = bounded(0.25, ge=0.0)
     knn_shift: float = 0.12
     random_weight: float = bounded(0.63, ge=0.0)
     random_shift: float = 0.46
-    pointwise: bool = True  # centre the feature correlation per location (STEGO's pointwise option)
+    # centre the feature correlation per location (STEGO's pointwise option)
+    pointwise: bool = True
 
 
 @dataclass
