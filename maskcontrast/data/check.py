@@ -51,18 +51,11 @@ __all__ = [
     "check_dataset",
     "check_shared",
     "open_and_check",
-    "read_skipped_ids",
-    "SKIPPED_LIST",
     "SHARED_CHECKS",
     "main",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def read_skipped_ids(path: Path) -> set[str]:
-    """The ids listed in a ``skipped.txt`` (bare ``<id>`` lines count too)."""
-    return set(read_skipped(path))
 
 
 @dataclass
@@ -179,7 +172,7 @@ def _mask_notes(ds: SegmentationDataset) -> list[str]:
     if ds.mask_dir is None:
         return []
     absent = [i for i in ds.ids if not ds.mask_dir.joinpath(f"{i}.png").is_file()]  # = ds.mask_path(i)
-    skipped = read_skipped_ids(ds.mask_dir / SKIPPED_LIST)
+    skipped = read_skipped(ds.mask_dir / SKIPPED_LIST)  # bare <id> lines count too
     unexplained = [i for i in absent if i not in skipped]
     note = f"object masks in {ds.mask_dir}: {len(ds.ids) - len(absent)} of {len(ds.ids)} ids"
     if absent:
