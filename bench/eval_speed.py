@@ -152,7 +152,8 @@ def bench_clustering(n: int = 1449, d: int = 32, k: int = 20) -> dict:
 def bench_msrc_rss(arch: str, extra: list[str]) -> dict:
     import torch
 
-    from maskcontrast.config import ModelConfig, load_config
+    from maskcontrast.config import ModelConfig
+    from maskcontrast.config_loading import load_config
     from maskcontrast.models import build_model, model_checkpoint
     from maskcontrast.utils import atomic_save
 

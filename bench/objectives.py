@@ -23,7 +23,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from maskcontrast.config import DenseCLConfig, DetConConfig, StegoConfig, load_config, save_config
+from maskcontrast.config import DenseCLConfig, DetConConfig, StegoConfig
+from maskcontrast.config_loading import load_config, save_config
 from maskcontrast.stages import REPO
 
 __all__ = ["ROWS", "LABELS", "PRESET_DEFAULTS", "add_arguments", "choose_start", "train_rows"]

@@ -70,7 +70,8 @@ def run_one(arch: str, os_: int, precision: str, size: int, batch: int, steps: i
 
     import torch
 
-    from maskcontrast.config import AugmentConfig, MaskContrastObjectiveConfig, ModelConfig, load_config
+    from maskcontrast.config import AugmentConfig, MaskContrastObjectiveConfig, ModelConfig
+    from maskcontrast.config_loading import load_config
     from maskcontrast.data.views import ViewSampler
     from maskcontrast.momentum import update_momentum
     from maskcontrast.objectives import MaskContrastObjective

@@ -52,7 +52,8 @@ from objectives import add_arguments as add_dense_arguments
 from objectives import train_rows
 from omegaconf import OmegaConf
 
-from maskcontrast.config import MocoConfig, PretrainConfig, load_config, save_config
+from maskcontrast.config import MocoConfig, PretrainConfig
+from maskcontrast.config_loading import load_config, save_config
 from maskcontrast.data.paths import data_root
 from maskcontrast.stages import REPO, StageFailed, StageRunner
 from maskcontrast.utils import atomic_save, atomic_write_bytes, setup_logging

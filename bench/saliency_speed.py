@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from maskcontrast.config import load_config  # noqa: E402
+from maskcontrast.config_loading import load_config  # noqa: E402
 from maskcontrast.data import build_dataset, shared_dataset_root  # noqa: E402
 from saliency.fusion import fused_saliency  # noqa: E402
 from saliency.methods import CLASSICAL  # noqa: E402

@@ -36,7 +36,8 @@ import json, sys, time
 import numpy as np
 import torch
 from PIL import Image
-from maskcontrast.config import PretrainConfig, load_config, resolve_config
+from maskcontrast.config import PretrainConfig
+from maskcontrast.config_loading import load_config, resolve_config
 from maskcontrast.data import write_mask
 from maskcontrast.objectives import MaskContrastObjective
 from maskcontrast.train import train

@@ -43,7 +43,8 @@ def worker(conf: str, size: int, batch: int, threads: int, tiny: bool) -> None:
     ``{"peak_rss_mib", "params"}`` (one JSON line each on stdout)."""
     import torch
 
-    from maskcontrast.config import AugmentConfig, MaskContrastObjectiveConfig, ModelConfig, load_config
+    from maskcontrast.config import AugmentConfig, MaskContrastObjectiveConfig, ModelConfig
+    from maskcontrast.config_loading import load_config
     from maskcontrast.data.views import ViewSampler
     from maskcontrast.momentum import update_momentum
     from maskcontrast.objectives import MaskContrastObjective

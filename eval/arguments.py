@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from maskcontrast.api import FeatureModel, load_model
 from maskcontrast.data import SegmentationDataset, build_dataset
 from maskcontrast.data.paths import SHARED_LAYOUT, shared_dataset_root
+from maskcontrast.keyvalues import parse_key_values
 
 __all__ = [
     "add_model_arguments",
     "add_dataset_arguments",
     "add_saliency_arguments",
-    "parse_key_values",
     "model_from_args",
     "resolve_root",
     "dataset_from_args",
@@ -107,27 +106,6 @@ def add_saliency_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="probability above which a pixel is salient (model source; default 0.5)",
     )
-
-
-def parse_key_values(items: Sequence[str], what: str = "--dataset-arg") -> dict[str, Any]:
-    """``["target=species", "n=3"]`` -> ``{"target": "species", "n": 3}`` (ints, floats, true/false)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{what} '{item}' is not of the form key=value")
-        v: Any = value
-        if value.lower() in ("true", "false"):
-            v = value.lower() == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    v = cast(value)
-                    break
-                except ValueError:
-                    continue
-        out[key.strip()] = v
-    return out
 
 
 def _size_arg(size: Sequence[int] | None) -> int | tuple[int, int] | None:

@@ -47,7 +47,6 @@ from eval.arguments import (
     add_saliency_arguments,
     dataset_from_args,
     model_from_args,
-    parse_key_values,
 )
 from eval.caches import StreamCache, checkpoint_fingerprint
 from eval.clustering import (
@@ -77,6 +76,7 @@ from maskcontrast.cli import run_main
 from maskcontrast.data import DataError, SegmentationDataset
 from maskcontrast.data.base import read_id_list
 from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels
+from maskcontrast.keyvalues import parse_key_values
 from maskcontrast.runs import identity_digest
 from maskcontrast.utils import peak_rss_mib, setup_logging
 

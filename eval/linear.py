@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eval.arguments import dataset_from_args, model_from_args, parse_key_values
+from eval.arguments import dataset_from_args, model_from_args
 from eval.caches import checkpoint_fingerprint
 from eval.metrics import confusion_matrix, segmentation_scores
 from eval.outputs import jsonable, safe_name, save_panel, write_json
@@ -54,15 +54,10 @@ from eval.splits import resolve_split
 from eval.stream import collate_samples
 from maskcontrast.api import FeatureModel, target_size, to_image_tensor
 from maskcontrast.cli import run_main
-from maskcontrast.config import (
-    add_config_arguments,
-    bounded,
-    check_values,
-    config_to_dict,
-    load_config,
-    save_config,
-)
+from maskcontrast.config_checks import bounded, check_values
+from maskcontrast.config_loading import add_config_arguments, config_to_dict, load_config, save_config
 from maskcontrast.data import IGNORE_INDEX, DataError, Sample, SegmentationDataset
+from maskcontrast.keyvalues import parse_key_values
 from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
 from maskcontrast.runs import (
     RunLayout,

@@ -45,7 +45,6 @@ from eval.arguments import (
     add_model_arguments,
     dataset_from_args,
     model_from_args,
-    parse_key_values,
 )
 from eval.metrics import binary_counts
 from eval.outputs import add_output_arguments, ensure_new_file, safe_name, vis_folder, write_json
@@ -55,6 +54,7 @@ from maskcontrast.cli import run_main
 from maskcontrast.data import DataError, SegmentationDataset
 from maskcontrast.data.io import write_panel
 from maskcontrast.embeddings import pixel_sums
+from maskcontrast.keyvalues import parse_key_values
 from maskcontrast.prompt import combine_shots, prototype_score
 from maskcontrast.utils import peak_rss_mib, setup_logging
 

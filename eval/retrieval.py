@@ -38,7 +38,6 @@ from eval.arguments import (
     add_saliency_arguments,
     dataset_from_args,
     model_from_args,
-    parse_key_values,
 )
 from eval.caches import StreamCache, checkpoint_fingerprint
 from eval.kmeans import PrototypeStats, prototype_pass
@@ -48,6 +47,7 @@ from eval.saliency_source import SaliencySource
 from eval.splits import resolve_split
 from maskcontrast.cli import run_main
 from maskcontrast.data import DatasetInfo
+from maskcontrast.keyvalues import parse_key_values
 from maskcontrast.utils import peak_rss_mib, setup_logging
 
 __all__ = ["VOC_SUBSET", "segment_labels", "knn_vote", "retrieval_confusion", "retrieval_scores", "main"]

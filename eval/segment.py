@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from eval.arguments import add_dataset_arguments, add_model_arguments, dataset_from_args, parse_key_values
+from eval.arguments import add_dataset_arguments, add_model_arguments, dataset_from_args
 from eval.caches import StreamCache, checkpoint_fingerprint
 from eval.clustering import BACKENDS, assign_clusters, kmeans, pca_whitening, resolve_backend
 from eval.outputs import quiet_faiss, safe_name, write_json
@@ -52,6 +52,7 @@ from maskcontrast.cli import run_main
 from maskcontrast.data import DataError, SegmentationDataset, build_dataset
 from maskcontrast.data.record import default_palette
 from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels
+from maskcontrast.keyvalues import parse_key_values
 from maskcontrast.runs import RunLayout, claim_run_folder, identity_digest
 from maskcontrast.utils import atomic_save, atomic_write_bytes, setup_logging
 

@@ -7,7 +7,7 @@ at input resolution: the raw embedding upsampled bilinearly, then L2-normalised)
 
 * a support shot's foreground prototype is ``normalize(sum_{p in fg} e_p)``, its background
   prototype ``normalize(sum_{p in bg} e_p)`` (ignored pixels take part in neither): the
-  prototype of :func:`maskcontrast.losses.mask_prototypes` and ``eval.kmeans``, computed by
+  prototype of :func:`maskcontrast.embeddings.mask_prototypes` and ``eval.kmeans``, computed by
   :func:`maskcontrast.embeddings.pixel_sums` without making the upsampled map;
 * several shots: ``normalize(mean of the shots' unit prototypes)`` (:func:`combine_shots`);
 * a query pixel's score is ``s = cos(f, fg) - cos(f, bg)``, computed on the L2-normalised

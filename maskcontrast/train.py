@@ -15,7 +15,8 @@ Run folder (``trainer.run_dir``)::
 
 Example::
 
-    from maskcontrast.config import PretrainConfig, load_config, resolve_config
+    from maskcontrast.config import PretrainConfig
+    from maskcontrast.config_loading import load_config, resolve_config
     from maskcontrast.objectives import MaskContrastObjective
     cfg = resolve_config(load_config(PretrainConfig, "configs/pretrain/tiny.yaml", ["trainer.max_steps=4"]))
     result = train(cfg, lambda: MaskContrastObjective(cfg.model, cfg.objective), stage="pretrain")
@@ -43,7 +44,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from maskcontrast.config import DEPRECATED_KEYS, ConfigError, config_to_dict, save_config
+from maskcontrast.config_checks import ConfigError
+from maskcontrast.config_loading import DEPRECATED_KEYS, config_to_dict, save_config
 from maskcontrast.data import DataError, SegmentationDataset, build_dataset
 from maskcontrast.data.regions import RegionMaker
 from maskcontrast.data.views import EpochBatchSampler, PairedViewDataset, Views, ViewSampler
@@ -940,7 +942,7 @@ def training_parser(*, prog: str, description: str, schema: Any, docs: str) -> a
     """The argument parser of ``maskcontrast.pretrain`` and ``maskcontrast.moco``: ``--config``,
     ``key=value`` overrides of ``schema`` (listed in the epilog), ``--overwrite``, ``--resume``,
     ``--print-config``."""
-    from maskcontrast.config import add_config_arguments
+    from maskcontrast.config_loading import add_config_arguments
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -973,7 +975,7 @@ def cli_main(
     """The shared command line of ``maskcontrast.pretrain`` and ``maskcontrast.moco``."""
     import sys
 
-    from maskcontrast.config import load_config, resolve_config
+    from maskcontrast.config_loading import load_config, resolve_config
     from maskcontrast.models import CheckpointError
     from maskcontrast.utils import setup_logging
 

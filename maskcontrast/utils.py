@@ -176,7 +176,7 @@ def autocast_dtype(
     Raises:
         ConfigError: ``precision`` is not one of ``choices``, or bf16 on a GPU without it.
     """
-    from maskcontrast.config import ConfigError
+    from maskcontrast.config_checks import ConfigError
 
     if precision not in choices or (precision != "auto" and precision not in _AUTOCAST_DTYPES):
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {precision!r}")

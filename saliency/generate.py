@@ -44,24 +44,24 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import maskcontrast
-from maskcontrast.config import ConfigError, add_config_arguments, load_config
+from maskcontrast.config_checks import ConfigError
+from maskcontrast.config_loading import add_config_arguments, load_config
 from maskcontrast.data import DataError, build_dataset, write_mask
 from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.data.io import SKIPPED_LIST, read_skipped
 from maskcontrast.preemption import Preempted, requested, section
 from maskcontrast.runs import RunFolderError, RunLayout, claim_run_folder
 from maskcontrast.utils import atomic_write_bytes, setup_logging
-from saliency.common import pool_map, single_thread_env
+from saliency.common import pool_map
 from saliency.fusion import FusionConfig
 from saliency.methods import METHODS, build_estimator, estimator_params
 from saliency.postprocess import postprocess
 
-__all__ = ["generate", "single_thread_env", "OutputConflict", "MANIFEST", "read_skipped", "main"]
+__all__ = ["generate", "OutputConflict", "MANIFEST", "main"]
 
 log = logging.getLogger("saliency.generate")
 
 MANIFEST = "saliency.json"
-SKIPPED = SKIPPED_LIST
 FLAGGED = "flagged.txt"
 FORMAT = "maskcontrast-saliency-masks"
 FORMAT_VERSION = 1
@@ -100,7 +100,7 @@ def _manifest(method: str, params: dict, multi_object: bool, rule: dict, source:
 #: what saliency.generate writes in ``--out`` besides the masks (its identity is the manifest)
 RUN_LAYOUT = RunLayout(
     "mask folder",
-    owned=(MANIFEST, SKIPPED, FLAGGED),
+    owned=(MANIFEST, SKIPPED_LIST, FLAGGED),
     identity_file=MANIFEST,
     compare=("method", "params", "multi_object", "rule"),
     writer="saliency.generate",
@@ -217,7 +217,7 @@ def generate(
     source = f"{dataset}:{Path(root).expanduser().resolve()}" + (f":{split}" if split else "")
     manifest = _manifest(method, params, multi_object, rule, source)
     reuse = _prepare_out(out, manifest, overwrite)
-    skipped_path, flagged_path = out / SKIPPED, out / FLAGGED
+    skipped_path, flagged_path = out / SKIPPED_LIST, out / FLAGGED
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
 
     skipped_before = read_skipped(skipped_path, bare_ids=False) if reuse else {}

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskcontrast.config import ModelConfig, load_config
+from maskcontrast.config import ModelConfig
+from maskcontrast.config_loading import load_config
 from maskcontrast.data.paths import data_root, shared_dataset_root
 from maskcontrast.models import build_model, model_checkpoint
 from maskcontrast.utils import atomic_save

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from maskcontrast.config import PretrainConfig, load_config
+from maskcontrast.config import PretrainConfig
+from maskcontrast.config_loading import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -41,6 +41,7 @@ from maskcontrast.data.base import DATASETS, SegmentationDataset, build_dataset
 from maskcontrast.data.io import SKIPPED_LIST, read_skipped
 from maskcontrast.data.paths import SHARED_LAYOUT
 from maskcontrast.data.record import DataError
+from maskcontrast.keyvalues import parse_key_values
 from maskcontrast.utils import atomic_write_bytes, setup_logging
 
 __all__ = [
@@ -50,18 +51,11 @@ __all__ = [
     "check_dataset",
     "check_shared",
     "open_and_check",
-    "read_skipped_ids",
-    "SKIPPED_LIST",
     "SHARED_CHECKS",
     "main",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def read_skipped_ids(path: Path) -> set[str]:
-    """The ids listed in a ``skipped.txt`` (bare ``<id>`` lines count too)."""
-    return set(read_skipped(path))
 
 
 @dataclass
@@ -178,7 +172,7 @@ def _mask_notes(ds: SegmentationDataset) -> list[str]:
     if ds.mask_dir is None:
         return []
     absent = [i for i in ds.ids if not ds.mask_dir.joinpath(f"{i}.png").is_file()]  # = ds.mask_path(i)
-    skipped = read_skipped_ids(ds.mask_dir / SKIPPED_LIST)
+    skipped = read_skipped(ds.mask_dir / SKIPPED_LIST)  # bare <id> lines count too
     unexplained = [i for i in absent if i not in skipped]
     note = f"object masks in {ds.mask_dir}: {len(ds.ids) - len(absent)} of {len(ds.ids)} ids"
     if absent:
@@ -353,16 +347,6 @@ def check_shared(
 # ------------------------------------------------------------------------------------------------
 
 
-def _parse_options(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option '{item}' is not of the form key=value (e.g. target=species)")
-        out[key] = value
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m maskcontrast.data.check",
@@ -446,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.dataset or args.root is None:
             parser.error("give --dataset NAME and --root DIR (or --shared)")
         try:
-            kwargs: dict[str, Any] = _parse_options(args.option)
+            kwargs: dict[str, Any] = parse_key_values(args.option, "--option", typed=False, example="target=species")
         except ValueError as err:
             parser.error(str(err))
         if args.masks is not None:

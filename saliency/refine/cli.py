@@ -8,7 +8,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from maskcontrast.config import ConfigError, add_config_arguments, load_config
+from maskcontrast.config_checks import ConfigError
+from maskcontrast.config_loading import add_config_arguments, load_config
 from maskcontrast.data import DataError, build_dataset
 from maskcontrast.models.checkpoint import CheckpointError
 from maskcontrast.utils import setup_logging

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from maskcontrast.config import ConfigError, bounded, check_values, checks
+from maskcontrast.config_checks import ConfigError, bounded, check_values, checks
 from saliency.fusion import FusionConfig
 
 FORMAT = "maskcontrast-saliency-refiner"

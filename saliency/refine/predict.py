@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from maskcontrast.config import config_to_dict, load_config
+from maskcontrast.config_loading import config_to_dict, load_config
 from maskcontrast.models import read_checkpoint
 from maskcontrast.models.checkpoint import CheckpointError
 from maskcontrast.utils import autocast_dtype, get_device

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from maskcontrast.config import config_to_dict
+from maskcontrast.config_loading import config_to_dict
 from maskcontrast.data import DataError, build_dataset
 from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.models import read_checkpoint

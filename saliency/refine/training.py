@@ -15,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from maskcontrast.config import ConfigError, config_to_dict, save_config
+from maskcontrast.config_checks import ConfigError
+from maskcontrast.config_loading import config_to_dict, save_config
 from maskcontrast.models import init_backbone
 from maskcontrast.preemption import Preempted, requested, section
 from maskcontrast.runs import (

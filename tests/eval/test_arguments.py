@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from maskcontrast.api import load_model
-from maskcontrast.config import ModelConfig, load_config
+from maskcontrast.config import ModelConfig
+from maskcontrast.config_loading import load_config
 from maskcontrast.models import build_model, model_checkpoint
 from maskcontrast.models.vit import create_timm_vit
 

@@ -82,8 +82,8 @@ def test_faiss_gpu_resources_are_created_once(monkeypatch):
 
 
 def test_eval_kmeans_finishes_without_faiss_and_agrees(synthetic, monkeypatch):
-    from eval.common import SaliencySource
     from eval.kmeans import run_pixel_protocol, run_prototype_protocol
+    from eval.saliency_source import SaliencySource
 
     ds, model = synthetic
     pytest.importorskip("faiss")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.common import SaliencySource, StreamCache, masked_mean_embedding, normalised_pixels
+from eval.caches import StreamCache
 from eval.kmeans import (
     kmeans,
     main,
@@ -15,8 +15,10 @@ from eval.kmeans import (
     run_prototype_protocol,
 )
 from eval.metrics import confusion_matrix
+from eval.saliency_source import SaliencySource
 from maskcontrast import embeddings
 from maskcontrast.api import upsample_embedding
+from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels
 
 
 def blobs(n=3000, k=6, d=8, spread=0.6, seed=0):

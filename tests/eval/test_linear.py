@@ -16,7 +16,8 @@ from eval.linear import (
     warp_image,
     warp_label,
 )
-from maskcontrast.config import ConfigError, load_config
+from maskcontrast.config_checks import ConfigError
+from maskcontrast.config_loading import load_config
 
 
 def test_identity_view_keeps_image_and_label():

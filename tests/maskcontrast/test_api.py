@@ -9,7 +9,8 @@ from PIL import Image
 
 import maskcontrast
 from maskcontrast.api import FeatureModel, NoSaliencyHeadError, target_size, to_image_tensor
-from maskcontrast.config import ModelConfig, load_config
+from maskcontrast.config import ModelConfig
+from maskcontrast.config_loading import load_config
 from maskcontrast.models import CheckpointError, build_model, model_checkpoint
 from maskcontrast.utils import atomic_save
 

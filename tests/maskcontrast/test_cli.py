@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from maskcontrast.cli import USER_ERRORS, run_main
-from maskcontrast.config import ConfigError
+from maskcontrast.config_checks import ConfigError
 from maskcontrast.data import DataError
 
 

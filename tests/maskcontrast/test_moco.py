@@ -5,14 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maskcontrast.config import (
-    MocoConfig,
-    MocoModelConfig,
-    MocoObjectiveConfig,
-    ModelConfig,
-    load_config,
-    resolve_config,
-)
+from maskcontrast.config import MocoConfig, MocoModelConfig, MocoObjectiveConfig, ModelConfig
+from maskcontrast.config_loading import load_config, resolve_config
 from maskcontrast.moco import main as moco_main
 from maskcontrast.models import (
     CheckpointError,

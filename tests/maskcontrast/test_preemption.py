@@ -278,7 +278,7 @@ def test_refused_config_changes_name_the_key_and_allowed_ones_pass():
 
 
 def test_resume_with_a_changed_model_or_objective_is_refused_before_anything_changes(data, tmp_path):
-    from maskcontrast.config import ConfigError
+    from maskcontrast.config_checks import ConfigError
 
     run = tmp_path / "run"
     cfg = tiny_cfg(data, run, "trainer.max_steps=2")

@@ -10,7 +10,9 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from maskcontrast.config import ConfigError, PretrainConfig, load_config, resolve_config
+from maskcontrast.config import PretrainConfig
+from maskcontrast.config_checks import ConfigError
+from maskcontrast.config_loading import load_config, resolve_config
 from maskcontrast.data import write_mask
 from maskcontrast.models import model_from_checkpoint, read_checkpoint
 from maskcontrast.objectives import MaskContrastObjective

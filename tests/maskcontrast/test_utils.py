@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskcontrast.config import ConfigError
+from maskcontrast.config_checks import ConfigError
 from maskcontrast.utils import (
     atomic_save,
     atomic_write_bytes,

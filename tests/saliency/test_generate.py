@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from maskcontrast.data import build_dataset, read_index_png
-from saliency.generate import MANIFEST, OutputConflict, generate, main, read_skipped
+from maskcontrast.data.io import read_skipped
+from saliency.generate import MANIFEST, OutputConflict, generate, main
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskcontrast.config import ConfigError, config_to_dict, load_config
+from maskcontrast.config_checks import ConfigError
+from maskcontrast.config_loading import config_to_dict, load_config
 from maskcontrast.data import build_dataset
 from maskcontrast.models.checkpoint import CheckpointError
 from maskcontrast.utils import atomic_save

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskcontrast.config import load_config
+from maskcontrast.config_loading import load_config
 from maskcontrast.preemption import Preempted
 from saliency.refine import training
 from saliency.refine.config import RefineConfig

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from maskcontrast.config import ModelConfig, load_config
+from maskcontrast.config import ModelConfig
+from maskcontrast.config_loading import load_config
 from maskcontrast.models import (
     CheckpointError,
     ResNetBackbone,

@@ -1,6 +1,7 @@
 import torch
 
-from maskcontrast.config import ModelConfig, load_config
+from maskcontrast.config import ModelConfig
+from maskcontrast.config_loading import load_config
 from maskcontrast.models import build_model
 
 

@@ -11,7 +11,8 @@ import torchvision
 from timm.layers import resample_abs_pos_embed
 
 from maskcontrast.api import load_model
-from maskcontrast.config import ModelConfig, load_config
+from maskcontrast.config import ModelConfig
+from maskcontrast.config_loading import load_config
 from maskcontrast.models import (
     CheckpointError,
     MaskContrastModel,

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from maskcontrast.config import (
-    DenseCLConfig,
-    DetConConfig,
-    MocoConfig,
-    PretrainConfig,
-    StegoConfig,
-    load_config,
-    resolve_config,
-)
+from maskcontrast.config import DenseCLConfig, DetConConfig, MocoConfig, PretrainConfig, StegoConfig
+from maskcontrast.config_loading import load_config, resolve_config
 from maskcontrast.data.synthetic import write_shapes_folder
 from maskcontrast.objectives import DenseCLObjective, DetConObjective, MaskContrastObjective, StegoObjective
 

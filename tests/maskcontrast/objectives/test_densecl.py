@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from maskcontrast.api import load_model
-from maskcontrast.config import DenseCLModelConfig, DenseCLObjectiveConfig, ModelConfig, load_config
+from maskcontrast.config import DenseCLModelConfig, DenseCLObjectiveConfig, ModelConfig
+from maskcontrast.config_loading import load_config
 from maskcontrast.data.views import Views
 from maskcontrast.models import build_model, detect_layout, read_checkpoint
 from maskcontrast.objectives import DenseCLObjective

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from maskcontrast.api import load_model
-from maskcontrast.config import DetConModelConfig, DetConObjectiveConfig, ModelConfig, load_config
+from maskcontrast.config import DetConModelConfig, DetConObjectiveConfig, ModelConfig
+from maskcontrast.config_loading import load_config
 from maskcontrast.data import DataError
 from maskcontrast.data.views import Views
 from maskcontrast.models import build_model, detect_layout, read_checkpoint

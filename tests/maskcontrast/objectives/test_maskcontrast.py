@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig, load_config
+from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig
+from maskcontrast.config_loading import load_config
 from maskcontrast.data.views import Views
 from maskcontrast.embeddings import mask_prototypes
 from maskcontrast.losses import (
