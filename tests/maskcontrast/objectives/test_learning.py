@@ -11,44 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
 
-from maskcontrast.api import load_model
+from eval.kinds import kind_accuracy
 from maskcontrast.train import train
 from maskcontrast.utils import seed_everything
 
 from .conftest import build, objective_cfg
 
 STEPS = 40  # MaskContrast: 60, for a wider margin over 5x chance
-
-
-def kind_accuracy(checkpoint, shapes, gray: bool = False) -> float:
-    """K-means (k = 4) on one prototype per object (mask mean of the L2-normalised embedding),
-    matched to the object kinds with the Hungarian method: the share of objects in the right cluster.
-    ``gray``: the images in grayscale (for a network trained on grayscale views)."""
-    model = load_model(checkpoint, device="cpu")
-    protos, kinds = [], []
-    for path in sorted((shapes / "images").glob("*.png")):
-        image = Image.open(path).convert("L").convert("RGB") if gray else Image.open(path)
-        emb = model.embed(image, resolution="input")[0]  # D x H x W
-        objects = torch.from_numpy(np.asarray(Image.open(shapes / "masks" / path.name)).astype(np.int64))
-        kind_map = np.asarray(Image.open(shapes / "kinds" / path.name))
-        for obj in objects.unique().tolist():
-            if obj == 0:
-                continue
-            sel = objects == obj
-            if int(sel.sum()) < 20:  # an object mostly covered by the other one
-                continue
-            protos.append(torch.nn.functional.normalize(emb[:, sel].mean(1), dim=0).numpy())
-            kinds.append(int(np.bincount(kind_map[sel.numpy()]).argmax()))
-    x, y = np.stack(protos), np.array(kinds) - 1
-    pred = KMeans(4, n_init=10, random_state=0).fit_predict(x)
-    table = np.zeros((4, 4))
-    np.add.at(table, (pred, y), 1)
-    rows, cols = linear_sum_assignment(-table)
-    return float(table[rows, cols].sum() / len(y))
 
 
 def init_checkpoint(name, cfg, path):
