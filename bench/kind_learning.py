@@ -4,7 +4,8 @@ Trains one objective from random weights on the synthetic shapes set (the learni
 made on the fly; 4 kinds defined by shape and texture, random colours) and prints, as one JSON
 line, its training accuracy (mean of the last 10 steps, and as a multiple of chance) and the kind
 accuracy of K-means on its object prototypes (:func:`eval.kinds.kind_accuracy`) at initialisation
-and after training. Results are in docs/OBJECTIVES.md ("The learning test").
+and after training, with a logistic-regression probe of the same prototypes beside it
+(:func:`eval.kinds.linear_kind_accuracy`: are the kinds in them at all?). Results are in docs/OBJECTIVES.md ("The learning test").
 
     python bench/kind_learning.py --objective maskcontrast --steps 300 --images 256
     python bench/kind_learning.py --objective detcon --steps 300 --images 256 --set augment.grayscale_p=0
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.kinds import kind_accuracy
+from eval.kinds import kind_accuracy, linear_kind_accuracy
 from maskcontrast.config import DetConConfig, PretrainConfig
 from maskcontrast.config_loading import load_config, resolve_config
 from maskcontrast.data.synthetic import write_shapes_folder
@@ -122,6 +123,8 @@ def run(objective: str, steps: int, images: int, overrides: list[str], gray: boo
         "acc_x_chance": round(last["acc_top1"] / chance(objective, last), 2),
         "kinds_at_init": round(kind_accuracy(init, shapes, gray), 3),
         "kinds_trained": round(kind_accuracy(result.checkpoint, shapes, gray), 3),
+        "linear_kinds_at_init": round(linear_kind_accuracy(init, shapes, gray), 3),
+        "linear_kinds_trained": round(linear_kind_accuracy(result.checkpoint, shapes, gray), 3),
     }
 
 

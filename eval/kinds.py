@@ -23,11 +23,13 @@ import torch
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
 
 from maskcontrast.api import load_model
 from maskcontrast.data.synthetic import KINDS
 
-__all__ = ["MIN_OBJECT_PIXELS", "kind_accuracy", "object_prototypes"]
+__all__ = ["MIN_OBJECT_PIXELS", "kind_accuracy", "linear_kind_accuracy", "object_prototypes"]
 
 #: objects with fewer visible pixels (mostly covered by a later object) are left out
 MIN_OBJECT_PIXELS = 20
@@ -67,3 +69,12 @@ def kind_accuracy(checkpoint: str | Path, folder: str | Path, gray: bool = False
     np.add.at(table, (pred, y), 1)
     rows, cols = linear_sum_assignment(-table)
     return float(table[rows, cols].sum() / len(y))
+
+
+def linear_kind_accuracy(checkpoint: str | Path, folder: str | Path, gray: bool = False, folds: int = 5) -> float:
+    """A diagnostic beside :func:`kind_accuracy`: the ``folds``-fold cross-validated accuracy of a
+    logistic regression from prototype to kind (chance about 0.25). It tells whether the kinds are
+    in the prototypes at all, even where they are not what K-means clusters by."""
+    x, y = object_prototypes(checkpoint, folder, gray)
+    probe = LogisticRegression(max_iter=2000)
+    return float(cross_val_score(probe, x, y, cv=folds).mean())

@@ -2,9 +2,8 @@
 
 import json
 
-import pytest
-
 import kind_learning
+import pytest
 
 
 @pytest.mark.parametrize("objective", ["maskcontrast", "detcon"])
@@ -16,4 +15,5 @@ def test_kind_learning_reports_both_readouts(objective, tmp_path, capsys):
     assert row["objective"] == objective and row["steps"] == 2
     for key in ("kinds_at_init", "kinds_trained"):
         assert 0.25 <= row[key] <= 1.0  # the best match of 4 clusters to 4 kinds holds at least a quarter
+    assert 0.0 <= row["linear_kinds_trained"] <= 1.0 and 0.0 <= row["linear_kinds_at_init"] <= 1.0
     assert row["acc_x_chance"] > 0
