@@ -130,7 +130,7 @@ def bench_clustering(n: int = 1449, d: int = 32, k: int = 20) -> dict:
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.decomposition import PCA
 
-    from eval.kmeans import kmeans, pca_whitening
+    from eval.clustering import kmeans, pca_whitening
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(k, d))

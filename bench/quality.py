@@ -31,13 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import platform
 import shutil
-import statistics
 import sys
-import time
 from pathlib import Path
 
 # this checkout's packages, also when another checkout is installed (a run from its own git worktree)
@@ -46,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/objectives.py,
 
 import torch
 import torchvision
-from objectives import LABELS as DENSE_LABELS
 from objectives import PRESET_DEFAULTS as DENSE_PRESETS
 from objectives import add_arguments as add_dense_arguments
 from objectives import train_rows
 from omegaconf import OmegaConf
+from quality_report import write_report
 
 from maskcontrast.config import MocoConfig, PretrainConfig
 from maskcontrast.config_loading import load_config, save_config
@@ -270,7 +266,7 @@ def steps(n: int, budget: float) -> int:
 class Quality:
     def __init__(self, args: argparse.Namespace, argv: list[str]) -> None:
         self.args = args
-        self._argv = argv
+        self.argv = argv
         self.out = Path(args.out).expanduser().resolve()
         self.data = data_root()
         if self.data is None:
@@ -518,145 +514,8 @@ class Quality:
 
     # -- report --------------------------------------------------------------------------------
     def report(self, models: list[str]) -> dict:
-        """Aggregate every result JSON into ``quality.json`` and ``quality.md``."""
-
-        def load(path: Path) -> dict | None:
-            return json.loads(path.read_text()) if path.is_file() else None
-
-        def cell(values: list[tuple[float, float]]) -> str:
-            """mean over training seeds of the K-means means; +- K-means std (1 seed) or seed std."""
-            if not values:
-                return "n/a"
-            means = [100 * m for m, _ in values]
-            if len(values) == 1:
-                return f"{means[0]:.1f} ± {100 * values[0][1]:.1f}"
-            return (
-                f"{statistics.mean(means):.1f} ± {statistics.stdev(means):.1f} ({', '.join(f'{v:.1f}' for v in means)})"
-            )
-
-        groups = {g: [g] for g in "ab" if g in self.args.models}
-        groups.update({g: [g] for g in "efgh" if g in self.args.models})
-        for m in models:
-            if m[0] in "cd" and "_seed" in m:
-                groups.setdefault(m[0], []).append(m)
-        labels = {
-            "a": "(a) random init",
-            "b": "(b) MoCo v2 only",
-            "c": "(c) MaskContrast from random",
-            "d": "(d) MaskContrast from MoCo (paper recipe)",
-            **DENSE_LABELS,
-        }
-        results: dict = {"datasets": {}, "stages": self.runner.finished}
-        lines = []
-        for ev in self.args.eval_sets:
-            rows = []
-            table = {}
-            for g, members in groups.items():
-                entry = {}
-                for key, fname in (
-                    ("prototype_folder", "kmeans_prototype_folder.json"),
-                    ("prototype_model", "kmeans_prototype_model.json"),
-                    ("pixel", "kmeans_pixel.json"),
-                ):
-                    vals = [
-                        (r["miou_mean"], r["miou_std"])
-                        for m in members
-                        if (r := load(self.out / "eval" / m / ev / fname))
-                    ]
-                    entry[key] = vals
-                entry["linear"] = [
-                    (r["miou"], 0.0)
-                    for m in members
-                    if (r := load(self.out / "eval" / m / ev / "linear" / "results.json"))
-                ]
-                table[g] = entry
-                lin = entry["linear"]
-                lin_cell = (
-                    "n/a"
-                    if not lin
-                    else (
-                        f"{100 * lin[0][0]:.1f}"
-                        if len(lin) == 1
-                        else f"{statistics.mean(100 * v for v, _ in lin):.1f} ± {statistics.stdev(100 * v for v, _ in lin):.1f}"
-                    )
-                )
-                rows.append(
-                    f"| {labels[g]} | {cell(entry['prototype_folder'])} | {cell(entry['prototype_model'])} | "
-                    f"{cell(entry['pixel'])} | {lin_cell} |"
-                )
-            results["datasets"][ev] = table
-            lines += [
-                f"### {ev}",
-                "",
-                "| model | K-means prototype (fused masks) | K-means prototype (own saliency) | K-means pixel | linear |",
-                "|---|---|---|---|---|",
-                *rows,
-                "",
-            ]
-        signal = {m: t for m in models if m[0] in "cdg" and (t := training_signal(self.out / "train" / m))}
-        results["training"] = signal
-        results["failed_stages"] = self.failed
-        if signal:
-            lines += [
-                "### End of training (pixel-to-prototype task, mean of the last 10% of logged steps)",
-                "",
-                "| model | top-1 | chance (1 / candidates) | top-1 / chance | contrastive loss | log(candidates) |",
-                "|---|---|---|---|---|---|",
-                *(
-                    f"| {m} | {t['top1']:.3f} | {t['chance']:.4f} | {t['top1'] / t['chance']:.1f} | "
-                    f"{t['loss_contrastive']:.3f} | {-math.log(t['chance']):.3f} |"
-                    for m, t in signal.items()
-                ),
-                "",
-            ]
-        stage_rows = [
-            f"| {n} | {s['seconds'] / 60:.1f} | {s.get('cpu_seconds', float('nan')) / 60:.1f} | `{s['command']}` |"
-            for n, s in self.runner.finished.items()
-        ]
-        lines += ["### Stages", "", "| stage | wall min | CPU min | command |", "|---|---|---|---|", *stage_rows, ""]
-        if self.failed:
-            lines += [
-                "### Failed stages (their cells are n/a; re-run the same command to retry them)",
-                "",
-                *(f"* {n}: {why.splitlines()[0]}" for n, why in self.failed.items()),
-                "",
-            ]
-        header = [
-            f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}; "
-            f"date {time.strftime('%Y-%m-%d')}; command: `python bench/quality.py {' '.join(self._argv)}`",
-            "",
-        ]
-        (self.out / "quality.md").write_text("\n".join(header + lines), encoding="utf-8")
-        (self.out / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-        print("\n".join(lines))
-        print(f"wrote {self.out / 'quality.md'} and {self.out / 'quality.json'}")
-        return results
-
-
-def training_signal(run_dir: Path, last_fraction: float = 0.1) -> dict[str, float] | None:
-    """The pixel-to-prototype task at the end of a MaskContrast run, from its TensorBoard scalars:
-    mean top-1 and contrastive loss over the last ``last_fraction`` of the logged steps, and chance,
-    1 / (prototypes of the batch + queue rows). None when the run has no logs yet."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not (run_dir / "tb").is_dir() or not (run_dir / "config.yaml").is_file():
-        return None
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    if "acc/top1" not in acc.Tags()["scalars"]:
-        return None
-    queue = int(OmegaConf.load(run_dir / "config.yaml").objective.queue_size)
-
-    def tail(tag: str) -> float:
-        values = [e.value for e in acc.Scalars(tag)]
-        return statistics.mean(values[-max(1, round(len(values) * last_fraction)) :])
-
-    return {
-        "top1": tail("acc/top1"),
-        "chance": 1.0 / (tail("prototypes") + queue),
-        "loss_contrastive": tail("loss/contrastive"),
-        "steps": acc.Scalars("acc/top1")[-1].step,
-    }
+        """Aggregate every result JSON into ``quality.json`` and ``quality.md`` (:mod:`quality_report`)."""
+        return write_report(self, models)
 
 
 def main(argv: list[str] | None = None) -> None:

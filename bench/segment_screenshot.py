@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(REPO / "tests" / "eval"))
     from test_segment import ColourModel, make_folder
 
-    import eval.segment as seg
+    import eval.segment.cli as seg
 
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:

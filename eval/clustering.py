@@ -32,6 +32,7 @@ import torch
 
 __all__ = [
     "BACKENDS",
+    "sample_pixels",
     "KMeansResult",
     "kmeans",
     "kmeans_plus_plus",
@@ -307,3 +308,12 @@ def assign_clusters(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """``N x d`` points, ``k x d`` centroids -> ``(N,)`` int64 nearest-centroid (squared L2) ids."""
     scores = x @ centroids.T - 0.5 * centroids.square().sum(1)
     return scores.argmax(1)
+
+
+def sample_pixels(n_pixels: int, n_take: int, seed: int, image_index: int) -> np.ndarray:
+    """``(min(n_take, n_pixels),)`` sorted flat indices of the pixels an image adds to a fit: all of
+    them when ``n_take`` covers the image, else a sample without replacement seeded by
+    ``(seed, image_index)`` (the same sample whatever order the images stream in)."""
+    if n_take >= n_pixels:
+        return np.arange(n_pixels)
+    return np.sort(np.random.default_rng([seed, image_index]).choice(n_pixels, size=n_take, replace=False))

@@ -51,12 +51,12 @@ from eval.caches import checkpoint_fingerprint
 from eval.metrics import confusion_matrix, segmentation_scores
 from eval.outputs import jsonable, safe_name, save_panel, write_json
 from eval.splits import resolve_split
-from eval.stream import collate_samples
+from eval.stream import collate_samples, require_label
 from maskcontrast.api import FeatureModel, target_size, to_image_tensor
 from maskcontrast.cli import run_main
 from maskcontrast.config_checks import bounded, check_values
 from maskcontrast.config_loading import add_config_arguments, config_to_dict, load_config, save_config
-from maskcontrast.data import IGNORE_INDEX, DataError, Sample, SegmentationDataset
+from maskcontrast.data import IGNORE_INDEX, Sample, SegmentationDataset
 from maskcontrast.keyvalues import parse_key_values
 from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
 from maskcontrast.runs import (
@@ -375,11 +375,7 @@ class _CachedFeatures(Dataset):
 
 
 def _label_of(sample: Sample) -> np.ndarray:
-    if sample.label is None:
-        raise DataError(
-            f"{sample.id}: no ground-truth label; the linear probe needs labelled images", sample_id=sample.id
-        )
-    return sample.label
+    return require_label(sample, "the linear probe")
 
 
 # ----------------------------------------------------------------------------------------------

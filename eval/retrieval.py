@@ -40,7 +40,7 @@ from eval.arguments import (
     model_from_args,
 )
 from eval.caches import StreamCache, checkpoint_fingerprint
-from eval.kmeans import PrototypeStats, prototype_pass
+from eval.kmeans.prototype import PrototypeStats, collect_image_prototypes
 from eval.metrics import segmentation_scores
 from eval.outputs import add_output_arguments, ensure_new_file, write_json
 from eval.saliency_source import SaliencySource
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             else None
         )
         log.info("%s: %d images of %s/%s", name, len(ds), args.dataset, ds.split)
-        stats.append(prototype_pass(model, ds, source, workers=args.workers, cache=cache, progress=progress))
+        stats.append(collect_image_prototypes(model, ds, source, workers=args.workers, cache=cache, progress=progress))
     db, queries = stats
     result: dict[str, Any] = {"protocol": "retrieval", **retrieval_scores(db, queries, info, args.topk)}
     if subset is not None:

@@ -1,17 +1,21 @@
-"""Streaming a dataset through a model one image at a time (images decoded in worker processes, batched forward passes)."""
+"""Streaming a dataset through a model one image at a time (images decoded in worker processes, batched
+forward passes), and the ground truth that an evaluation needs from each sample."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from torch.utils.data import DataLoader
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
 
 from maskcontrast.api import FeatureModel, FeatureOutput
-from maskcontrast.data import Sample, SegmentationDataset
+from maskcontrast.data import DataError, Sample, SegmentationDataset
 from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
 
-__all__ = ["collate_samples", "iter_model_outputs"]
+__all__ = ["collate_samples", "iter_model_outputs", "require_label", "Unreadable", "iter_readable_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +23,22 @@ log = logging.getLogger(__name__)
 def collate_samples(batch: list[Sample]) -> list[Sample]:
     """DataLoader collate: keep the list of :class:`Sample` records (sizes differ)."""
     return batch
+
+
+def require_label(sample: Sample, purpose: str, ds: SegmentationDataset | None = None) -> np.ndarray:
+    """The sample's ``H x W`` ground-truth label, for an evaluation that cannot do without one.
+
+    Args:
+        sample: a decoded sample. purpose: who needs it, as the message says it ("the linear probe").
+        ds: its dataset; the message then names the label file it looked for (else the sample id).
+
+    Raises:
+        DataError: ``"<file or id>: no ground-truth label; <purpose> needs labelled images"``.
+    """
+    if sample.label is None:
+        where = (ds.files(sample.id).label if ds is not None else None) or sample.id
+        raise DataError(f"{where}: no ground-truth label; {purpose} needs labelled images", sample_id=sample.id)
+    return sample.label
 
 
 def iter_model_outputs(
@@ -61,5 +81,67 @@ def iter_model_outputs(
                     err = Preempted(signum, desc, step=f"after {index} images", hint="rerun the same command")
                     log.warning("%s", err)
                     raise err
+    finally:
+        bar.close()
+
+
+@dataclass
+class Unreadable:
+    """An image that could not be read: its id and why (the :class:`DataError` message)."""
+
+    id: str
+    reason: str
+
+
+class _Tolerant(Dataset):
+    """A dataset whose unreadable images come back as :class:`Unreadable` instead of raising."""
+
+    def __init__(self, ds: SegmentationDataset, start: int = 0) -> None:
+        self.ds, self.start = ds, start
+
+    def __len__(self) -> int:
+        return len(self.ds) - self.start
+
+    def __getitem__(self, i: int) -> Any:
+        sid = self.ds.ids[self.start + i]
+        try:
+            return self.ds.load(sid)
+        except DataError as err:
+            return Unreadable(sid, str(err))
+
+
+def iter_readable_outputs(
+    model: FeatureModel | None,
+    ds: SegmentationDataset,
+    *,
+    start: int,
+    workers: int,
+    desc: str,
+    progress: bool,
+    batch: int = 4,
+) -> Iterator[tuple[int, Any, FeatureOutput | None]]:
+    """Yield ``(index, sample or Unreadable, output or None)`` from ``start``; the model runs on the
+    readable images only (``model=None``: decode only)."""
+    from tqdm import tqdm
+
+    loader = DataLoader(
+        _Tolerant(ds, start),
+        batch_size=model.batch_size if model is not None else batch,
+        num_workers=max(0, workers),
+        collate_fn=list,
+    )
+    bar = tqdm(total=len(ds), initial=start, desc=desc, unit="img", disable=not progress, leave=False)
+    index = start
+    try:
+        for samples in loader:
+            good = [j for j, s in enumerate(samples) if not isinstance(s, Unreadable)]
+            outs: dict[int, FeatureOutput] = {}
+            if model is not None and good:
+                for j, out, _ in model.run([samples[j].image for j in good]):
+                    outs[good[j]] = out
+            for j, s in enumerate(samples):
+                yield index + j, s, outs.get(j)
+            index += len(samples)
+            bar.update(len(samples))
     finally:
         bar.close()

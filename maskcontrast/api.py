@@ -42,20 +42,20 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from maskcontrast.config import IMAGENET_MEAN, IMAGENET_STD
 from maskcontrast.embeddings import upsample_embedding
+from maskcontrast.images import flatten_images, target_size, to_image_tensor
 from maskcontrast.models import (
     CheckpointError,
+    FeatureOutput,
     MaskContrastModel,
     ResNetBackbone,
     ViTBackbone,
@@ -76,15 +76,13 @@ from maskcontrast.prompt import (
 from maskcontrast.utils import get_device
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "NoSaliencyHeadError",
     "FeatureOutput",
     "FeatureModel",
     "SegmentLikeOutput",
     "load_model",
-    "to_image_tensor",
-    "target_size",
+    "net_kind",
+    "NetKind",
     "upsample_embedding",
     "upsample_saliency",
 ]
@@ -110,121 +108,8 @@ class SegmentLikeOutput(NamedTuple):
     soft: torch.Tensor | list[torch.Tensor]
 
 
-class FeatureOutput(NamedTuple):
-    """Raw network outputs at feature resolution (``h x w``), as :meth:`FeatureModel.forward` returns.
-
-    Attributes:
-        features: ``B x F x h x w`` decoder (256-d) or backbone features.
-        embedding: ``B x D x h x w`` embeddings, NOT normalised (backbone-only: the features).
-        saliency: ``B x 1 x h x w`` saliency logits, or None without a saliency head.
-    """
-
-    features: torch.Tensor
-    embedding: torch.Tensor
-    saliency: torch.Tensor | None
-
-
+# Upsampling
 # ----------------------------------------------------------------------------------------------
-# Pure helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def to_image_tensor(image: Any) -> torch.Tensor:
-    """One image as a ``3 x H x W`` float32 tensor in ``[0, 1]`` (on the tensor's own device).
-
-    Accepts a PIL image (any mode), a path, an ``H x W x 3`` / ``H x W`` numpy array (uint8, or
-    float in ``[0, 1]``) or a ``3 x H x W`` / ``1 x H x W`` tensor (uint8, or float in ``[0, 1]``).
-
-    Raises:
-        ValueError: an unsupported type, shape or dtype (the message says what was given).
-    """
-    from PIL import Image
-
-    if isinstance(image, (str, Path)):
-        from maskcontrast.data.io import read_image
-
-        return torch.from_numpy(read_image(image)).permute(2, 0, 1).float().div_(255.0)
-    if isinstance(image, Image.Image):
-        from maskcontrast.data.io import _to_uint8_rgb
-
-        return torch.from_numpy(_to_uint8_rgb(image)).permute(2, 0, 1).float().div_(255.0)
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        if arr.ndim != 3 or arr.shape[2] not in (1, 3):
-            raise ValueError(f"numpy images must be H x W x 3 (or H x W), got shape {arr.shape}")
-        if arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        arr = np.ascontiguousarray(arr)
-        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1)
-        return _scale_tensor(t, "numpy image")
-    if isinstance(image, torch.Tensor):
-        t = image
-        if t.ndim == 2:
-            t = t.unsqueeze(0)
-        if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(
-                f"tensor images must be channels-first 3 x H x W (or B x 3 x H x W as a batch), got shape "
-                f"{tuple(image.shape)}; for an H x W x 3 tensor use .permute(2, 0, 1)"
-            )
-        if t.shape[0] == 1:
-            t = t.expand(3, -1, -1)
-        return _scale_tensor(t, "tensor image")
-    raise ValueError(
-        f"unsupported image type {type(image).__name__}; pass a PIL image, a path, a numpy array or a tensor"
-    )
-
-
-def _scale_tensor(t: torch.Tensor, what: str) -> torch.Tensor:
-    if t.dtype == torch.uint8:
-        return t.float().div_(255.0)
-    if t.is_floating_point():
-        return t.float()
-    raise ValueError(f"{what}: dtype {t.dtype} is not supported; use uint8 (0..255) or float (0..1)")
-
-
-def _flatten_images(images: Any) -> list[Any]:
-    """A single image, a batch tensor, or a list of them -> a list of single images."""
-    if isinstance(images, torch.Tensor) and images.ndim == 4:
-        return list(images.unbind(0))
-    if isinstance(images, (list, tuple)):
-        out: list[Any] = []
-        for im in images:
-            if isinstance(im, torch.Tensor) and im.ndim == 4:
-                out.extend(im.unbind(0))
-            else:
-                out.append(im)
-        if not out:
-            raise ValueError("no images given (empty list)")
-        return out
-    return [images]
-
-
-def target_size(hw: tuple[int, int], size: int | Sequence[int] | None, stride: int) -> tuple[int, int]:
-    """The network input size for an image of size ``hw``.
-
-    ``size=None`` keeps the image size, an int resizes the shorter side to ``size`` (aspect kept),
-    ``(H, W)`` resizes to exactly that. Each side is then rounded to the nearest multiple of
-    ``stride`` (halves up; at least ``stride``).
-
-    Example: ``target_size((375, 500), 256, 8) == (256, 344)``.
-    """
-    h, w = hw
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if size is None:
-        th, tw = float(h), float(w)
-    elif isinstance(size, int):
-        if size < 1:
-            raise ValueError(f"size must be positive, got {size}")
-        scale = size / min(h, w)
-        th, tw = h * scale, w * scale
-    else:
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"size must be an int or (H, W) with positive values, got {size}")
-        th, tw = float(size[0]), float(size[1])
-    return max(stride, math.floor(th / stride + 0.5) * stride), max(stride, math.floor(tw / stride + 0.5) * stride)
 
 
 def upsample_saliency(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -245,7 +130,7 @@ def _upsample_features(feats: torch.Tensor, size: tuple[int, int]) -> torch.Tens
 # ----------------------------------------------------------------------------------------------
 
 
-class _NetKind(NamedTuple):
+class NetKind(NamedTuple):
     """What :class:`FeatureModel` needs to know about one kind of network."""
 
     name: str
@@ -268,13 +153,13 @@ def _backbone_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
     return feats, feats, None  # a backbone's embedding is its features
 
 
-def _net_kind(net: nn.Module) -> _NetKind:
-    """The :class:`_NetKind` of a MaskContrastModel (full network) or a ResNet / ViT backbone (baseline)."""
+def net_kind(net: nn.Module) -> NetKind:
+    """The :class:`NetKind` of a MaskContrastModel (full network) or a ResNet / ViT backbone (baseline)."""
     if isinstance(net, MaskContrastModel):
         feature_dim = (
             net.backbone.out_channels if getattr(net.cfg, "head", "deeplab") == "stego" else net.cfg.head_channels
         )
-        return _NetKind(
+        return NetKind(
             "maskcontrast",
             net.backbone.arch,
             net.backbone.output_stride,
@@ -284,7 +169,7 @@ def _net_kind(net: nn.Module) -> _NetKind:
             _maskcontrast_outputs,
         )
     if isinstance(net, (ResNetBackbone, ViTBackbone)):
-        return _NetKind(
+        return NetKind(
             "backbone", net.arch, net.output_stride, net.out_channels, net.out_channels, False, _backbone_outputs
         )
     raise ValueError(
@@ -326,13 +211,13 @@ class FeatureModel(nn.Module):
         layout: str = "",
     ) -> None:
         super().__init__()
-        kind = _net_kind(net)
+        kind = net_kind(net)
         self.kind = kind.name
         self.output_stride = kind.output_stride
         self.feature_dim = kind.feature_dim
         self.embed_dim = kind.embed_dim
         self.has_saliency = kind.has_saliency
-        self._arch = kind.arch
+        self.arch = kind.arch
         self._outputs = kind.outputs
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -358,7 +243,7 @@ class FeatureModel(nn.Module):
 
     def __repr__(self) -> str:
         return (
-            f"FeatureModel(kind={self.kind}, arch={self._arch}, layout={self.layout}, output_stride={self.output_stride}, "
+            f"FeatureModel(kind={self.kind}, arch={self.arch}, layout={self.layout}, output_stride={self.output_stride}, "
             f"feature_dim={self.feature_dim}, embed_dim={self.embed_dim}, saliency={self.has_saliency}, "
             f"device={self.device}, source={self.source or '-'})"
         )
@@ -378,7 +263,7 @@ class FeatureModel(nn.Module):
         """Yield ``(indices, batch, input_sizes)``: normalised ``B x 3 x H' x W'`` batches on the
         device, the positions of their images in the input, and each image's original ``(H, W)``.
         Consecutive images with the same network input size share a batch."""
-        items = _flatten_images(images)
+        items = flatten_images(images)
         size = self.size if size is None else size
         pending: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
 
@@ -484,7 +369,7 @@ class FeatureModel(nn.Module):
         """
         if threshold is not None and not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
-        shots = _flatten_images(support_images)
+        shots = flatten_images(support_images)
         if isinstance(support_masks, (list, tuple)) or getattr(support_masks, "ndim", 2) == 3:
             masks = list(support_masks)  # a list, or a K x H x W tensor / array
         else:

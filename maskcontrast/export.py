@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskcontrast.api import IMAGENET_MEAN, IMAGENET_STD, FeatureModel, FeatureOutput, _net_kind, load_model
+from maskcontrast.api import FeatureModel, FeatureOutput, load_model, net_kind
 from maskcontrast.cli import run_main
+from maskcontrast.config import IMAGENET_MEAN, IMAGENET_STD
 from maskcontrast.utils import get_device, setup_logging
 
 __all__ = ["FORMATS", "weights_digest", "ExportNet", "export_model", "load_exported", "ExportedModel", "main"]
@@ -68,7 +69,7 @@ class ExportNet(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        kind = _net_kind(net)
+        kind = net_kind(net)
         self.net = net
         self._outputs = kind.outputs
         self.has_saliency = kind.has_saliency
@@ -82,7 +83,7 @@ def _metadata(model: FeatureModel, fmt: str) -> dict[str, Any]:
     return {
         "format": fmt,
         "kind": model.kind,
-        "arch": model._arch,
+        "arch": model.arch,
         "layout": model.layout,
         "source": str(model.source),
         "output_stride": int(model.output_stride),
@@ -172,7 +173,7 @@ class ExportedModel(FeatureModel):
         self.feature_dim = int(meta["feature_dim"])
         self.embed_dim = int(meta["embed_dim"])
         self.has_saliency = bool(meta["has_saliency"])
-        self._arch = str(meta.get("arch", "?"))
+        self.arch = str(meta.get("arch", "?"))
         self._outputs = None
         self.net = runner if isinstance(runner, nn.Module) else None
         self._session = None if isinstance(runner, nn.Module) else runner

@@ -36,6 +36,7 @@ __all__ = [
     "list_images",
     "read_skipped",
     "SKIPPED_LIST",
+    "to_uint8_rgb",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -108,7 +109,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
 _open = open_image
 
 
-def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
+def to_uint8_rgb(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16-bit or float grayscale: PIL's convert('RGB') clips these, so scale by hand.
@@ -138,7 +139,7 @@ def read_image(path: str | Path) -> np.ndarray:
         DataError: the file is missing or cannot be decoded (truncated, not an image).
     """
     path = Path(path)
-    return _to_uint8_rgb(_open(path))
+    return to_uint8_rgb(_open(path))
 
 
 def read_index_png(path: str | Path) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""One loader for every checkpoint layout the project meets, loaded strictly and reported.
+"""Every checkpoint layout the project meets: reading a file, detecting its layout and taking its
+backbone weights apart (:func:`extract_backbone`). :mod:`maskcontrast.models.loading` loads them into
+a network, strictly and reported.
 
 Layouts (detected from the file's contents, never from its name; :data:`LAYOUTS` describes them):
 
@@ -22,7 +24,7 @@ Layouts (detected from the file's contents, never from its name; :data:`LAYOUTS`
 
 Each layout has ONE list of keys that may be ignored (:data:`IGNORABLE`); any other key the
 backbone does not take, and any backbone key the file lacks, is an error naming the file, the
-layout and the first such keys. Every load logs one paragraph (:meth:`LoadReport.paragraph`).
+layout and the first such keys. Every load logs one paragraph (:meth:`maskcontrast.models.loading.LoadReport.paragraph`).
 
 Every file is read with ``torch.load(..., weights_only=True)`` (``argparse.Namespace``, which DINO
 and MAE store as ``args``, is the one class allowed besides plain data).
@@ -31,7 +33,6 @@ and MAE store as ``args``, is the one class allowed besides plain data).
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import re
 from collections.abc import Mapping
@@ -40,35 +41,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
-from torch import nn
 
-from maskcontrast.config import ModelConfig
-from maskcontrast.models.vit import ViTSpec, arch_for_spec, infer_vit_spec
+from maskcontrast.models.vit import arch_for_spec, infer_vit_spec
 
 __all__ = [
     "CheckpointError",
     "FORMAT",
     "FORMAT_VERSION",
+    "MOCO_PREFIX",
+    "ZOO_PREFIX",
     "LAYOUTS",
     "IGNORABLE",
-    "LoadReport",
     "Extracted",
     "read_checkpoint",
     "detect_layout",
+    "layout_section",
     "extract_backbone",
     "backbone_state_dict",
     "infer_resnet_arch",
+    "pos_grid",
     "infer_backbone_arch",
-    "load_backbone",
-    "load_backbone_weights",
-    "model_config_from_checkpoint",
-    "model_from_checkpoint",
-    "zoo_model_config",
-    "model_checkpoint",
+    "describe_backbone",
 ]
-
-log = logging.getLogger(__name__)
 
 FORMAT = "maskcontrast"
 FORMAT_VERSION = 1
@@ -124,9 +118,6 @@ IGNORABLE: dict[str, tuple[tuple[str, str], ...]] = {
     "timm_vit": (("classifier", r"head\."),),
     "torchvision": (("ImageNet classifier", r"(module\.)?fc\."),),
 }
-
-#: target-side keys a backbone may keep from its own init (a MoCo encoder's projection head)
-_OWN_SKIP = re.compile(r"(fc|head)\.")
 
 
 class CheckpointError(ValueError):
@@ -238,7 +229,7 @@ class Extracted:
     notes: list[str] = field(default_factory=list)
 
 
-def _section(
+def layout_section(
     ckpt: Mapping[str, Any], layout: str, init_key: str, source: str
 ) -> tuple[Mapping[str, Any], str | None, str]:
     """``(state dict, entry name, prefix of the backbone keys)`` of ``layout``."""
@@ -286,7 +277,7 @@ def extract_backbone(
     DINOv2's ``register_tokens`` become timm's ``reg_token``; ``mask_token`` is ignored.
     """
     layout = layout or detect_layout(ckpt, source)
-    section, entry, prefix = _section(ckpt, layout, init_key, source)
+    section, entry, prefix = layout_section(ckpt, layout, init_key, source)
     rules = [(name, re.compile(rx)) for name, rx in IGNORABLE[layout]]
     out = Extracted({}, entry=entry)
     out.other_entries = [str(k) for k in ckpt if k != entry] if entry is not None else []
@@ -328,7 +319,7 @@ def infer_resnet_arch(sd: Mapping[str, torch.Tensor]) -> str:
         raise CheckpointError(f"not a known ResNet: blocks per stage {blocks}, bottleneck={bottleneck}") from None
 
 
-def _pos_grid(n_tokens: int) -> tuple[int, int] | None:
+def pos_grid(n_tokens: int) -> tuple[int, int] | None:
     """``(prefix positions, grid side)`` of a square position embedding of ``n_tokens`` rows."""
     for prefix in (0, 1):
         side = math.isqrt(n_tokens - prefix)
@@ -355,285 +346,16 @@ def infer_backbone_arch(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         raise CheckpointError(f"not a ViT variant this project builds ({spec.describe()}); see docs/BACKBONES.md")
     arch, dim, depth = found
     pos = sd.get("pos_embed")
-    grid = _pos_grid(int(pos.shape[1])) if isinstance(pos, torch.Tensor) and pos.ndim == 3 else None
+    grid = pos_grid(int(pos.shape[1])) if isinstance(pos, torch.Tensor) and pos.ndim == 3 else None
     img_size = grid[1] * spec.patch if grid else 224
     return {"arch": arch, "vit": {"img_size": img_size, "dim": dim, "depth": depth}}
 
 
-def _describe_file_backbone(sd: Mapping[str, torch.Tensor]) -> str:
+def describe_backbone(sd: Mapping[str, torch.Tensor]) -> str:
+    """The backbone a bare state dict holds, in words (for messages), or why it is none we know."""
     try:
         found = infer_backbone_arch(sd)
     except CheckpointError as err:
         return str(err)
     spec = infer_vit_spec(sd)
     return found["arch"] + (f" ({spec.describe()})" if spec is not None else "")
-
-
-@dataclass
-class LoadReport:
-    """What one load did (:meth:`paragraph` is the log line)."""
-
-    source: str
-    layout: str
-    arch: str
-    loaded: int
-    ignored: dict[str, list[str]] = field(default_factory=dict)
-    entry: str | None = None
-    other_entries: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def paragraph(self) -> str:
-        parts = [f"{self.source}: {self.layout} layout ({LAYOUTS.get(self.layout, '')})"]
-        if self.entry:
-            parts.append(f"read entry '{self.entry}'")
-        parts.append(f"loaded {self.loaded} tensors into {self.arch}")
-        if self.ignored:
-            groups = ", ".join(f"{name}: {len(keys)} ({_glob(keys)})" for name, keys in self.ignored.items())
-            parts.append(f"ignored {sum(map(len, self.ignored.values()))} keys [{groups}]")
-        else:
-            parts.append("ignored no keys")
-        if self.other_entries:
-            parts.append(f"entries not read: {', '.join(self.other_entries)}")
-        parts.extend(self.notes)
-        return "; ".join(parts)
-
-
-def _glob(keys: list[str]) -> str:
-    """A short pattern for a key group: their common dotted prefix + ``*``, or the single key."""
-    if len(keys) == 1:
-        return keys[0]
-    split = [k.split(".") for k in keys]
-    common: list[str] = []
-    for parts in zip(*split):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    return ".".join(common) + ".*" if common else ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
-
-
-def _first(keys: list[str], n: int = 10) -> str:
-    keys = sorted(keys)
-    return f"{keys[:n]}{' ...' if len(keys) > n else ''}"
-
-
-def _load_target(backbone: nn.Module) -> nn.Module:
-    """The module whose keys a file's backbone weights match: a ViTBackbone's timm model, else itself."""
-    return getattr(backbone, "vit", backbone)
-
-
-def _fit_pos_embed(sd: dict[str, torch.Tensor], target: nn.Module, notes: list[str]) -> None:
-    """Make a ViT file's class token / position embedding fit ``target`` (a timm ViT), in place.
-
-    A file that stores the class position in ``pos_embed`` while ``target`` keeps none
-    (``no_embed_class``: DINOv2 with registers) gets it added to ``cls_token``; a grid of another
-    size (DINOv2: 37 x 37 for 518 px) is interpolated bicubically to the target's grid.
-    """
-    from timm.layers import resample_abs_pos_embed
-
-    pos, own = sd.get("pos_embed"), target.state_dict().get("pos_embed")
-    if not isinstance(pos, torch.Tensor) or own is None or tuple(pos.shape) == tuple(own.shape):
-        return
-    have, want = _pos_grid(int(pos.shape[1])), _pos_grid(int(own.shape[1]))
-    if have is None or want is None or pos.shape[-1] != own.shape[-1]:
-        return  # left for the shape check to report
-    if have[0] == 1 and want[0] == 0 and "cls_token" in sd:
-        sd["cls_token"] = sd["cls_token"] + pos[:, :1]
-        pos = pos[:, 1:]
-        have = (0, have[1])
-        notes.append("class position embedding added to cls_token (the model keeps none)")
-    if have[0] != want[0]:
-        return
-    if have[1] != want[1]:
-        pos = resample_abs_pos_embed(pos.float(), [want[1], want[1]], [have[1], have[1]], num_prefix_tokens=have[0])
-        notes.append(
-            f"position embedding interpolated from {have[1]}x{have[1]} to {want[1]}x{want[1]} tokens (bicubic)"
-        )
-    sd["pos_embed"] = pos.to(own.dtype)
-
-
-def load_backbone(
-    backbone: nn.Module, source: str | Path | Mapping[str, Any], init_key: str = "teacher", name: str | None = None
-) -> LoadReport:
-    """Load the backbone weights of ``source`` (a path or a loaded checkpoint) into ``backbone``
-    strictly, and log one paragraph about it.
-
-    ``backbone`` is a :class:`~maskcontrast.models.ResNetBackbone`, a
-    :class:`~maskcontrast.models.ViTBackbone`, or a MoCo encoder (torchvision ResNet / timm ViT,
-    whose own ``fc`` / ``head`` keep their init). ``init_key`` picks the DINO network.
-
-    Raises:
-        CheckpointError: unknown layout, a file of another family or variant than ``backbone``, or
-            keys outside the layout's :data:`IGNORABLE` list; the message names the file, the
-            layout and the first keys that did not fit.
-    """
-    name = name or (str(source) if isinstance(source, (str, Path)) else "checkpoint")
-    ckpt = read_checkpoint(source) if isinstance(source, (str, Path)) else source
-    layout = detect_layout(ckpt, name)
-    ex = extract_backbone(ckpt, layout, init_key, name)
-    target = _load_target(backbone)
-    own = {k: v for k, v in target.state_dict().items() if not _OWN_SKIP.match(k)}
-    arch = str(getattr(backbone, "arch", type(backbone).__name__))
-    theirs = _describe_file_backbone(ex.sd)
-    own_spec: ViTSpec | None = infer_vit_spec(own)
-    file_spec = infer_vit_spec(ex.sd)
-    what = f"{name}: looked like {LAYOUTS[layout].split(' (')[0]} ({layout} layout)"
-    if (own_spec is None) != (file_spec is None) and ex.sd:
-        want = f"a ViT ({own_spec.describe()})" if own_spec else "a ResNet"
-        raise CheckpointError(
-            f"{what} holding {theirs}, but the model's backbone is {arch}, {want}; set "
-            f"model.backbone.arch to the file's variant"
-        )
-    if own_spec is not None and file_spec is not None and own_spec != file_spec:
-        raise CheckpointError(
-            f"{what} holding {theirs}, but model.backbone.arch is {arch} ({own_spec.describe()}); "
-            "set model.backbone.arch (and backbone.vit.dim/depth) to the file's variant"
-        )
-    if own_spec is not None:
-        _fit_pos_embed(ex.sd, target, ex.notes)
-    missing = [k for k in own if k not in ex.sd]
-    unexpected = ex.unexpected + [k for k in ex.sd if k not in own]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{what} but does not fit the {arch} backbone (the file looks like {theirs}); "
-            f"missing keys {_first(missing)}, unexpected keys {_first(unexpected)}; only these may be left out "
-            f"for this layout: {[rx for _, rx in IGNORABLE[layout]]}"
-        )
-    bad = [
-        f"{k} {tuple(ex.sd[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if tuple(ex.sd[k].shape) != tuple(own[k].shape)
-    ]
-    if bad:
-        raise CheckpointError(f"{what} but its shapes do not fit the {arch} backbone (file vs model): {bad[:10]}")
-    result = target.load_state_dict(ex.sd, strict=False)
-    assert not result.unexpected_keys and all(_OWN_SKIP.match(k) for k in result.missing_keys)
-    report = LoadReport(name, layout, arch, len(ex.sd), ex.ignored, ex.entry, ex.other_entries, ex.notes)
-    log.info("%s", report.paragraph())
-    return report
-
-
-def load_backbone_weights(
-    backbone: nn.Module, source: str | Path | Mapping[str, Any], init_key: str = "teacher"
-) -> str:
-    """:func:`load_backbone`, returning only the detected layout."""
-    return load_backbone(backbone, source, init_key).layout
-
-
-def model_checkpoint(model: nn.Module, model_cfg: ModelConfig | Any, **extra: Any) -> dict[str, Any]:
-    """The dict our trainers save: format tag, the model config as plain data, the weights and
-    any ``extra`` entries (optimizer, queue, ...). All values are weights-only loadable."""
-    cfg = (
-        OmegaConf.to_container(OmegaConf.structured(model_cfg), resolve=True)
-        if not isinstance(model_cfg, dict)
-        else model_cfg
-    )
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": cfg,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
-    }
-
-
-def model_config_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -> ModelConfig:
-    """The :class:`ModelConfig` stored in a maskcontrast checkpoint (unknown keys are errors)."""
-    try:
-        base = OmegaConf.structured(ModelConfig)
-        OmegaConf.set_struct(base, True)
-        merged = OmegaConf.merge(base, ckpt["model_config"])
-    except Exception as err:
-        raise CheckpointError(f"{source}: invalid model_config ({err})") from err
-    cfg: ModelConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    cfg.backbone.init = "random"  # the weights come from the checkpoint itself
-    return cfg
-
-
-def zoo_model_config(sd: Mapping[str, torch.Tensor], layout: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The :class:`ModelConfig` of an official MaskContrast zoo state dict and its weights in our names.
-
-    ``maskcontrast_zoo`` (pretrained): ``module.model_q.{backbone,decoder}.*`` keep their names,
-    ``head`` (the 1x1 embedding conv) becomes ``embed_head``, ``classification_head`` becomes
-    ``saliency_head``. ``maskcontrast_zoo_linear``: ``decoder.4`` (the class conv) becomes
-    ``embed_head``, so ``features`` are the 256-d decoder features and ``embed`` the normalised class
-    scores; no saliency head. Both: dilated ResNet (depth from the blocks) at output stride 8 with
-    the DeepLab head (ASPP 12/24/36), as the official code builds it.
-    """
-    if layout == "maskcontrast_zoo":
-        q = {k[len(ZOO_PREFIX) :]: v for k, v in sd.items() if k.startswith(ZOO_PREFIX)}
-        renames = {"head.": "embed_head.", "classification_head.": "saliency_head."}
-    else:
-        q = dict(sd)
-        renames = {"decoder.4.": "embed_head."}
-    weights: dict[str, torch.Tensor] = {}
-    for k, v in q.items():
-        for old, new in renames.items():
-            if k.startswith(old):
-                k = new + k[len(old) :]
-                break
-        weights[k] = v
-    bb = {k[len("backbone.") :]: v for k, v in weights.items() if k.startswith("backbone.")}
-    cfg = ModelConfig()
-    cfg.backbone.arch = infer_resnet_arch(bb)
-    cfg.backbone.output_stride = 8
-    cfg.head = "deeplab"
-    if "embed_head.weight" not in weights:
-        raise CheckpointError("no embedding head / class conv (head.weight or decoder.4.weight) in the zoo file")
-    cfg.embed_dim = int(weights["embed_head.weight"].shape[0])
-    cfg.saliency_head = "saliency_head.weight" in weights
-    return cfg, weights
-
-
-def model_from_checkpoint(source: str | Path | Mapping[str, Any], name: str | None = None) -> nn.Module:
-    """Rebuild a :class:`MaskContrastModel` from a maskcontrast checkpoint or an official MaskContrast
-    zoo file (pretrained or linear-finetuned), weights loaded strictly; logs one report paragraph.
-
-    Raises:
-        CheckpointError: another layout, or weights that do not fit (naming the first keys).
-    """
-    from maskcontrast.models.segmenter import MaskContrastModel
-
-    name = name or (str(source) if isinstance(source, (str, Path)) else "checkpoint")
-    ckpt = read_checkpoint(source) if isinstance(source, (str, Path)) else source
-    layout = detect_layout(ckpt, name)
-    ignored: dict[str, list[str]] = {}
-    entry = None
-    if layout == "maskcontrast":
-        cfg = model_config_from_checkpoint(ckpt, name)
-        weights = ckpt["model"]
-        entry = "model"
-    elif layout in ("maskcontrast_zoo", "maskcontrast_zoo_linear"):
-        section, entry, _ = _section(ckpt, layout, "teacher", name)
-        keep = ("module.model_q.",) if layout == "maskcontrast_zoo" else ("backbone.", "decoder.")
-        drop = [
-            (g, re.compile(rx))
-            for g, rx in IGNORABLE["maskcontrast_zoo"]
-            if g in ("momentum key model", "prototype queue")
-        ]
-        for k in section:
-            group = next((g for g, rx in drop if rx.match(k)), None) if layout == "maskcontrast_zoo" else None
-            if group:
-                ignored.setdefault(group, []).append(k)
-        try:
-            cfg, weights = zoo_model_config({k: v for k, v in section.items() if k.startswith(keep)}, layout)
-        except CheckpointError as err:
-            raise CheckpointError(f"{name}: looked like {LAYOUTS[layout]} but {err}") from None
-        dropped = {k for ks in ignored.values() for k in ks}
-        weights.update({k: v for k, v in section.items() if not k.startswith(keep) and k not in dropped})  # unexpected
-    else:
-        raise CheckpointError(
-            f"{name}: not a maskcontrast checkpoint: a {layout} file holds a backbone only; use it as "
-            "model.backbone.init, or load_model() for features"
-        )
-    model = MaskContrastModel(cfg)
-    result = model.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{name}: looked like {LAYOUTS[layout]} ({layout} layout) but its weights do not fit the model "
-            f"({cfg.backbone.arch}, {cfg.head} head); missing keys {_first(result.missing_keys)}, "
-            f"unexpected keys {_first(result.unexpected_keys)}"
-        )
-    other = [str(k) for k in ckpt if k != entry] if entry else []
-    report = LoadReport(name, layout, f"the full {cfg.backbone.arch} model", len(weights), ignored, entry, other)
-    log.info("%s", report.paragraph())
-    return model

@@ -18,7 +18,7 @@ __all__ = [
     "DeepLabV3Head",
     "LightHead",
     "MaskContrastModel",
-    "ModelOutput",
+    "FeatureOutput",
     "build_backbone",
     "default_aspp_rates",
     "head_kind",
@@ -99,25 +99,31 @@ class CorrespondenceHead(nn.Module):
         return self.linear(x) + self.nonlinear(x)
 
 
-class ModelOutput(NamedTuple):
-    """What :class:`MaskContrastModel` returns.
+class FeatureOutput(NamedTuple):
+    """The network's outputs, as :class:`MaskContrastModel` and :meth:`maskcontrast.FeatureModel.forward`
+    return them.
 
     Attributes:
-        embedding: ``B x D x H x W`` pixel embeddings (not normalised).
-        saliency: ``B x 1 x H x W`` saliency logits, or None without a saliency head.
-        features: ``B x 256 x h x w`` decoder features at feature resolution (``h = H / os``).
+        features: ``B x F x h x w`` decoder (256-d) or backbone features at feature resolution
+            (``h = H / output_stride``).
+        embedding: ``B x D x h x w`` pixel embeddings, NOT normalised (a backbone-only model: its
+            features).
+        saliency: ``B x 1 x h x w`` saliency logits, or None without a saliency head.
+
+    ``MaskContrastModel(x)`` upsamples ``embedding`` and ``saliency`` to the input's ``H x W``
+    (``upsample=False`` keeps them at ``h x w``); ``FeatureModel`` never does.
     """
 
+    features: torch.Tensor
     embedding: torch.Tensor
     saliency: torch.Tensor | None
-    features: torch.Tensor
 
 
 class MaskContrastModel(nn.Module):
     """Dilated ResNet or ViT -> DeepLabv3 or light head -> 1x1 conv embedding (D) and bias-free 1x1
     conv saliency.
 
-    ``forward(x)`` with ``x`` of shape ``B x 3 x H x W`` returns a :class:`ModelOutput` whose
+    ``forward(x)`` with ``x`` of shape ``B x 3 x H x W`` returns a :class:`FeatureOutput` whose
     embedding and saliency are bilinearly upsampled to ``H x W`` (pass ``upsample=False`` to keep
     them at feature resolution).
 
@@ -154,7 +160,7 @@ class MaskContrastModel(nn.Module):
     def embed_dim(self) -> int:
         return self.embed_head.out_channels
 
-    def forward(self, x: torch.Tensor, upsample: bool = True) -> ModelOutput:
+    def forward(self, x: torch.Tensor, upsample: bool = True) -> FeatureOutput:
         size = x.shape[-2:]
         features = self.decoder(self.backbone(x))
         emb = self.embed_head(features)
@@ -163,4 +169,4 @@ class MaskContrastModel(nn.Module):
             emb = F.interpolate(emb, size=size, mode="bilinear", align_corners=False)
             if sal is not None:
                 sal = F.interpolate(sal, size=size, mode="bilinear", align_corners=False)
-        return ModelOutput(emb, sal, features)
+        return FeatureOutput(features, emb, sal)

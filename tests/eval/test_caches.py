@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eval.caches import StreamCache
-from eval.kmeans import prototype_pass
+from eval.kmeans import collect_image_prototypes
 from eval.saliency_source import SaliencySource
 
 
@@ -18,7 +18,7 @@ def test_sigterm_saves_the_cache_at_that_image_and_the_rerun_equals_a_full_pass(
     from maskcontrast.preemption import Preempted
 
     ds, model = synthetic
-    full = prototype_pass(model, ds, SaliencySource("model"), progress=False)
+    full = collect_image_prototypes(model, ds, SaliencySource("model"), progress=False)
     path = tmp_path / "c" / "prototypes.pt"
     real, calls = model.run, {"n": 0}
 
@@ -31,7 +31,7 @@ def test_sigterm_saves_the_cache_at_that_image_and_the_rerun_equals_a_full_pass(
 
     model.run = signal_at_image_four
     with pytest.raises(Preempted) as info:
-        prototype_pass(
+        collect_image_prototypes(
             model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}) if cached else None, progress=False
         )
     assert info.value.code == 143
@@ -40,7 +40,9 @@ def test_sigterm_saves_the_cache_at_that_image_and_the_rerun_equals_a_full_pass(
         return
     assert torch.load(path, weights_only=True)["done"] == 4 and "after 4 images" in str(info.value)
     model.run = real
-    resumed = prototype_pass(model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}), progress=False)
+    resumed = collect_image_prototypes(
+        model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}), progress=False
+    )
     np.testing.assert_array_equal(resumed.fg_hist, full.fg_hist)
     np.testing.assert_array_equal(resumed.has_proto, full.has_proto)
 

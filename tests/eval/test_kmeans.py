@@ -5,12 +5,11 @@ import pytest
 import torch
 
 from eval.caches import StreamCache
+from eval.clustering import kmeans, pca_whitening
 from eval.kmeans import (
-    kmeans,
+    collect_image_prototypes,
     main,
-    pca_whitening,
     prototype_confusion,
-    prototype_pass,
     run_pixel_protocol,
     run_prototype_protocol,
 )
@@ -124,12 +123,14 @@ def test_prototype_cache_resumes_and_refuses_other_settings(synthetic, tmp_path)
     ds, model = synthetic
     path = tmp_path / "c" / "prototypes.pt"
     cache = StreamCache(path, {"a": 1}, every=5)
-    full = prototype_pass(model, ds, SaliencySource("model"), cache=cache, progress=False)
+    full = collect_image_prototypes(model, ds, SaliencySource("model"), cache=cache, progress=False)
     # a cache that stopped after 5 images continues from there
     data = torch.load(path, weights_only=True)
     state = {k: v[:5] for k, v in data["state"].items()}
     torch.save({"settings": data["settings"], "done": 5, "state": state}, path)
-    resumed = prototype_pass(model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}), progress=False)
+    resumed = collect_image_prototypes(
+        model, ds, SaliencySource("model"), cache=StreamCache(path, {"a": 1}), progress=False
+    )
     np.testing.assert_array_equal(resumed.fg_hist, full.fg_hist)
     assert resumed.prototypes.shape == full.prototypes.shape
     with pytest.raises(ValueError, match="different settings"):

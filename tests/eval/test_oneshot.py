@@ -6,11 +6,11 @@ import torch
 
 from eval.metrics import binary_counts
 from eval.oneshot import (
+    collect_class_prototypes,
     episode_supports,
     eval_classes,
     main,
     present_classes,
-    prototype_pass,
     run_oneshot,
     sample_supports,
     summarize_episodes,
@@ -91,7 +91,7 @@ def test_separated_features_are_perfect(synthetic):
 
 def test_prototypes_of_a_class_and_its_complement(synthetic):
     ds, model = synthetic
-    table = prototype_pass(model, ds, [1, 2, 3], progress=False)
+    table = collect_class_prototypes(model, ds, [1, 2, 3], progress=False)
     i = table.images[1][0]
     s = ds[i]
     _, out, _ = next(iter(model.run([s.image])))

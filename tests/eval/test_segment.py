@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import eval.segment as seg
+import eval.segment.cli as seg
 from eval.segment import Clusters, ClustersError, fit_clusters, main, segment_images
 from maskcontrast.api import FeatureOutput
 from maskcontrast.data import read_image, read_index_png

@@ -8,9 +8,10 @@ import torchvision
 from PIL import Image
 
 import maskcontrast
-from maskcontrast.api import FeatureModel, NoSaliencyHeadError, target_size, to_image_tensor
+from maskcontrast.api import FeatureModel, NoSaliencyHeadError
 from maskcontrast.config import ModelConfig
 from maskcontrast.config_loading import load_config
+from maskcontrast.images import to_image_tensor
 from maskcontrast.models import CheckpointError, build_model, model_checkpoint
 from maskcontrast.utils import atomic_save
 
@@ -89,15 +90,6 @@ def test_embed_matches_the_network(model):
         model.embed(x), torch.nn.functional.normalize(out.embedding, dim=1), atol=1e-5, rtol=1e-4
     )
     torch.testing.assert_close(model.saliency(x), torch.sigmoid(out.saliency), atol=1e-5, rtol=1e-4)
-
-
-def test_target_size():
-    assert target_size((375, 500), None, 8) == (376, 504)  # 62.5 rounds up
-    assert target_size((375, 500), 256, 8) == (256, 344)
-    assert target_size((375, 500), (100, 120), 8) == (104, 120)
-    assert target_size((3, 3), None, 8) == (8, 8)
-    with pytest.raises(ValueError):
-        target_size((10, 10), 0, 8)
 
 
 def test_bad_inputs_are_clear_errors(model):
