@@ -89,7 +89,7 @@ def bench_refiner(config: str, images: list[np.ndarray], tmp: Path) -> dict[str,
     from maskcontrast.utils import atomic_save
     from saliency.refine import RefineConfig, RefinerNet, RefinerPredictor, confident_bce
     from saliency.refine.network import normalize as _normalize
-    from saliency.refine.training import _final_checkpoint
+    from saliency.refine.training import final_checkpoint
 
     cfg = load_config(RefineConfig, config)
     net = RefinerNet(OmegaConf.to_object(cfg.model))
@@ -115,7 +115,7 @@ def bench_refiner(config: str, images: list[np.ndarray], tmp: Path) -> dict[str,
         "cpu_ms": 1000 * (time.process_time() - cpu) / (n_steps * b),
     }
     path = tmp / "bench_refiner.pt"
-    atomic_save(_final_checkpoint(net, cfg), path)
+    atomic_save(final_checkpoint(net, cfg), path)
     predict = RefinerPredictor(path, device="cpu")
     infer = time_fn(predict, images)
     path.unlink()

@@ -8,7 +8,8 @@ from typing import Any
 
 from eval.outputs import jsonable
 from maskcontrast.preemption import Preempted, requested
-from maskcontrast.runs import ChangedIdentityError, identity_digest, load_state, remove_stale_temporaries, save_state
+from maskcontrast.run_state import load_state, save_state
+from maskcontrast.runs import ChangedIdentityError, identity_digest, remove_stale_temporaries
 
 __all__ = ["checkpoint_fingerprint", "StreamCache"]
 

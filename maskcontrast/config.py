@@ -211,15 +211,17 @@ class AugmentConfig:
 
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0], metadata=checks(gt=0.0, le=1.0, each=True))
     crop_ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0], metadata=checks(gt=0.0, each=True))
-    min_mask_area: float = bounded(
-        0.01, ge=0.0, le=1.0
-    )  # a view is redrawn until its mask covers at least this fraction ...
-    max_mask_area: float = bounded(0.99, ge=0.0, le=1.0)  # ... and at most this fraction of the crop
-    view_attempts: int = bounded(3, ge=1)  # redraws per view before another image is drawn
-    color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])  # brightness, contrast, sat, hue
+    # a view is redrawn until its mask covers at least min_mask_area of the crop and at most max_mask_area
+    min_mask_area: float = bounded(0.01, ge=0.0, le=1.0)
+    max_mask_area: float = bounded(0.99, ge=0.0, le=1.0)
+    # redraws per view before another image is drawn
+    view_attempts: int = bounded(3, ge=1)
+    # brightness, contrast, saturation, hue
+    color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     color_jitter_p: float = bounded(0.8, ge=0.0, le=1.0)
     grayscale_p: float = bounded(0.2, ge=0.0, le=1.0)
-    blur_p: float = bounded(0.0, ge=0.0, le=1.0)  # MoCo v2: 0.5
+    # MoCo v2: 0.5
+    blur_p: float = bounded(0.0, ge=0.0, le=1.0)
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0], metadata=checks(gt=0.0, each=True))
     flip_p: float = bounded(0.5, ge=0.0, le=1.0)
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -228,16 +230,18 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with momentum and weight decay, and its learning-rate schedule."""
+    """SGD with momentum and weight decay, and its learning-rate schedule (:mod:`maskcontrast.schedules`)."""
 
-    batch_size: int = bounded(64, ge=1)  # global batch (split evenly over DDP processes)
+    # global batch (split evenly over DDP processes)
+    batch_size: int = bounded(64, ge=1)
     lr: float = bounded(0.004, gt=0.0)
     momentum: float = bounded(0.9, ge=0.0, lt=1.0)
     weight_decay: float = bounded(1e-4, ge=0.0)
     nesterov: bool = False
     schedule: str = bounded("poly", choices=("poly", "cosine", "constant"))
     poly_power: float = bounded(0.9, gt=0.0)
-    warmup_steps: int = bounded(0, ge=0)  # linear warm-up from 0
+    # linear warm-up from 0
+    warmup_steps: int = bounded(0, ge=0)
     # step: the schedule moves every step; epoch: it holds for a whole epoch (the official poly schedule)
     schedule_unit: str = bounded("step", choices=("step", "epoch"))
 

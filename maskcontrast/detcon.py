@@ -10,9 +10,9 @@ import sys
 
 from omegaconf import DictConfig
 
+from maskcontrast.cli import training_main, training_parser
 from maskcontrast.config import DetConConfig
 from maskcontrast.objectives import DetConObjective
-from maskcontrast.train import cli_main, training_parser
 
 __all__ = ["main", "build_parser", "build_objective"]
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(argv, **CLI, build_objective=build_objective, stage="detcon")
+    return training_main(argv, **CLI, build_objective=build_objective, stage="detcon")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import sys
 
 from omegaconf import DictConfig
 
+from maskcontrast.cli import training_main, training_parser
 from maskcontrast.config import PretrainConfig
 from maskcontrast.objectives import MaskContrastObjective
-from maskcontrast.train import cli_main, training_parser
 
 __all__ = ["main", "build_parser", "build_objective"]
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(argv, **CLI, build_objective=build_objective, stage="pretrain")
+    return training_main(argv, **CLI, build_objective=build_objective, stage="pretrain")
 
 
 if __name__ == "__main__":

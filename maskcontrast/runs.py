@@ -1,4 +1,4 @@
-"""Run folders and saved training state: the one policy of every command that writes a run or a cache.
+"""Run folders: the one policy of every command that writes a run or a cache, and of its resume.
 
 A command describes its folder once (:class:`RunLayout`: the files a run owns, the files that
 hold saved progress, where its identity is kept, what marks it finished) and claims it with
@@ -18,9 +18,11 @@ hold saved progress, where its identity is kept, what marks it finished) and cla
   is refused at once (:class:`RunFolderInUse`, naming the folder and the other process's pid,
   host and command); a lock left by a process that died does not block.
 
-Training state (model, optimizer, scheduler, AMP scaler, RNG, extra entries) is written with
-:func:`save_state` (atomic; a full disk is an error that names the file and the space left, and the
-previous file stays intact) and read back with :func:`load_state` (weights-only).
+A resumed run (the trainer, the linear probe, the refiner) continues from
+:func:`resume_checkpoint`: the last complete checkpoint, or the newest older complete one when
+the last is damaged (the damaged file is renamed, never deleted); :func:`check_resume_config`
+refuses a changed config, naming the keys. The state files themselves are written and read by
+:mod:`maskcontrast.run_state`, the logs by :mod:`maskcontrast.run_logs`.
 
 Example::
 
@@ -28,33 +30,28 @@ Example::
                        identity_file="run.json", finished="results.json")
     claim = claim_run_folder(out, layout, identity={"config": cfg_dict}, overwrite=args.overwrite)
     claim.prepare()                        # only now is the folder touched
-    with run_log(out / "train.log"), tensorboard(out / "tb") as writer:
-        ...
-        save_state(out / "state.pt", {"model": ..., **optim_state(optimizer, scheduler)})
+    state = load_state_or_previous(out / "state.pt") if claim.resume else None
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from maskcontrast.utils import atomic_save
+from maskcontrast.config_checks import ConfigError
+from maskcontrast.config_loading import DEPRECATED_KEYS
+from maskcontrast.run_state import checkpoint_problem, load_state, previous_path, set_aside_damaged
 
 __all__ = [
     "RunFolderError",
@@ -71,24 +68,13 @@ __all__ = [
     "identity_diff",
     "read_identity",
     "remove_stale_temporaries",
-    "save_state",
-    "load_state",
-    "checkpoint_problem",
-    "set_aside_damaged",
-    "previous_path",
+    "resume_checkpoint",
     "load_state_or_previous",
-    "capture_rng_state",
-    "restore_rng_state",
-    "optim_state",
-    "restore_optim_state",
-    "run_log",
-    "open_tensorboard",
-    "tensorboard",
+    "refused_changes",
+    "check_resume_config",
 ]
 
 log = logging.getLogger(__name__)
-
-LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
 
 class RunFolderError(FileExistsError, ValueError):
@@ -326,6 +312,7 @@ class RunClaim:
             identity).
         previous: the stored identity, if any.
         remove: what :meth:`prepare` deletes (an overwrite, or the leftovers of a failed start).
+        damaged: damaged checkpoints that :meth:`prepare` sets aside (renamed, never deleted).
     """
 
     path: Path
@@ -335,7 +322,7 @@ class RunClaim:
     reuse: bool = False
     previous: dict[str, Any] | None = None
     remove: list[Path] = field(default_factory=list)
-    damaged: list[Path] = field(default_factory=list)  # set aside (renamed, never deleted) by prepare()
+    damaged: list[Path] = field(default_factory=list)
 
     def release(self) -> None:
         """Give up the writer lock (:func:`release_run_folder`); the process end does it too."""
@@ -462,250 +449,113 @@ def claim_run_folder(
 
 
 # ----------------------------------------------------------------------------------------------
-# Training state
+# Resume: which checkpoint, and may the config change
 # ----------------------------------------------------------------------------------------------
 
 
-def _free_mib(folder: Path) -> float:
-    try:
-        return shutil.disk_usage(folder).free / 2**20
-    except OSError:
-        return float("nan")
+def resume_checkpoint(
+    last: str | Path, older: Sequence[Path] = (), hint: str = "pass --overwrite to start afresh"
+) -> tuple[Path | None, list[Path]]:
+    """The checkpoint a resumed run continues from, and the damaged files to set aside.
 
-
-def _looks_like_full_disk(err: BaseException) -> bool:
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return True
-    text = str(err)
-    return "unexpected pos" in text or "No space left" in text or "file write failed" in text
-
-
-def save_state(path: str | Path, state: Mapping[str, Any], keep_previous: bool = False) -> None:
-    """Write ``state`` to ``path`` atomically (a temporary file beside it, then a rename).
-
-    ``keep_previous``: the file being replaced stays as ``<stem>.prev<suffix>`` (a hard link, or a
-    copy where links are not possible), a complete checkpoint to fall back on should ``path``
-    later be damaged.
+    ``last`` when it is complete; else the first complete one of its previous save
+    (``<stem>.prev<suffix>``, see :func:`maskcontrast.run_state.save_state`) and ``older`` (newest
+    first), with a warning naming the damaged files and the one used. ``(None, [])`` when none of
+    them exists. Nothing on disk changes: the caller renames the damaged ``last``
+    (:func:`set_aside_damaged`, or :attr:`RunClaim.damaged`, which :meth:`RunClaim.prepare` renames).
 
     Raises:
-        OSError: the disk filled up (``errno.ENOSPC``); the message names the file and the space
-            left, and the previous ``path`` is intact. Other write errors pass through unchanged.
+        RunFolderError: files exist but none is complete; the message names every damaged file
+            and ``hint``.
     """
-    path = Path(path)
-    try:
-        if keep_previous and path.is_file() and checkpoint_problem(path) is None:
-            _keep_previous(path)
-        atomic_save(dict(state), path)
-    except Exception as err:
-        if not _looks_like_full_disk(err):
-            raise
-        free = _free_mib(path.parent)
-        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
-        raise OSError(
-            errno.ENOSPC,
-            f"could not write {path}: the disk is full ({free:.0f} MiB free in {path.parent}); {kept}. "
-            "Free some space (or point the run folder elsewhere) and resume",
-        ) from err
-
-
-def previous_path(path: str | Path) -> Path:
-    """``last.pt`` -> ``last.prev.pt``: where :func:`save_state` keeps the file it replaced."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.prev{path.suffix}")
-
-
-def _keep_previous(path: Path) -> None:
-    prev = previous_path(path)
-    tmp = prev.with_name(f".{prev.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, prev)
-
-
-def checkpoint_problem(path: str | Path) -> str | None:
-    """Why ``path`` is not a complete checkpoint (truncated, corrupted, unreadable), or None when it
-    is. A zip checkpoint (``torch.save``'s format) is checked member by member against its CRCs
-    (the file is read once, nothing is unpickled); another file is loaded weights-only."""
-    import zipfile
-
-    path = Path(path)
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                bad = z.testzip()
-            return None if bad is None else f"member {bad} is corrupted"
-        load_state(path)
-        return None
-    except Exception as err:  # zip, OS and checkpoint errors
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-
-
-def set_aside_damaged(path: str | Path) -> Path:
-    """Rename a damaged checkpoint to ``<stem>.damaged[.N].pt`` beside it (never deleted; a new
-    save may then use the name). Returns the new path."""
-    path = Path(path)
-    target = path.with_name(f"{path.stem}.damaged{path.suffix}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.stem}.damaged.{n}{path.suffix}")
-    os.replace(path, target)
-    log.warning("%s is damaged; kept as %s", path, target.name)
-    return target
-
-
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Read a state file weights-only (``maskcontrast.models.read_checkpoint``: errors name the file)."""
-    from maskcontrast.models import read_checkpoint
-
-    return read_checkpoint(path)
+    last = Path(last)
+    problems: list[str] = []
+    for path in [last, previous_path(last), *older]:
+        if not path.is_file():
+            continue
+        why = checkpoint_problem(path)
+        if why is None:
+            if problems:
+                log.warning(
+                    "%s; resuming from %s, the newest complete checkpoint, instead (the damaged %s is kept, "
+                    "renamed %s)",
+                    "; ".join(problems),
+                    path,
+                    last.name,
+                    f"{last.stem}.damaged{last.suffix}",
+                )
+            return path, [last] if problems and last.is_file() else []
+        problems.append(f"{path} is damaged ({why})")
+    if problems:
+        raise RunFolderError(f"{'; '.join(problems)}; no complete checkpoint is left to resume from. {hint}")
+    return None, []
 
 
 def load_state_or_previous(path: str | Path, overwrite_hint: str = "--overwrite") -> dict[str, Any]:
-    """:func:`load_state`; when ``path`` is damaged (truncated, corrupted), the complete
-    ``<stem>.prev<suffix>`` that :func:`save_state` kept (``keep_previous``) instead, saying so; the
-    damaged file is renamed (:func:`set_aside_damaged`), never deleted.
+    """:func:`load_state` of :func:`resume_checkpoint`: when ``path`` is damaged (truncated,
+    corrupted), the complete ``<stem>.prev<suffix>`` kept beside it instead, saying so; the damaged
+    file is renamed (:func:`set_aside_damaged`), never deleted.
 
     Raises:
-        maskcontrast.models.CheckpointError: ``path`` is damaged and there is nothing to fall back on
-            (the message names it and the way out).
+        maskcontrast.models.CheckpointError: ``path`` is missing, or damaged with nothing to fall
+            back on (the message names it and the way out).
     """
     from maskcontrast.models import CheckpointError
 
-    path = Path(path)
+    hint = f"Pass {overwrite_hint} to start afresh (the damaged file is kept as it is until then)"
     try:
-        return load_state(path)
-    except CheckpointError as err:
-        prev = previous_path(path)
-        if not prev.is_file() or checkpoint_problem(prev) is not None:
-            raise CheckpointError(
-                f"{err}. It is damaged and no complete {prev.name} is there to fall back on; pass {overwrite_hint} "
-                f"to start afresh (the damaged file is kept as it is until then)"
-            ) from err
-        state = load_state(prev)
-        log.warning("%s is damaged (%s); resuming from the previous complete save %s", path, err, prev.name)
-        set_aside_damaged(path)
-        return state
+        found, damaged = resume_checkpoint(path, hint=hint)
+    except RunFolderError as err:
+        raise CheckpointError(str(err)) from err
+    for p in damaged:
+        set_aside_damaged(p)
+    return load_state(path if found is None else found)
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and CUDA) generator states, as weights-only-loadable values."""
-    py = random.getstate()
-    npst = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [
-            str(npst[0]),
-            torch.from_numpy(np.asarray(npst[1]).astype(np.int64)),
-            int(npst[2]),
-            int(npst[3]),
-            float(npst[4]),
-        ],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any] | torch.Tensor) -> None:
-    """Inverse of :func:`capture_rng_state` (a bare tensor, as older files stored, is torch's CPU state)."""
-    if isinstance(state, torch.Tensor):
-        torch.set_rng_state(state)
-        return
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def optim_state(optimizer: Any = None, scheduler: Any = None, scaler: Any = None) -> dict[str, Any]:
-    """``{"optimizer", "scheduler", "scaler"}`` state dicts of the given parts (a disabled AMP
-    scaler is stored as None)."""
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix.rstrip("."): value}
     out: dict[str, Any] = {}
-    if optimizer is not None:
-        out["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        out["scheduler"] = scheduler.state_dict()
-    if scaler is not None:
-        out["scaler"] = scaler.state_dict() if scaler.is_enabled() else None
+    for k, v in items:
+        out.update(_flat(v, f"{prefix}{k}."))
     return out
 
 
-def restore_optim_state(
-    state: Mapping[str, Any], optimizer: Any = None, scheduler: Any = None, scaler: Any = None
-) -> None:
-    """Inverse of :func:`optim_state` for the given parts."""
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler") is not None and scaler.is_enabled():
-        scaler.load_state_dict(state["scaler"])
+def refused_changes(old: Mapping[str, Any], new: Mapping[str, Any], may_change: Sequence[str] = ()) -> list[str]:
+    """``"key: old -> new"`` for every changed (dotted; list items as ``sources.0.root``) key that
+    none of the ``fnmatch`` patterns ``may_change`` allows. A config saved before a key was renamed
+    (``maskcontrast.config.DEPRECATED_KEYS``) is read under the new name."""
+    a, b = _flat(old), _flat(new)
+    for was, now in DEPRECATED_KEYS.items():
+        if was in a and now not in a:
+            a[now] = a.pop(was)
+            if was in b:
+                a[was] = b[was]
+    return [
+        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>") and not any(fnmatchcase(k, pat) for pat in may_change)
+    ]
 
 
-# ----------------------------------------------------------------------------------------------
-# Logs
-# ----------------------------------------------------------------------------------------------
+def check_resume_config(
+    source: str | Path, old: Mapping[str, Any], new: Mapping[str, Any], may_change: Sequence[str] = (), advice: str = ""
+) -> list[str]:
+    """Refuse to resume ``source`` (a checkpoint or run folder) when this run's config ``new``
+    differs from the stored ``old`` in a key outside ``may_change``. Returns every change (the
+    allowed ones, for the log).
 
-
-@contextmanager
-def run_log(path: str | Path | None) -> Iterator[logging.Handler | None]:
-    """Copy the log to ``path`` (appending) while the block runs. An exception that ends the block
-    is written to the file too (stderr shows it through the caller's own report). ``None``: no file."""
-    if path is None:
-        yield None
-        return
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    except BaseException as err:
-        if isinstance(err, Exception):
-            record = logging.LogRecord(
-                log.name, logging.ERROR, __file__, 0, "stopped: %s: %s", (type(err).__name__, err), None
-            )
-            handler.handle(record)
-        raise
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
-class _NoWriter:
-    """Stands in for a ``SummaryWriter`` when TensorBoard cannot start: every call does nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
-def open_tensorboard(folder: str | Path) -> Any:
-    """A TensorBoard ``SummaryWriter`` on ``folder``; when TensorBoard cannot start, a warning and
-    a writer whose calls do nothing (TensorBoard is optional at run time). Close it when done."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(folder))
-    except Exception as err:
-        log.warning("TensorBoard logging disabled (%s)", err)
-        return _NoWriter()
-
-
-@contextmanager
-def tensorboard(folder: str | Path | None) -> Iterator[Any]:
-    """:func:`open_tensorboard` on ``folder`` (None: no logging, the block gets None), closed when
-    the block ends."""
-    writer = None if folder is None else open_tensorboard(folder)
-    try:
-        yield writer
-    finally:
-        if writer is not None:
-            writer.close()
+    Raises:
+        ConfigError: the message names the refused keys, then ``advice``.
+    """
+    refused = refused_changes(old, new, may_change)
+    if refused:
+        raise ConfigError(
+            f"cannot resume {source} with a changed config: {'; '.join(refused[:8])}. Its config differs from "
+            f"this run's in these keys; {advice}"
+        )
+    return identity_diff(old, new)

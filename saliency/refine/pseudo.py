@@ -16,9 +16,7 @@ from maskcontrast.config_loading import config_to_dict
 from maskcontrast.data import DataError, build_dataset
 from maskcontrast.data.base import SegmentationDataset
 from maskcontrast.models import read_checkpoint
-from maskcontrast.runs import (
-    save_state,
-)
+from maskcontrast.run_state import save_state
 from saliency.common import pool_map, resize_map
 from saliency.fusion import FusionConfig, fuse
 from saliency.refine.config import RefineConfig

@@ -122,7 +122,7 @@ def test_sigterm_to_the_process_group_of_the_cli(data, tmp_path):
 
 
 def test_a_truncated_last_pt_resumes_from_the_previous_complete_one_and_is_kept(data, tmp_path, caplog):
-    from maskcontrast.train import RunDirError
+    from maskcontrast.train_folder import RunDirError
 
     run = tmp_path / "run"
     cfg = tiny_cfg(data, run, "trainer.max_steps=4", "trainer.save_every_steps=1")
@@ -251,30 +251,6 @@ def test_a_killed_rank_ends_the_other_one_and_keeps_the_checkpoint(data, tmp_pat
 # ----------------------------------------------------------------------------------------------
 # A resume with a changed config
 # ----------------------------------------------------------------------------------------------
-
-
-def test_refused_config_changes_name_the_key_and_allowed_ones_pass():
-    from maskcontrast.train import refused_config_changes
-
-    old = {
-        "model": {"embed_dim": 32},
-        "trainer": {"max_steps": 4, "threads": 1},
-        "data": {"sources": [{"name": "pet", "root": "/a"}], "num_workers": 2, "image_size": 64},
-    }
-    moved = {
-        "model": {"embed_dim": 32},
-        "trainer": {"max_steps": 9, "threads": 2},
-        "data": {"sources": [{"name": "pet", "root": "/scratch/a"}], "num_workers": 0, "image_size": 64},
-    }
-    assert refused_config_changes(old, moved) == []
-    changed = {
-        **moved,
-        "model": {"embed_dim": 64},
-        "data": {**moved["data"], "sources": [{"name": "voc", "root": "/a"}]},
-    }
-    assert refused_config_changes(old, changed) == ["data.sources.0.name: 'pet' -> 'voc'", "model.embed_dim: 32 -> 64"]
-    two = {**moved, "data": {**moved["data"], "sources": [{"name": "pet", "root": "/a"}] * 2}}
-    assert refused_config_changes(old, two) == ["data.sources.1.name: '<absent>' -> 'pet'"]  # one more source
 
 
 def test_resume_with_a_changed_model_or_objective_is_refused_before_anything_changes(data, tmp_path):

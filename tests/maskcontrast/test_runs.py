@@ -1,25 +1,19 @@
-"""The run layer: claiming a folder, stale temporaries, atomic state with a full disk, logs."""
+"""The run layer: claiming a folder, stale temporaries, the lock, falling back from a damaged checkpoint."""
 
-import errno
 import json
-import logging
 
 import pytest
 import torch
 
-from maskcontrast import utils
 from maskcontrast.models import CheckpointError, read_checkpoint
+from maskcontrast.run_state import save_state
 from maskcontrast.runs import (
     ChangedIdentityError,
     RunFolderError,
     RunLayout,
-    capture_rng_state,
     claim_run_folder,
     identity_diff,
     remove_stale_temporaries,
-    restore_rng_state,
-    run_log,
-    save_state,
 )
 
 TRAIN = RunLayout("run", owned=("config.yaml", "last.pt", "tb"), state=("last.pt",), resume_hint="--resume")
@@ -95,56 +89,6 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_full_disk_names_the_file_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    save_state(path, {"step": 1})
-    real_save = torch.save
-
-    def full_disk(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"PK partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 95")
-
-    monkeypatch.setattr(utils.torch, "save", full_disk)
-    with pytest.raises(OSError, match=r"last\.pt: the disk is full \(\d+ MiB free") as err:
-        save_state(path, {"step": 2})
-    assert err.value.errno == errno.ENOSPC and "previous last.pt is intact" in str(err.value)
-    assert "inline_container" not in str(err.value)
-    monkeypatch.setattr(utils.torch, "save", real_save)
-    assert read_checkpoint(path)["step"] == 1
-    assert not list(tmp_path.glob(".*.tmp"))  # the partial temporary is gone too
-
-
-def test_other_write_errors_pass_through(tmp_path, monkeypatch):
-    def broken(obj, f, *a, **k):
-        raise TypeError("cannot pickle")
-
-    monkeypatch.setattr(utils.torch, "save", broken)
-    with pytest.raises(TypeError, match="cannot pickle"):
-        save_state(tmp_path / "x.pt", {"a": 1})
-
-
-def test_rng_state_round_trip_and_legacy_tensor():
-    state = capture_rng_state()
-    a = torch.rand(3)
-    restore_rng_state(state)
-    assert torch.equal(torch.rand(3), a)
-    legacy = torch.get_rng_state()
-    b = torch.rand(2)
-    restore_rng_state(legacy)
-    assert torch.equal(torch.rand(2), b)
-
-
-def test_run_log_writes_the_error_that_ends_the_run(tmp_path):
-    path = tmp_path / "train.log"
-    with pytest.raises(ValueError), run_log(path):
-        logging.getLogger("maskcontrast.test").warning("before")
-        raise ValueError("the loss became nan")
-    text = path.read_text()
-    assert "before" in text and "ValueError: the loss became nan" in text
-    assert not any(getattr(h, "baseFilename", None) == str(path) for h in logging.getLogger().handlers)
-
-
 class Foo:
     pass
 
@@ -206,7 +150,8 @@ def test_a_folder_in_use_is_refused_and_a_dead_holders_lock_does_not_block(tmp_p
 
 
 def test_training_refuses_a_folder_in_use_before_touching_it(tmp_path):
-    from maskcontrast.train import RunDirError, train
+    from maskcontrast.train import train
+    from maskcontrast.train_folder import RunDirError
 
     from .test_train import build, make_image_folder, tiny_cfg
 
@@ -227,7 +172,8 @@ def test_training_refuses_a_folder_in_use_before_touching_it(tmp_path):
 
 def test_a_damaged_state_falls_back_to_the_previous_save_and_is_kept(tmp_path):
     from maskcontrast.models import CheckpointError
-    from maskcontrast.runs import checkpoint_problem, load_state, load_state_or_previous
+    from maskcontrast.run_state import checkpoint_problem, load_state
+    from maskcontrast.runs import load_state_or_previous
 
     path = tmp_path / "state.pt"
     save_state(path, {"epoch": 1, "w": torch.ones(3)}, keep_previous=True)

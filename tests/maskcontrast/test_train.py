@@ -17,7 +17,9 @@ from maskcontrast.data import write_mask
 from maskcontrast.models import model_from_checkpoint, read_checkpoint
 from maskcontrast.objectives import MaskContrastObjective
 from maskcontrast.pretrain import main as pretrain_main
-from maskcontrast.train import NonFiniteLossError, RunDirError, lr_at, train
+from maskcontrast.schedules import lr_at
+from maskcontrast.train import NonFiniteLossError, train
+from maskcontrast.train_folder import RunDirError
 
 TINY = "configs/pretrain/tiny.yaml"
 
@@ -71,16 +73,6 @@ def state_of(path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("synthetic"))
-
-
-def test_lr_schedules():
-    assert lr_at(0, 10, 1.0, "poly") == 1.0
-    assert lr_at(5, 10, 1.0, "poly", power=1.0) == pytest.approx(0.5)
-    assert lr_at(5, 10, 1.0, "cosine") == pytest.approx(0.5)
-    assert lr_at(10, 10, 1.0, "cosine") == pytest.approx(0.0)
-    assert lr_at(0, 10, 1.0, "constant", warmup_steps=4) == pytest.approx(0.25)
-    with pytest.raises(ValueError, match="schedule"):
-        lr_at(0, 10, 1.0, "step")
 
 
 def test_resume_equivalence_and_run_folder(data, tmp_path):
@@ -283,7 +275,8 @@ def test_contrastive_loss_goes_down_on_pet_trimaps(shared_root, tmp_path):
 
 def test_one_image_per_process_is_a_config_error_naming_the_batch_and_processes(data, tmp_path):
     """The BatchNorm after ASPP's image pooling sees one value per channel with one image per process."""
-    from maskcontrast.train import DistEnv, min_batch_per_process, setup_training
+    from maskcontrast.distributed import DistEnv
+    from maskcontrast.train import min_batch_per_process, setup_training
 
     cfg = tiny_cfg(data, tmp_path / "r", "optim.batch_size=4")
     with pytest.raises(ConfigError, match=r"optim\.batch_size=4 over 4 process\(es\) is 1 image.*at least 8"):
@@ -291,18 +284,6 @@ def test_one_image_per_process_is_a_config_error_naming_the_batch_and_processes(
     assert min_batch_per_process(MaskContrastObjective(cfg.model, cfg.objective)) == 2
     assert min_batch_per_process(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3))) == 1
     assert setup_training(cfg, build(cfg), DistEnv(0, 1, 0, torch.device("cpu"))).steps_per_epoch == 3
-
-
-def test_a_single_process_on_another_gpu_selects_it(monkeypatch):
-    from maskcontrast.train import setup_distributed
-
-    chosen = []
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(torch.device(d)))
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    env = setup_distributed("cuda:1")
-    assert env.device == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
-    setup_distributed("cpu")
-    assert len(chosen) == 1
 
 
 def test_host_syncs_per_step_and_one_loader_pass_across_epochs(data, tmp_path, monkeypatch):
@@ -351,30 +332,14 @@ def test_host_syncs_per_step_and_one_loader_pass_across_epochs(data, tmp_path, m
     assert res.steps == 8 and set(res.metrics) >= {"loss_total", "acc_top1", "lr", "images_per_s"}
 
 
-def test_running_batch_sampler_continues_epoch_after_epoch():
-    from maskcontrast.data.views import EpochBatchSampler
-    from maskcontrast.train import RunningBatchSampler
-
-    inner = EpochBatchSampler(10, 3, seed=1)
-    expected = []
-    for e in range(3):
-        inner.set_epoch(e)
-        expected += list(inner)
-    running = RunningBatchSampler(EpochBatchSampler(10, 3, seed=1))
-    it = iter(running)
-    assert [next(it) for _ in range(9)] == expected
-    running.start_at(1, 2)  # mid-epoch resume
-    it = iter(running)
-    assert [next(it) for _ in range(4)] == expected[5:9]
-
-
 def test_fp32_channels_last_keeps_the_loss_of_nchw(data, tmp_path):
     """The fast path (fp32 + channels_last, the default) gives the NCHW loss within 1e-5 relative on
     the same inputs and weights, and the same gradients to 1e-4 in norm (dropout aside: its random mask is
     drawn in memory order, so the two layouts drop other pixels, with the same probability)."""
     import copy
 
-    from maskcontrast.train import DistEnv, setup_training
+    from maskcontrast.distributed import DistEnv
+    from maskcontrast.train import setup_training
 
     cfg = tiny_cfg(data, tmp_path / "cl", "trainer.channels_last=false")
     assert tiny_cfg(data, tmp_path / "d").trainer.channels_last is True  # the default
@@ -402,10 +367,6 @@ def test_fp32_channels_last_keeps_the_loss_of_nchw(data, tmp_path):
 
 
 def test_schedule_unit_epoch_holds_the_rate_for_an_epoch(data, tmp_path):
-    from maskcontrast.train import schedule_step
-
-    assert [schedule_step(s, 3, "epoch") for s in range(7)] == [0, 0, 0, 3, 3, 3, 6]
-    assert [schedule_step(s, 3, "step") for s in range(4)] == [0, 1, 2, 3]
     # 12 images, batch 4: 3 steps per epoch; the 5th step (index 4) is in epoch 1
     cfg = tiny_cfg(data, tmp_path / "ep", "trainer.max_steps=5", "optim.schedule_unit=epoch")
     res = train(cfg, build(cfg), "pretrain")
@@ -470,13 +431,3 @@ def test_vit_run_resumes_bit_exactly_after_sigkill(data, tmp_path):
     bad = [k for k in a if not torch.equal(a[k], b[k])]
     assert not bad, f"resumed (killed at step {killed_at}) differs in {bad[:5]}"
     assert model_from_checkpoint(last).backbone.arch == "vit_small_patch16_224"
-
-
-def test_a_run_saved_before_the_key_momentum_rename_resumes():
-    from maskcontrast.train import refused_config_changes
-
-    old = {"objective": {"momentum": 0.99, "temperature": 0.5}, "trainer": {"max_steps": 4}}
-    new = {"objective": {"key_momentum": 0.99, "momentum": None, "temperature": 0.5}, "trainer": {"max_steps": 8}}
-    assert refused_config_changes(old, new) == []
-    changed = {"objective": {"key_momentum": 0.9, "momentum": None, "temperature": 0.5}, "trainer": {"max_steps": 8}}
-    assert refused_config_changes(old, changed) == ["objective.key_momentum: 0.99 -> 0.9"]

@@ -153,7 +153,7 @@ def test_checkpoints_hold_only_cpu_tensors_optimizer_state_included(tmp_path, me
     every tensor on the CPU, so ``torch.load(..., weights_only=True)`` reads it without that device."""
     from maskcontrast.config import MaskContrastObjectiveConfig, ModelConfig
     from maskcontrast.objectives import MaskContrastObjective
-    from maskcontrast.runs import optim_state, save_state
+    from maskcontrast.run_state import optim_state, save_state
 
     model_cfg = ModelConfig()
     model_cfg.backbone.arch = "resnet18"

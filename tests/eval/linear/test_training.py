@@ -1,5 +1,5 @@
-"""The linear probe stops on SIGTERM/SIGINT inside an epoch with a complete state at that batch,
-and the rerun continues bit-exactly."""
+"""Training the probe: the config's bounds are checked first, and a SIGTERM/SIGINT inside an epoch
+stops with a complete state at that batch, from which the rerun continues bit-exactly."""
 
 import os
 import signal
@@ -7,12 +7,24 @@ import signal
 import pytest
 import torch
 
-from eval import linear
-from eval.linear import LinearConfig, run_linear_probe
+from eval.linear import training as linear
+from eval.linear.config import LinearConfig, ProbeAugmentConfig
+from eval.linear.training import run_linear_probe
 from maskcontrast.api import load_model
+from maskcontrast.config_checks import ConfigError
 from maskcontrast.preemption import Preempted
 
-from .conftest import SyntheticDataset
+from ..conftest import SyntheticDataset
+
+
+def test_run_linear_probe_checks_a_python_built_config(tmp_path):
+    """A LinearConfig built in Python gets the schema's bounds too, before any data is touched."""
+
+    with pytest.raises(ConfigError, match="key 'batch_size' must be >= 1"):
+        run_linear_probe(None, None, None, LinearConfig(batch_size=0), tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"key 'augment\.crop_size'"):
+        run_linear_probe(None, None, None, LinearConfig(augment=ProbeAugmentConfig(crop_size=0)), tmp_path)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("cached", [False, True])
@@ -23,7 +35,7 @@ def test_signal_inside_an_epoch_resumes_bit_exactly(moco_ckpt, tmp_path, monkeyp
     cfg.augment.crop_size = 24
     full = run_linear_probe(model, ds, ds, cfg, tmp_path / "full", progress=False)
 
-    name = "_train_batch_from_cache" if cached else "_train_batch_from_images"
+    name = "train_batch_from_cache" if cached else "train_batch_from_images"
     real, calls = getattr(linear, name), {"n": 0}
 
     def signal_in_batch_five(*args, **kwargs):
