@@ -19,11 +19,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["maskcontrast", "maskcontrast.*", "saliency", "saliency.*", "eval", "eval.*"]),
     package_data={"maskcontrast": ["py.typed"]},
-    # torch 2.3 is the first with torch.amp.GradScaler(device) (train.py); the GPU machine we
-    # target has torch 2.11 / torchvision 0.26 (docs/BENCHMARKS.md, "Minimum versions")
+    # torch 2.5 is the first with torch.serialization.safe_globals (models/checkpoint.py reads DINO's
+    # files with it); the suite passed on torch 2.5.1 / torchvision 0.20.1 in a pinned venv and
+    # failed on 2.3.1; the GPU machine we target has 2.11 / 0.26 (docs/BENCHMARKS.md, "Minimum versions")
     install_requires=[
-        "torch>=2.3",
-        "torchvision>=0.18",
+        "torch>=2.5",
+        "torchvision>=0.20",
         "faiss-cpu>=1.7.4",
         "scikit-learn>=1.3",
         "scipy>=1.10",
