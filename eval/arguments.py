@@ -18,6 +18,7 @@ __all__ = [
     "model_from_args",
     "resolve_root",
     "dataset_from_args",
+    "size_arg",
 ]
 
 
@@ -108,7 +109,7 @@ def add_saliency_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _size_arg(size: Sequence[int] | None) -> int | tuple[int, int] | None:
+def size_arg(size: Sequence[int] | None) -> int | tuple[int, int] | None:
     if size is None:
         return None
     if len(size) == 1:
@@ -126,7 +127,7 @@ def model_from_args(args: argparse.Namespace) -> FeatureModel:
         args.checkpoint,
         args.device,
         output_stride=args.output_stride,
-        size=_size_arg(getattr(args, "size", None)),
+        size=size_arg(getattr(args, "size", None)),
         batch_size=args.batch_size,
         amp=args.amp,
         init_key=getattr(args, "init_key", "teacher"),

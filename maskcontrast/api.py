@@ -83,7 +83,6 @@ __all__ = [
     "load_model",
     "net_kind",
     "NetKind",
-    "upsample_embedding",
     "upsample_saliency",
 ]
 
@@ -292,7 +291,7 @@ class FeatureModel(nn.Module):
     ) -> Iterator[tuple[int, FeatureOutput, tuple[int, int]]]:
         """Yield ``(index, output, input_size)`` per image, in input order: the raw
         :class:`FeatureOutput` at feature resolution with batch size 1, and the image's ``(H, W)``.
-        Upsample with :func:`upsample_embedding` / :func:`upsample_saliency` as needed."""
+        Upsample with :func:`maskcontrast.embeddings.upsample_embedding` / :func:`upsample_saliency` as needed."""
         for idx, batch, sizes in self.preprocess(images, size):
             out = self(batch)
             for j, (i, hw) in enumerate(zip(idx, sizes)):

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from maskcontrast.api import NoSaliencyHeadError, load_model, upsample_embedding, upsample_saliency
+from maskcontrast.api import NoSaliencyHeadError, load_model, upsample_saliency
 from maskcontrast.cli import run_main
 from maskcontrast.data import build_dataset
+from maskcontrast.embeddings import upsample_embedding
 from maskcontrast.runs import RunLayout, claim_run_folder
 from maskcontrast.utils import atomic_save, atomic_write_bytes, setup_logging
 

@@ -56,7 +56,8 @@ class FusionConfig:
     """Parameters of :func:`fuse` (defaults chosen a priori, not tuned on ground truth)."""
 
     max_side: int = 300
-    scales: list[int] = field(default_factory=lambda: [100, 200, 300])  # SLIC superpixels per scale
+    # SLIC superpixels per scale
+    scales: list[int] = field(default_factory=lambda: [100, 200, 300])
     compactness: float = 10.0
     priors: dict[str, float] = field(default_factory=lambda: {"rbd": 1.0, "gmr": 1.0, "mbd": 1.0, "spectral": 0.5})
     temperature: float = 0.2

@@ -178,9 +178,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
     size_given = args.size is not None
     if size_given:
-        from eval.arguments import _size_arg
+        from eval.arguments import size_arg
 
-        size: Any = None if list(args.size) == [0] else _size_arg(args.size)
+        size: Any = None if list(args.size) == [0] else size_arg(args.size)
     elif saved is not None:
         size = None if saved.size is None else (saved.size[0] if len(saved.size) == 1 else tuple(saved.size))
         log.info("input size from --clusters: %s", size_text(saved.size))

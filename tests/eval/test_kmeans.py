@@ -16,8 +16,7 @@ from eval.kmeans import (
 from eval.metrics import confusion_matrix
 from eval.saliency_source import SaliencySource
 from maskcontrast import embeddings
-from maskcontrast.api import upsample_embedding
-from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels
+from maskcontrast.embeddings import masked_mean_embedding, normalised_pixels, upsample_embedding
 
 
 def blobs(n=3000, k=6, d=8, spread=0.6, seed=0):
