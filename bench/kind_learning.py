@@ -27,6 +27,7 @@ from maskcontrast.config import DetConConfig, PretrainConfig
 from maskcontrast.config_loading import load_config, resolve_config
 from maskcontrast.data.synthetic import write_shapes_folder
 from maskcontrast.objectives import DetConObjective, MaskContrastObjective
+from maskcontrast.objectives.base import recording_metrics
 from maskcontrast.train import train
 from maskcontrast.utils import seed_everything
 
@@ -92,21 +93,8 @@ def run(objective: str, steps: int, images: int, overrides: list[str], gray: boo
         )
     )
     history: list[dict[str, float]] = []
-
-    def recording():  # the objective, with the metrics of every step kept
-        obj = cls(cfg.model, cfg.objective)
-        forward = obj.forward
-
-        def forward_and_record(views):
-            loss, metrics = forward(views)
-            history.append({k: float(v) for k, v in metrics.items()})
-            return loss, metrics
-
-        obj.forward = forward_and_record
-        return obj
-
     start = time.perf_counter()
-    result = train(cfg, recording, stage)
+    result = train(cfg, recording_metrics(lambda: cls(cfg.model, cfg.objective), history), stage)
     seconds = time.perf_counter() - start
     seed_everything(cfg.trainer.seed)
     init = work / "init.pt"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 
 from maskcontrast.data.views import Views
 
-__all__ = ["Objective"]
+__all__ = ["Objective", "recording_metrics"]
 
 
 class Objective(nn.Module):
@@ -66,3 +66,30 @@ class Objective(nn.Module):
         """A view batch (``B x 3 x H x W``) in the memory layout this objective's networks want;
         the trainer calls it on the query and key views of every step."""
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def recording_metrics(build: Callable[[], Objective], history: list[dict[str, float]]) -> Callable[[], Objective]:
+    """Wrap an objective factory (what :func:`maskcontrast.train.train` takes) so that every step's
+    metrics are appended to ``history`` as plain floats, one dict per step (for tests, benchmarks
+    and notebooks; the trainer itself logs only every ``trainer.log_every_steps``).
+
+    Example::
+
+        history = []
+        train(cfg, recording_metrics(lambda: MaskContrastObjective(cfg.model, cfg.objective), history), "pretrain")
+        history[-1]["acc_top1"]
+    """
+
+    def build_recording() -> Objective:
+        objective = build()
+        forward = objective.forward
+
+        def forward_and_record(views: Views) -> tuple[torch.Tensor, Mapping[str, Any]]:
+            loss, metrics = forward(views)
+            history.append({k: float(v) for k, v in metrics.items()})
+            return loss, metrics
+
+        objective.forward = forward_and_record  # type: ignore[method-assign]
+        return objective
+
+    return build_recording

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from eval.kinds import kind_accuracy
+from maskcontrast.objectives.base import recording_metrics
 from maskcontrast.train import train
 from maskcontrast.utils import seed_everything
 
@@ -63,20 +64,7 @@ def test_objective_learns_on_synthetic_shapes(name, extra, shapes, moco_backbone
         init=moco_backbone,
     )
     history: list[dict[str, float]] = []
-
-    def recording():  # the objective, with its metrics of every step kept
-        obj = build(name, cfg)()
-        forward = obj.forward
-
-        def forward_and_record(views):
-            loss, metrics = forward(views)
-            history.append({k: float(v) for k, v in metrics.items()})
-            return loss, metrics
-
-        obj.forward = forward_and_record
-        return obj
-
-    result = train(cfg, recording, {"maskcontrast": "pretrain"}.get(name, name))
+    result = train(cfg, recording_metrics(build(name, cfg), history), {"maskcontrast": "pretrain"}.get(name, name))
     m = {k: float(np.mean([h[k] for h in history[-10:]])) for k in history[-1]}  # the last 10 steps
     print(name, {k: round(v, 4) for k, v in m.items()}, "first:", history[0].get("acc_top1"))
     if name == "maskcontrast":
