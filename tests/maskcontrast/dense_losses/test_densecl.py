@@ -36,7 +36,7 @@ def test_dense_loss_equals_loop_reference_and_its_gradient():
     idx = torch.randint(0, 5, (2, 4), generator=g)
     loss, logits = densecl_dense_loss(q, k, idx, queue, 0.2)
     assert logits.shape == (8, 7)
-    assert abs(float(loss) - loop_dense_loss(q.detach(), k, idx, queue, 0.2)) < 1e-10
+    assert abs(loss.item() - loop_dense_loss(q.detach(), k, idx, queue, 0.2)) < 1e-10
     loss.backward()
     eps = 1e-6
     for b, c, n in [(0, 0, 0), (1, 2, 3)]:
