@@ -4,7 +4,7 @@ forward passes), and the ground truth that an evaluation needs from each sample.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +13,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from maskcontrast.api import FeatureModel, FeatureOutput
 from maskcontrast.data import DataError, Sample, SegmentationDataset
+from maskcontrast.images import InputTooLargeError, target_size
 from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
 
-__all__ = ["collate_samples", "iter_model_outputs", "require_label", "Unreadable", "iter_readable_outputs"]
+__all__ = [
+    "collate_samples",
+    "input_too_large",
+    "iter_model_outputs",
+    "require_label",
+    "Unreadable",
+    "iter_readable_outputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,20 @@ def require_label(sample: Sample, purpose: str, ds: SegmentationDataset | None =
         where = (ds.files(sample.id).label if ds is not None else None) or sample.id
         raise DataError(f"{where}: no ground-truth label; {purpose} needs labelled images", sample_id=sample.id)
     return sample.label
+
+
+def input_too_large(model: FeatureModel, dataset: SegmentationDataset, sample: Sample) -> str | None:
+    """Why ``sample`` cannot go through ``model`` (its network input, at ``model.size``, would be over
+    :data:`maskcontrast.images.MAX_INPUT_PIXELS`), naming its file; None when it can."""
+    try:
+        target_size(sample.size, model.size, model.stride)
+    except InputTooLargeError as err:
+        try:
+            where = str(dataset.files(sample.id).image)
+        except NotImplementedError:
+            where = f"{type(dataset).__name__}: image {sample.id!r}"
+        return f"{where}: {err}"
+    return None
 
 
 def iter_model_outputs(
@@ -73,6 +95,9 @@ def iter_model_outputs(
     try:
         with section(desc):
             for samples in loader:
+                for s in samples:
+                    if (reason := input_too_large(model, dataset, s)) is not None:
+                        raise DataError(reason, sample_id=s.id)
                 for j, out, _ in model.run([s.image for s in samples]):
                     yield index + j, samples[j], out
                 index += len(samples)
@@ -110,6 +135,16 @@ class _Tolerant(Dataset):
             return Unreadable(sid, str(err))
 
 
+def _readable(model: FeatureModel | None, ds: SegmentationDataset, s: Any, skip: Mapping[str, str]) -> Any:
+    """``s``, or an :class:`Unreadable` when ``skip`` names it or ``model`` cannot take it."""
+    if isinstance(s, Unreadable):
+        return s
+    if s.id in skip:
+        return Unreadable(s.id, skip[s.id])
+    reason = input_too_large(model, ds, s) if model is not None else None
+    return s if reason is None else Unreadable(s.id, reason)
+
+
 def iter_readable_outputs(
     model: FeatureModel | None,
     ds: SegmentationDataset,
@@ -119,9 +154,12 @@ def iter_readable_outputs(
     desc: str,
     progress: bool,
     batch: int = 4,
+    skip: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[int, Any, FeatureOutput | None]]:
     """Yield ``(index, sample or Unreadable, output or None)`` from ``start``; the model runs on the
-    readable images only (``model=None``: decode only)."""
+    readable images only (``model=None``: decode only). An image is unreadable when it cannot be
+    decoded, when its network input would be too large for ``model`` (:func:`input_too_large`), or
+    when its id is in ``skip`` (id -> reason: e.g. the images an earlier pass skipped)."""
     from tqdm import tqdm
 
     loader = DataLoader(
@@ -134,6 +172,7 @@ def iter_readable_outputs(
     index = start
     try:
         for samples in loader:
+            samples = [_readable(model, ds, s, skip or {}) for s in samples]
             good = [j for j, s in enumerate(samples) if not isinstance(s, Unreadable)]
             outs: dict[int, FeatureOutput] = {}
             if model is not None and good:

@@ -52,7 +52,7 @@ from torch import nn
 
 from maskcontrast.config import IMAGENET_MEAN, IMAGENET_STD
 from maskcontrast.embeddings import upsample_embedding
-from maskcontrast.images import flatten_images, target_size, to_image_tensor
+from maskcontrast.images import InputTooLargeError, flatten_images, target_size, to_image_tensor
 from maskcontrast.models import (
     CheckpointError,
     FeatureOutput,
@@ -276,7 +276,11 @@ class FeatureModel(nn.Module):
         for i, item in enumerate(items):
             t = to_image_tensor(item).to(self.device, non_blocking=True)
             hw = (int(t.shape[1]), int(t.shape[2]))
-            tgt = target_size(hw, size, self.stride)
+            try:
+                tgt = target_size(hw, size, self.stride)
+            except InputTooLargeError as err:
+                where = str(item) if isinstance(item, (str, Path)) else f"image {i} of the input"
+                raise InputTooLargeError(f"{where}: {err}") from None
             if tgt != hw:
                 t = F.interpolate(t[None], size=tgt, mode="bilinear", align_corners=False, antialias=True)[0]
             t = (t[None] - self.mean) / self.std

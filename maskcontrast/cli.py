@@ -31,19 +31,41 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskcontrast.data.record import DataError
 
-__all__ = ["USER_ERRORS", "run_main", "config_summary", "schema_keys", "training_parser", "training_main"]
+__all__ = [
+    "USER_ERRORS",
+    "run_main",
+    "user_message",
+    "config_summary",
+    "schema_keys",
+    "training_parser",
+    "training_main",
+]
 
 #: errors an entry point prints as one line and exits 2 on: ``ValueError`` covers ConfigError,
 #: CheckpointError and NoSaliencyHeadError, which subclass it
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileExistsError, DataError)
 
 
+def user_message(err: BaseException) -> str:
+    """The message of ``err`` as the user should read it. An error raised in a DataLoader worker
+    comes back with the worker's whole traceback as its message (``Caught DataError in DataLoader
+    worker process 0. Original Traceback ...``); its last line holds the original message."""
+    text = str(err)
+    first, _, rest = text.partition("\n")
+    if not (first.startswith("Caught ") and " in DataLoader worker process " in first and rest):
+        return text
+    last = rest.rstrip().rsplit("\n", 1)[-1]
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    return last[len(prefix) :] if last.startswith(prefix) else last
+
+
 def run_main(main: Callable[[], object], name: str) -> None:
-    """Call ``main()``; on one of :data:`USER_ERRORS`, log it on logger ``name`` and exit with 2."""
+    """Call ``main()``; on one of :data:`USER_ERRORS`, log its message (:func:`user_message`) on
+    logger ``name`` and exit with 2."""
     try:
         main()
     except USER_ERRORS as err:
-        logging.getLogger(name).error("%s", err)
+        logging.getLogger(name).error("%s", user_message(err))
         sys.exit(2)
 
 
@@ -129,7 +151,7 @@ def training_main(
             return 0
         result = train(cfg, lambda: build_objective(cfg), stage=stage)
     except (ConfigError, DataError, CheckpointError, RunDirError, NonFiniteLossError, OSError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {user_message(err)}", file=sys.stderr)
         return 1 if isinstance(err, (NonFiniteLossError, OSError)) and not isinstance(err, RunDirError) else 2
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {result.checkpoint}")

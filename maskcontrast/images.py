@@ -4,11 +4,18 @@ list of single images, and the network input size of an image.
 :class:`maskcontrast.FeatureModel` accepts what :func:`to_image_tensor` accepts: PIL images (any
 mode), paths, ``H x W x 3`` / ``H x W`` numpy arrays and ``3 x H x W`` tensors (uint8, or float in
 ``[0, 1]``), and lists or ``B x 3 x H x W`` batches of these (:func:`flatten_images`).
+
+The network input of one image is at most :data:`MAX_INPUT_PIXELS` pixels (default 4096 x 4096;
+``MASKCONTRAST_MAX_INPUT_PIXELS`` changes it). The decoding limit of :mod:`maskcontrast.data.io`
+does not bound it: resizing the shorter side of a 2 x 3,000 strip to 512 would make a 512 x 768,000
+input and exhaust the memory of any machine; :func:`target_size` refuses it instead
+(:class:`InputTooLargeError`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +23,26 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["to_image_tensor", "flatten_images", "target_size"]
+__all__ = ["MAX_INPUT_PIXELS", "InputTooLargeError", "to_image_tensor", "flatten_images", "target_size"]
+
+
+def _max_input_pixels() -> int:
+    text = os.environ.get("MASKCONTRAST_MAX_INPUT_PIXELS", str(4096 * 4096))
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"MASKCONTRAST_MAX_INPUT_PIXELS must be a positive pixel count, got {text!r}")
+    return value
+
+
+#: the largest network input (height x width after resizing) of one image
+MAX_INPUT_PIXELS = _max_input_pixels()
+
+
+class InputTooLargeError(ValueError):
+    """An image whose network input (after resizing) would be over :data:`MAX_INPUT_PIXELS`."""
 
 
 def to_image_tensor(image: Any) -> torch.Tensor:
@@ -99,6 +125,10 @@ def target_size(hw: tuple[int, int], size: int | Sequence[int] | None, stride: i
     ``stride`` (halves up; at least ``stride``).
 
     Example: ``target_size((375, 500), 256, 8) == (256, 344)``.
+
+    Raises:
+        InputTooLargeError: the result is over :data:`MAX_INPUT_PIXELS` pixels (the message gives
+            both sizes and how to fix it, but not the file: callers that know it add it).
     """
     h, w = hw
     if stride < 1:
@@ -114,4 +144,16 @@ def target_size(hw: tuple[int, int], size: int | Sequence[int] | None, stride: i
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"size must be an int or (H, W) with positive values, got {size}")
         th, tw = float(size[0]), float(size[1])
-    return max(stride, math.floor(th / stride + 0.5) * stride), max(stride, math.floor(tw / stride + 0.5) * stride)
+    out = max(stride, math.floor(th / stride + 0.5) * stride), max(stride, math.floor(tw / stride + 0.5) * stride)
+    if out[0] * out[1] > MAX_INPUT_PIXELS:
+        how = (
+            "at its own size"
+            if size is None
+            else f"resized to {'shorter side ' if isinstance(size, int) else ''}{size}"
+        )
+        raise InputTooLargeError(
+            f"the image ({h} x {w}) {how} would be a network input of {out[0]} x {out[1]} = "
+            f"{out[0] * out[1]:,} pixels, over the limit of {MAX_INPUT_PIXELS:,} (MASKCONTRAST_MAX_INPUT_PIXELS); "
+            "crop it or give a smaller size (--size H W)"
+        )
+    return out

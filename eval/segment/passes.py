@@ -190,7 +190,13 @@ def assign_pass(
 
     run_model = None if from_cache else model
     for i, sample, o in iter_readable_outputs(
-        run_model, ds, start=done, workers=args.workers, desc="segment", progress=progress
+        run_model,
+        ds,
+        start=done,
+        workers=args.workers,
+        desc="segment",
+        progress=progress,
+        skip=fit_state["skipped"] if from_cache and fit_state is not None else None,
     ):
         if isinstance(sample, Unreadable):
             if sample.id not in skipped:

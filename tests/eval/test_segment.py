@@ -17,6 +17,7 @@ from PIL import Image
 
 import eval.segment.cli as seg
 from eval.segment import Clusters, ClustersError, fit_clusters, main, segment_images
+from maskcontrast import images as images_module
 from maskcontrast.api import FeatureOutput
 from maskcontrast.data import read_image, read_index_png
 from maskcontrast.runs import RunFolderError
@@ -59,6 +60,7 @@ class ColourModel:
     embed_dim = 4
     has_saliency = True
     batch_size = 4
+    stride = 4
     device = torch.device("cpu")
     kind = layout = source = "colour"
 
@@ -243,6 +245,16 @@ def test_bad_input(folder, colour, maskcontrast_ckpt, tmp_path):
     assert list(summary["skipped"]) == ["broken"] and "cannot decode" in summary["skipped"]["broken"]
     assert "broken" in (tmp_path / "o4" / "index.html").read_text() and summary["n_segmented"] == len(kinds)
     (images / "broken.jpg").unlink()
+    # so is an image whose network input would be over MASKCONTRAST_MAX_INPUT_PIXELS (a thin strip
+    # at --size 48 would be 48 x 4,800), in both passes (fit and label)
+    Image.fromarray(np.full((4, 400, 3), 128, np.uint8)).save(images / "strip.png")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(images_module, "MAX_INPUT_PIXELS", 48 * 4800 - 1)
+        summary = run(maskcontrast_ckpt, images, tmp_path / "o6", "--k", "2")
+    assert list(summary["skipped"]) == ["strip"] and summary["n_segmented"] == len(kinds)
+    assert summary["skipped"]["strip"].startswith(f"{images / 'strip.png'}: the image (4 x 400) resized to")
+    assert not (tmp_path / "o6" / "labels" / "strip.png").exists()
+    (images / "strip.png").unlink()
     # clusters fitted at another size, or with another model
     saved = tmp_path / "o4" / "clusters.pt"
     with pytest.raises(ClustersError, match=r"input size shorter side 48.*--size 48"):

@@ -63,3 +63,35 @@ def test_an_entry_point_exits_2_on_bad_input(tmp_path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "is empty" in proc.stderr and str(tmp_path) in proc.stderr  # the images folder is checked first
+
+
+def test_an_error_from_a_dataloader_worker_is_reported_as_its_own_message(caplog):
+    """torch re-raises a worker's exception with the worker's traceback as its message; the user
+    sees only the original line (here a DataError naming the file), and exit status 2."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from maskcontrast.cli import run_main, user_message
+    from maskcontrast.data import DataError
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise DataError(f"/photos/{i}.jpg: cannot decode (truncated); re-export or remove the file")
+
+    with pytest.raises(DataError) as info:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert str(info.value).startswith("Caught DataError in DataLoader worker process 0")
+    assert user_message(info.value) == "/photos/0.jpg: cannot decode (truncated); re-export or remove the file"
+    assert user_message(ValueError("plain\nmessage")) == "plain\nmessage"
+
+    def main():
+        next(iter(DataLoader(Broken(), num_workers=1)))
+
+    with pytest.raises(SystemExit) as code:
+        run_main(main, "t")
+    assert code.value.code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "/photos/0.jpg: cannot decode (truncated); re-export or remove the file"
+    ]
