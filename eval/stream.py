@@ -4,7 +4,7 @@ forward passes), and the ground truth that an evaluation needs from each sample.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +49,13 @@ def require_label(sample: Sample, purpose: str, ds: SegmentationDataset | None =
     return sample.label
 
 
-def input_too_large(model: FeatureModel, dataset: SegmentationDataset, sample: Sample) -> str | None:
-    """Why ``sample`` cannot go through ``model`` (its network input, at ``model.size``, would be over
-    :data:`maskcontrast.images.MAX_INPUT_PIXELS`), naming its file; None when it can."""
+def input_too_large(
+    model: FeatureModel, dataset: SegmentationDataset, sample: Sample, size: int | Sequence[int] | None = None
+) -> str | None:
+    """Why ``sample`` cannot go through ``model`` (its network input, at ``size`` or else ``model.size``,
+    would be over :data:`maskcontrast.images.MAX_INPUT_PIXELS`), naming its file; None when it can."""
     try:
-        target_size(sample.size, model.size, model.stride)
+        target_size(sample.size, size if size is not None else model.size, model.stride)
     except InputTooLargeError as err:
         try:
             where = str(dataset.files(sample.id).image)

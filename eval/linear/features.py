@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from eval.linear.config import LinearConfig
 from eval.linear.geometry import sample_affine, warp_features, warp_image, warp_label
 from eval.outputs import safe_name
-from eval.stream import collate_samples, require_label
+from eval.stream import collate_samples, input_too_large, require_label
 from maskcontrast.api import FeatureModel
-from maskcontrast.data import Sample, SegmentationDataset
+from maskcontrast.data import DataError, Sample, SegmentationDataset
 from maskcontrast.images import target_size, to_image_tensor
 from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested
 from maskcontrast.run_state import save_state
@@ -91,6 +91,9 @@ def cache_features(
         total=len(todo), desc=f"caching {folder.name} features", unit="img", leave=False, disable=not progress
     ) as bar:
         for samples in loader:
+            for s in samples:
+                if (reason := input_too_large(model, ds, s, size)) is not None:
+                    raise DataError(reason, sample_id=s.id)
             for j, out, hw in model.run([s.image for s in samples], size=size):
                 s = samples[j]
                 entry: dict[str, Any] = {"features": out.features[0].half().cpu()}
