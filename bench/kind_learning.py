@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.kinds import kind_accuracy, linear_kind_accuracy
+from eval.kinds import READOUTS, kind_accuracy, linear_kind_accuracy
 from maskcontrast.config import DetConConfig, PretrainConfig
 from maskcontrast.config_loading import load_config, resolve_config
 from maskcontrast.data.synthetic import write_shapes_folder
@@ -65,7 +65,9 @@ def chance(objective: str, metrics: dict[str, float], queue: int = 16) -> float:
     return 1.0 / max(2 * metrics["regions"] * 8 - 1, 1)
 
 
-def run(objective: str, steps: int, images: int, overrides: list[str], gray: bool, work: Path) -> dict:
+def run(
+    objective: str, steps: int, images: int, overrides: list[str], gray: bool, work: Path, readout: str = "embed"
+) -> dict:
     """Train ``objective`` for ``steps`` on ``images`` synthetic images; the result as a dict."""
     schema, path, cls, stage, own = RECIPES[objective]
     shapes = write_shapes_folder(work / "shapes", n=images, size=64, seed=0)
@@ -106,13 +108,14 @@ def run(objective: str, steps: int, images: int, overrides: list[str], gray: boo
         "images": images,
         "overrides": overrides,
         "gray": gray,
+        "readout": readout,
         "train_seconds": round(seconds, 1),
         "acc_top1": round(last["acc_top1"], 4),
         "acc_x_chance": round(last["acc_top1"] / chance(objective, last), 2),
-        "kinds_at_init": round(kind_accuracy(init, shapes, gray), 3),
-        "kinds_trained": round(kind_accuracy(result.checkpoint, shapes, gray), 3),
-        "linear_kinds_at_init": round(linear_kind_accuracy(init, shapes, gray), 3),
-        "linear_kinds_trained": round(linear_kind_accuracy(result.checkpoint, shapes, gray), 3),
+        "kinds_at_init": round(kind_accuracy(init, shapes, gray, readout=readout), 3),
+        "kinds_trained": round(kind_accuracy(result.checkpoint, shapes, gray, readout=readout), 3),
+        "linear_kinds_at_init": round(linear_kind_accuracy(init, shapes, gray, readout=readout), 3),
+        "linear_kinds_trained": round(linear_kind_accuracy(result.checkpoint, shapes, gray, readout=readout), 3),
     }
 
 
@@ -123,10 +126,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=256, help="synthetic images (64 px), trained and evaluated on")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides")
     parser.add_argument("--gray", action="store_true", help="read the kinds from grayscale images")
+    parser.add_argument(
+        "--readout",
+        choices=READOUTS,
+        default="embed",
+        help="prototypes of the embedding (MaskContrast: the 32-d head) or of the features (its decoder)",
+    )
     parser.add_argument("--out", type=Path, help="append the JSON line to this file too")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kind_learning_") as work:
-        row = run(args.objective, args.steps, args.images, args.set, args.gray, Path(work))
+        row = run(args.objective, args.steps, args.images, args.set, args.gray, Path(work), args.readout)
     line = json.dumps(row)
     print(line)
     if args.out:
