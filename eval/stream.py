@@ -53,9 +53,12 @@ def input_too_large(
     model: FeatureModel, dataset: SegmentationDataset, sample: Sample, size: int | Sequence[int] | None = None
 ) -> str | None:
     """Why ``sample`` cannot go through ``model`` (its network input, at ``size`` or else ``model.size``,
-    would be over :data:`maskcontrast.images.MAX_INPUT_PIXELS`), naming its file; None when it can."""
+    would be over :data:`maskcontrast.images.MAX_INPUT_PIXELS`), naming its file; None when it can.
+    A duck-typed model without ``size`` / ``stride`` is taken at the image's own size."""
+    if size is None:
+        size = getattr(model, "size", None)
     try:
-        target_size(sample.size, size if size is not None else model.size, model.stride)
+        target_size(sample.size, size, getattr(model, "stride", 1))
     except InputTooLargeError as err:
         try:
             where = str(dataset.files(sample.id).image)
