@@ -37,6 +37,7 @@ from maskcontrast.models.vit import ViTSpec, infer_vit_spec
 
 __all__ = [
     "LoadReport",
+    "check_finite",
     "load_backbone",
     "load_backbone_weights",
     "model_config_from_checkpoint",
@@ -134,6 +135,25 @@ def _fit_pos_embed(sd: dict[str, torch.Tensor], target: nn.Module, notes: list[s
     sd["pos_embed"] = pos.to(own.dtype)
 
 
+def check_finite(weights: Mapping[str, Any], what: str) -> None:
+    """Refuse weights holding NaN or Inf (a training that diverged before it was saved): every later
+    output would be NaN, and an evaluation would fail far from the cause.
+
+    Raises:
+        CheckpointError: naming ``what`` (the file and its layout), how many tensors are bad and the first keys.
+    """
+    bad = [
+        k
+        for k, v in weights.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{what}: {len(bad)} of its weight tensors hold NaN or Inf ({_first(bad, 5)}); the training that "
+            "wrote it diverged: use an earlier checkpoint (e.g. last.prev.pt or an epoch file of the run)"
+        )
+
+
 def load_backbone(
     backbone: nn.Module, source: str | Path | Mapping[str, Any], init_key: str = "teacher", name: str | None = None
 ) -> LoadReport:
@@ -171,6 +191,7 @@ def load_backbone(
             f"{what} holding {theirs}, but model.backbone.arch is {arch} ({own_spec.describe()}); "
             "set model.backbone.arch (and backbone.vit.dim/depth) to the file's variant"
         )
+    check_finite(ex.sd, what)
     if own_spec is not None:
         _fit_pos_embed(ex.sd, target, ex.notes)
     missing = [k for k in own if k not in ex.sd]
@@ -308,6 +329,7 @@ def model_from_checkpoint(source: str | Path | Mapping[str, Any], name: str | No
             f"{name}: not a maskcontrast checkpoint: a {layout} file holds a backbone only; use it as "
             "model.backbone.init, or load_model() for features"
         )
+    check_finite(weights, f"{name} ({layout} layout)")
     model = MaskContrastModel(cfg)
     result = model.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -128,3 +128,31 @@ def test_init_torchvision_reads_torchs_download_cache_and_explains_a_failed_down
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(CheckpointError, match="download them elsewhere"):
         init_backbone(ResNetBackbone("resnet34", 8), "torchvision")
+
+
+def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_the_tensors(tmp_path):
+    """A diverged training's weights would make every output NaN (eval.segment then reported "0 object
+    prototypes"); both loaders refuse them by name. Integer buffers (num_batches_tracked) are not checked."""
+    cfg = load_config(ModelConfig, overrides=["backbone.arch=resnet18", "embed_dim=8"])
+    model = build_model(cfg)
+    ckpt = model_checkpoint(model, cfg)
+    ckpt["model"]["backbone.layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(
+        CheckpointError, match=r"nan\.pt \(maskcontrast layout\): 1 of its weight tensors hold NaN or Inf"
+    ):
+        model_from_checkpoint(tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"\['layer2\.0\.conv1\.weight'\]"):
+        load_backbone_weights(ResNetBackbone("resnet18", 8), tmp_path / "nan.pt")
+    net = torchvision.models.resnet18()
+    with torch.no_grad():
+        net.layer1[0].bn1.running_var[3] = float("inf")
+    official_moco_file(tmp_path / "moco.pth.tar", net)
+    with pytest.raises(
+        CheckpointError,
+        match=r"moco\.pth\.tar: looked like .*1 of its weight tensors hold NaN or Inf \(\['layer1\.0\.bn1\.running_var'\]\)",
+    ):
+        load_backbone_weights(ResNetBackbone("resnet18", 8), tmp_path / "moco.pth.tar")  # a buffer, of encoder_q
+    ckpt["model"]["backbone.layer2.0.conv1.weight"][0, 0, 0, 0] = 0.0
+    torch.save(ckpt, tmp_path / "fine.pt")
+    model_from_checkpoint(tmp_path / "fine.pt")
