@@ -4,21 +4,19 @@ forward passes), and the ground truth that an evaluation needs from each sample.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from maskcontrast.api import FeatureModel, FeatureOutput
+from maskcontrast.api import FeatureModel, FeatureOutput, input_too_large
 from maskcontrast.data import DataError, Sample, SegmentationDataset
-from maskcontrast.images import InputTooLargeError, target_size
 from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
 
 __all__ = [
     "collate_samples",
-    "input_too_large",
     "iter_model_outputs",
     "require_label",
     "Unreadable",
@@ -47,25 +45,6 @@ def require_label(sample: Sample, purpose: str, ds: SegmentationDataset | None =
         where = (ds.files(sample.id).label if ds is not None else None) or sample.id
         raise DataError(f"{where}: no ground-truth label; {purpose} needs labelled images", sample_id=sample.id)
     return sample.label
-
-
-def input_too_large(
-    model: FeatureModel, dataset: SegmentationDataset, sample: Sample, size: int | Sequence[int] | None = None
-) -> str | None:
-    """Why ``sample`` cannot go through ``model`` (its network input, at ``size`` or else ``model.size``,
-    would be over :data:`maskcontrast.images.MAX_INPUT_PIXELS`), naming its file; None when it can.
-    A duck-typed model without ``size`` / ``stride`` is taken at the image's own size."""
-    if size is None:
-        size = getattr(model, "size", None)
-    try:
-        target_size(sample.size, size, getattr(model, "stride", 1))
-    except InputTooLargeError as err:
-        try:
-            where = str(dataset.files(sample.id).image)
-        except NotImplementedError:
-            where = f"{type(dataset).__name__}: image {sample.id!r}"
-        return f"{where}: {err}"
-    return None
 
 
 def iter_model_outputs(

@@ -80,6 +80,7 @@ __all__ = [
     "FeatureOutput",
     "FeatureModel",
     "SegmentLikeOutput",
+    "input_too_large",
     "load_model",
     "net_kind",
     "NetKind",
@@ -437,6 +438,26 @@ class FeatureModel(nn.Module):
         if what == "features":
             return _upsample_features(out.features, hw or tuple(out.features.shape[-2:]))
         raise ValueError(f"unknown output {what!r}; choose embed, saliency or features")
+
+
+def input_too_large(
+    model: FeatureModel, dataset: Any, sample: Any, size: int | Sequence[int] | None = None
+) -> str | None:
+    """Why ``sample`` (a :class:`~maskcontrast.data.Sample` of ``dataset``) cannot go through
+    ``model``: its network input, at ``size`` or else ``model.size``, would be over
+    :data:`maskcontrast.images.MAX_INPUT_PIXELS`. The reason names the image's file; None when it
+    can. A duck-typed model without ``size`` / ``stride`` is taken at the image's own size."""
+    if size is None:
+        size = getattr(model, "size", None)
+    try:
+        target_size(sample.size, size, getattr(model, "stride", 1))
+    except InputTooLargeError as err:
+        try:
+            where = str(dataset.files(sample.id).image)
+        except NotImplementedError:
+            where = f"{type(dataset).__name__}: image {sample.id!r}"
+        return f"{where}: {err}"
+    return None
 
 
 def load_model(

@@ -9,6 +9,9 @@ probabilities (``saliency``), at feature resolution (default) or at the image's 
 ``<out>/manifest.json`` records the settings. A second run with the same settings resumes
 (finished files are kept; files are written atomically, so none is ever half-written); a run
 with other settings, or into a folder that holds other files, is refused unless ``--overwrite``.
+SIGTERM / SIGINT stop it after the current batch, with the files so far kept, a log line saying
+how far it got, and exit status 143 / 130 (``maskcontrast.preemption``); the same command continues.
+An image whose network input would be too large (``MASKCONTRAST_MAX_INPUT_PIXELS``) is refused by name.
 
 Example::
 
@@ -30,10 +33,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from maskcontrast.api import NoSaliencyHeadError, load_model, upsample_saliency
+from maskcontrast.api import NoSaliencyHeadError, input_too_large, load_model, upsample_saliency
 from maskcontrast.cli import run_main
-from maskcontrast.data import build_dataset
+from maskcontrast.data import DataError, build_dataset
 from maskcontrast.embeddings import upsample_embedding
+from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
 from maskcontrast.runs import RunLayout, claim_run_folder
 from maskcontrast.utils import atomic_save, atomic_write_bytes, setup_logging
 
@@ -197,11 +201,19 @@ def main(argv: Sequence[str] | None = None) -> Path:
         log.info("resuming: %d of %d images already done", len(ds) - len(todo), len(ds))
     dtype = torch.float16 if args.fp16 else torch.float32
     loader = DataLoader(
-        Subset(ds, todo), batch_size=args.batch_size, num_workers=max(0, args.workers), collate_fn=_keep_list
+        Subset(ds, todo),
+        batch_size=args.batch_size,
+        num_workers=max(0, args.workers),
+        collate_fn=_keep_list,
+        worker_init_fn=ignore_signals_in_worker,
     )
     shape = None
-    with tqdm(total=len(todo), desc="extracting", unit="img", disable=args.no_progress) as bar:
+    done = len(ds) - len(todo)
+    with tqdm(total=len(todo), desc="extracting", unit="img", disable=args.no_progress) as bar, section("extract"):
         for samples in loader:
+            for s in samples:
+                if (reason := input_too_large(model, ds, s)) is not None:
+                    raise DataError(reason, sample_id=s.id)
             for j, o, hw in model.run([s.image for s in samples]):
                 if args.what == "embed":
                     t = o.embedding
@@ -219,6 +231,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 shape = tuple(t.shape)
                 _write(output_path(out, samples[j].id, args.format), t, args.format)
             bar.update(len(samples))
+            done += len(samples)
+            if (signum := requested()) is not None and done < len(ds):
+                err = Preempted(
+                    signum,
+                    "extract",
+                    step=f"after {done} of {len(ds)} images",
+                    saved=out,
+                    hint="rerun the same command",
+                )
+                log.warning("%s", err)
+                raise err
     manifest.update(complete=True, channels=shape[0] if shape else None)
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     print(f"wrote {len(todo)} {args.format} files ({len(ds)} in all) to {out}")

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from eval.linear.config import LinearConfig
 from eval.linear.geometry import sample_affine, warp_features, warp_image, warp_label
 from eval.outputs import safe_name
-from eval.stream import collate_samples, input_too_large, require_label
-from maskcontrast.api import FeatureModel
+from eval.stream import collate_samples, require_label
+from maskcontrast.api import FeatureModel, input_too_large
 from maskcontrast.data import DataError, Sample, SegmentationDataset
 from maskcontrast.images import target_size, to_image_tensor
 from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 import maskcontrast
+from maskcontrast.data import DataError
 from maskcontrast.extract import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -90,3 +91,41 @@ def test_backbone_checkpoint_has_no_saliency(images, tmp_path):
         run(tmp_path / "tv.pth", images, tmp_path / "o1", "--what", "saliency")
     run(tmp_path / "tv.pth", images, tmp_path / "o2", "--what", "features")
     assert np.load(tmp_path / "o2" / "a.npy").shape == (512, 6, 8)
+
+
+def test_sigterm_stops_after_the_batch_keeps_the_files_and_the_rerun_finishes(ckpt, images, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from maskcontrast.api import FeatureModel
+    from maskcontrast.preemption import Preempted
+
+    out = tmp_path / "out"
+    real, calls = FeatureModel.run, {"n": 0}
+
+    def signal_at_the_first_image(self, batch, **kwargs):
+        for item in real(self, batch, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield item
+
+    monkeypatch.setattr(FeatureModel, "run", signal_at_the_first_image)
+    with pytest.raises(Preempted) as info:
+        run(ckpt, images, out, "--batch-size", "1")
+    assert info.value.code == 143 and "extract stopped by SIGTERM (after 1 of 3 images)" in str(info.value)
+    assert sorted(p.name for p in out.rglob("*.npy")) == ["a.npy"]  # files are sorted: a, c, sub/b
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    monkeypatch.setattr(FeatureModel, "run", real)
+    run(ckpt, images, out, "--batch-size", "1")
+    assert sorted(p.name for p in out.rglob("*.npy")) == ["a.npy", "b.npy", "c.npy"]
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+
+
+def test_an_image_too_large_for_the_network_is_refused_by_name(ckpt, images, tmp_path, monkeypatch):
+    from maskcontrast import images as images_module
+
+    Image.fromarray(np.zeros((4, 200, 3), np.uint8)).save(images / "strip.png")
+    monkeypatch.setattr(images_module, "MAX_INPUT_PIXELS", 32 * 1600 - 1)
+    with pytest.raises(DataError, match=r"strip\.png: the image \(4 x 200\) resized to shorter side 32"):
+        run(ckpt, images, tmp_path / "out", "--size", "32")
