@@ -47,6 +47,15 @@ def require_label(sample: Sample, purpose: str, ds: SegmentationDataset | None =
     return sample.label
 
 
+def _stop_if_requested(desc: str, done: int, total: int) -> None:
+    """After a batch: stop with :class:`Preempted` when SIGTERM/SIGINT arrived and images are left
+    (a consumer with a :class:`eval.caches.StreamCache` has saved and stopped already)."""
+    if (signum := requested()) is not None and done < total:
+        err = Preempted(signum, desc, step=f"after {done} images", hint="rerun the same command")
+        log.warning("%s", err)
+        raise err
+
+
 def iter_model_outputs(
     model: FeatureModel,
     dataset: SegmentationDataset,
@@ -86,10 +95,7 @@ def iter_model_outputs(
                     yield index + j, samples[j], out
                 index += len(samples)
                 bar.update(len(samples))
-                if (signum := requested()) is not None and index < len(dataset):
-                    err = Preempted(signum, desc, step=f"after {index} images", hint="rerun the same command")
-                    log.warning("%s", err)
-                    raise err
+                _stop_if_requested(desc, index, len(dataset))
     finally:
         bar.close()
 
@@ -141,7 +147,8 @@ def iter_readable_outputs(
     skip: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[int, Any, FeatureOutput | None]]:
     """Yield ``(index, sample or Unreadable, output or None)`` from ``start``; the model runs on the
-    readable images only (``model=None``: decode only). An image is unreadable when it cannot be
+    readable images only (``model=None``: decode only); SIGTERM/SIGINT as in :func:`iter_model_outputs`.
+    An image is unreadable when it cannot be
     decoded, when its network input would be too large for ``model`` (:func:`input_too_large`), or
     when its id is in ``skip`` (id -> reason: e.g. the images an earlier pass skipped)."""
     from tqdm import tqdm
@@ -151,20 +158,23 @@ def iter_readable_outputs(
         batch_size=model.batch_size if model is not None else batch,
         num_workers=max(0, workers),
         collate_fn=list,
+        worker_init_fn=ignore_signals_in_worker,
     )
     bar = tqdm(total=len(ds), initial=start, desc=desc, unit="img", disable=not progress, leave=False)
     index = start
     try:
-        for samples in loader:
-            samples = [_readable(model, ds, s, skip or {}) for s in samples]
-            good = [j for j, s in enumerate(samples) if not isinstance(s, Unreadable)]
-            outs: dict[int, FeatureOutput] = {}
-            if model is not None and good:
-                for j, out, _ in model.run([samples[j].image for j in good]):
-                    outs[good[j]] = out
-            for j, s in enumerate(samples):
-                yield index + j, s, outs.get(j)
-            index += len(samples)
-            bar.update(len(samples))
+        with section(desc):
+            for samples in loader:
+                samples = [_readable(model, ds, s, skip or {}) for s in samples]
+                good = [j for j, s in enumerate(samples) if not isinstance(s, Unreadable)]
+                outs: dict[int, FeatureOutput] = {}
+                if model is not None and good:
+                    for j, out, _ in model.run([samples[j].image for j in good]):
+                        outs[good[j]] = out
+                for j, s in enumerate(samples):
+                    yield index + j, s, outs.get(j)
+                index += len(samples)
+                bar.update(len(samples))
+                _stop_if_requested(desc, index, len(ds))
     finally:
         bar.close()

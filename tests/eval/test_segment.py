@@ -216,6 +216,48 @@ def test_resume_and_refuse_overwrite(folder, colour, maskcontrast_ckpt, tmp_path
     assert fresh["k"] == 3
 
 
+@pytest.mark.parametrize("in_pass", ["fit", "label"])
+def test_sigterm_saves_the_pass_and_the_rerun_equals_an_uninterrupted_run(
+    folder, colour, maskcontrast_ckpt, tmp_path, in_pass
+):
+    import os
+    import signal
+
+    import eval.segment.passes as passes
+    from maskcontrast.preemption import Preempted
+
+    images, kinds = folder
+    whole = run(maskcontrast_ckpt, images, tmp_path / "whole", "--k", "2")
+    calls = {"n": 0}
+
+    def signal_at_the_fifth(fn):
+        def wrapped(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    out = tmp_path / "seg"
+    with pytest.MonkeyPatch.context() as mp:
+        if in_pass == "fit":  # the 5th image through the network
+            mp.setattr(passes, "fit_points", signal_at_the_fifth(passes.fit_points))
+        else:  # the 5th image labelled (from the fit pass's cache: the network does not run again)
+            mp.setattr(passes, "label_prototype", signal_at_the_fifth(passes.label_prototype))
+        with pytest.raises(Preempted) as info:
+            run(maskcontrast_ckpt, images, out, "--k", "2")
+    assert info.value.code == 143 and "progress saved in" in str(info.value)
+    assert not (out / "segment.json").exists()
+    again = run(maskcontrast_ckpt, images, out, "--k", "2")
+    assert clusters_of(again) == clusters_of(whole) and again["n_segmented"] == len(kinds)
+    for name in kinds:
+        np.testing.assert_array_equal(
+            read_index_png(out / "labels" / f"{name}.png"),
+            read_index_png(tmp_path / "whole" / "labels" / f"{name}.png"),
+        )
+
+
 def test_bad_input(folder, colour, maskcontrast_ckpt, tmp_path):
     images, kinds = folder
     empty = tmp_path / "empty"
