@@ -41,9 +41,9 @@ from eval.linear.features import (
 from eval.metrics import confusion_matrix, segmentation_scores
 from eval.outputs import safe_name, save_panel
 from eval.stream import collate_samples
-from maskcontrast.api import FeatureModel
+from maskcontrast.api import FeatureModel, input_too_large
 from maskcontrast.config_checks import check_values
-from maskcontrast.data import IGNORE_INDEX, SegmentationDataset
+from maskcontrast.data import IGNORE_INDEX, DataError, SegmentationDataset
 from maskcontrast.preemption import ignore_signals_in_worker, requested, section
 from maskcontrast.run_logs import open_tensorboard
 from maskcontrast.run_state import optim_state, restore_optim_state, save_state
@@ -186,10 +186,16 @@ def train_probe_epoch(r: ProbeRun, train_ds: SegmentationDataset) -> float:
     return total / max(1, count)
 
 
-def _features_of(r: ProbeRun, samples: list[Any], cache_dir: Path | None) -> list[torch.Tensor]:
-    """The ``1 x F x h x w`` features of each sample: from the cache, or from the frozen network."""
+def _features_of(
+    r: ProbeRun, ds: SegmentationDataset, samples: list[Any], cache_dir: Path | None
+) -> list[torch.Tensor]:
+    """The ``1 x F x h x w`` features of each sample: from the cache, or from the frozen network
+    (an image whose network input would be too large is refused by name)."""
     if cache_dir is not None:
         return [CachedFeatures(cache_dir, [s.id])[0]["features"].float()[None].to(r.model.device) for s in samples]
+    for s in samples:
+        if (reason := input_too_large(r.model, ds, s, r.cfg.eval_size)) is not None:
+            raise DataError(reason, sample_id=s.id)
     return [out.features for _, out, _ in r.model.run([s.image for s in samples], size=r.cfg.eval_size)]
 
 
@@ -212,7 +218,7 @@ def evaluate(
     index = 0
     with tqdm(total=len(ds), desc="evaluating", unit="img", leave=False, disable=not r.progress) as bar:
         for samples in loader:
-            for s, f in zip(samples, _features_of(r, samples, r.val_cache)):
+            for s, f in zip(samples, _features_of(r, ds, samples, r.val_cache)):
                 label = label_of(s)
                 logits = r.probe(f, s.size)[0]
                 pred = logits.argmax(0).cpu().numpy()

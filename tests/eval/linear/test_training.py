@@ -57,3 +57,17 @@ def test_signal_inside_an_epoch_resumes_bit_exactly(moco_ckpt, tmp_path, monkeyp
     assert all(torch.equal(a["probe"][k], b["probe"][k]) for k in a["probe"])
     assert resumed["history"] == [full["history"][1]]  # the interrupted epoch's loss counts its first batches
     assert resumed["miou"] == full["miou"]
+
+
+def test_the_evaluation_refuses_an_image_too_large_for_the_network_by_name(moco_ckpt, tmp_path, monkeypatch):
+    from maskcontrast import images
+    from maskcontrast.data import DataError
+
+    ds = SyntheticDataset(tmp_path, n_classes=4, n_images=4)
+    model = load_model(moco_ckpt, "cpu", batch_size=4)
+    cfg = LinearConfig(batch_size=4, epochs=1, seed=3)
+    cfg.augment.crop_size = 24  # training sees 24 px crops; the evaluation runs the images at their own size
+    h, w = ds.load(ds.ids[0]).size
+    monkeypatch.setattr(images, "MAX_INPUT_PIXELS", h * w - 1)
+    with pytest.raises(DataError, match=rf"image '{ds.ids[0]}': the image \({h} x {w}\) at its own size"):
+        run_linear_probe(model, ds, ds, cfg, tmp_path / "probe", progress=False)
