@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from maskcontrast.api import FeatureModel, FeatureOutput, input_too_large
+from maskcontrast.api import FeatureModel, FeatureOutput, input_too_large, refuse_too_large
 from maskcontrast.data import DataError, Sample, SegmentationDataset
-from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
+from maskcontrast.preemption import ignore_signals_in_worker, section, stop_if_requested
 
 __all__ = [
     "collate_samples",
@@ -48,12 +48,11 @@ def require_label(sample: Sample, purpose: str, ds: SegmentationDataset | None =
 
 
 def _stop_if_requested(desc: str, done: int, total: int) -> None:
-    """After a batch: stop with :class:`Preempted` when SIGTERM/SIGINT arrived and images are left
-    (a consumer with a :class:`eval.caches.StreamCache` has saved and stopped already)."""
-    if (signum := requested()) is not None and done < total:
-        err = Preempted(signum, desc, step=f"after {done} images", hint="rerun the same command")
-        log.warning("%s", err)
-        raise err
+    """After a batch: stop with :class:`~maskcontrast.preemption.Preempted` when SIGTERM/SIGINT
+    arrived and images are left (a consumer with a :class:`eval.caches.StreamCache` has saved and
+    stopped already)."""
+    if done < total:
+        stop_if_requested(desc, step=f"after {done} images", logger=log)
 
 
 def iter_model_outputs(
@@ -88,9 +87,7 @@ def iter_model_outputs(
     try:
         with section(desc):
             for samples in loader:
-                for s in samples:
-                    if (reason := input_too_large(model, dataset, s)) is not None:
-                        raise DataError(reason, sample_id=s.id)
+                refuse_too_large(model, dataset, samples)
                 for j, out, _ in model.run([s.image for s in samples]):
                     yield index + j, samples[j], out
                 index += len(samples)

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskcontrast.config import IMAGENET_MEAN, IMAGENET_STD
+from maskcontrast.data.record import DataError
 from maskcontrast.embeddings import upsample_embedding
 from maskcontrast.images import InputTooLargeError, flatten_images, target_size, to_image_tensor
 from maskcontrast.models import (
@@ -81,6 +82,7 @@ __all__ = [
     "FeatureModel",
     "SegmentLikeOutput",
     "input_too_large",
+    "refuse_too_large",
     "load_model",
     "net_kind",
     "NetKind",
@@ -458,6 +460,16 @@ def input_too_large(
             where = f"{type(dataset).__name__}: image {sample.id!r}"
         return f"{where}: {err}"
     return None
+
+
+def refuse_too_large(
+    model: FeatureModel, dataset: Any, samples: Sequence[Any], size: int | Sequence[int] | None = None
+) -> None:
+    """Raise a :class:`~maskcontrast.data.DataError` naming the first of ``samples`` that
+    :func:`input_too_large` turns away (for passes that refuse rather than skip such an image)."""
+    for s in samples:
+        if (reason := input_too_large(model, dataset, s, size)) is not None:
+            raise DataError(reason, sample_id=s.id)
 
 
 def load_model(

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from maskcontrast.api import NoSaliencyHeadError, input_too_large, load_model, upsample_saliency
+from maskcontrast.api import NoSaliencyHeadError, load_model, refuse_too_large, upsample_saliency
 from maskcontrast.cli import run_main
-from maskcontrast.data import DataError, build_dataset
+from maskcontrast.data import build_dataset
 from maskcontrast.embeddings import upsample_embedding
-from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested, section
+from maskcontrast.preemption import ignore_signals_in_worker, section, stop_if_requested
 from maskcontrast.runs import RunLayout, claim_run_folder
 from maskcontrast.utils import atomic_save, atomic_write_bytes, setup_logging
 
@@ -211,9 +211,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     done = len(ds) - len(todo)
     with tqdm(total=len(todo), desc="extracting", unit="img", disable=args.no_progress) as bar, section("extract"):
         for samples in loader:
-            for s in samples:
-                if (reason := input_too_large(model, ds, s)) is not None:
-                    raise DataError(reason, sample_id=s.id)
+            refuse_too_large(model, ds, samples)
             for j, o, hw in model.run([s.image for s in samples]):
                 if args.what == "embed":
                     t = o.embedding
@@ -232,16 +230,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 _write(output_path(out, samples[j].id, args.format), t, args.format)
             bar.update(len(samples))
             done += len(samples)
-            if (signum := requested()) is not None and done < len(ds):
-                err = Preempted(
-                    signum,
-                    "extract",
-                    step=f"after {done} of {len(ds)} images",
-                    saved=out,
-                    hint="rerun the same command",
-                )
-                log.warning("%s", err)
-                raise err
+            if done < len(ds):
+                stop_if_requested("extract", step=f"after {done} of {len(ds)} images", saved=out, logger=log)
     manifest.update(complete=True, channels=shape[0] if shape else None)
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     print(f"wrote {len(todo)} {args.format} files ({len(ds)} in all) to {out}")

@@ -50,6 +50,7 @@ __all__ = [
     "Preempted",
     "section",
     "requested",
+    "stop_if_requested",
     "agreed_request",
     "exit_status",
     "ignore_signals_in_worker",
@@ -172,6 +173,23 @@ def section(what: str) -> Iterator[None]:
 def requested() -> int | None:
     """The signal number of a pending stop request in this process, or None."""
     return _state["signum"] if os.getpid() == _state["owner"] else None
+
+
+def stop_if_requested(
+    what: str,
+    *,
+    step: int | str | None = None,
+    saved: str | Path | None = None,
+    hint: str = "rerun the same command",
+    logger: logging.Logger | None = None,
+) -> None:
+    """When a stop was requested (:func:`requested`), log the :class:`Preempted` of ``what`` on
+    ``logger`` and raise it; for a loop whose progress is already saved (``saved``) or needs none."""
+    signum = requested()
+    if signum is not None:
+        err = Preempted(signum, what, step=step, saved=saved, hint=hint)
+        (logger or log).warning("%s", err)
+        raise err
 
 
 def agreed_request(group: Any = None) -> int | None:

@@ -23,10 +23,11 @@ from eval.linear.config import LinearConfig
 from eval.linear.geometry import sample_affine, warp_features, warp_image, warp_label
 from eval.outputs import safe_name
 from eval.stream import collate_samples, require_label
-from maskcontrast.api import FeatureModel, input_too_large
-from maskcontrast.data import DataError, Sample, SegmentationDataset
+from maskcontrast import preemption
+from maskcontrast.api import FeatureModel, refuse_too_large
+from maskcontrast.data import Sample, SegmentationDataset
 from maskcontrast.images import target_size, to_image_tensor
-from maskcontrast.preemption import Preempted, ignore_signals_in_worker, requested
+from maskcontrast.preemption import Preempted, ignore_signals_in_worker
 from maskcontrast.run_state import save_state
 
 __all__ = [
@@ -41,20 +42,21 @@ __all__ = [
 
 log = logging.getLogger("eval.linear")
 
+#: how a stopped probe continues
+RESUME_HINT = "rerun the same command to continue"
+
 
 def preempted(signum: int, where: str, saved: Path | None) -> Preempted:
     """The :class:`Preempted` of the probe stopped at ``where`` by signal ``signum`` (logged);
     ``saved``: what holds the progress."""
-    err = Preempted(signum, "linear probe", step=where, saved=saved, hint="rerun the same command to continue")
+    err = Preempted(signum, "linear probe", step=where, saved=saved, hint=RESUME_HINT)
     log.warning("%s", err)
     return err
 
 
 def stop_if_requested(where: str, saved: Path | None) -> None:
-    """Raise :func:`preempted` when SIGTERM/SIGINT arrived."""
-    signum = requested()
-    if signum is not None:
-        raise preempted(signum, where, saved)
+    """Stop the probe at ``where`` (as :func:`preempted` says it) when SIGTERM/SIGINT arrived."""
+    preemption.stop_if_requested("linear probe", step=where, saved=saved, hint=RESUME_HINT, logger=log)
 
 
 def _cache_file(folder: Path, sample_id: str) -> Path:
@@ -91,9 +93,7 @@ def cache_features(
         total=len(todo), desc=f"caching {folder.name} features", unit="img", leave=False, disable=not progress
     ) as bar:
         for samples in loader:
-            for s in samples:
-                if (reason := input_too_large(model, ds, s, size)) is not None:
-                    raise DataError(reason, sample_id=s.id)
+            refuse_too_large(model, ds, samples, size)
             for j, out, hw in model.run([s.image for s in samples], size=size):
                 s = samples[j]
                 entry: dict[str, Any] = {"features": out.features[0].half().cpu()}

@@ -41,9 +41,9 @@ from eval.linear.features import (
 from eval.metrics import confusion_matrix, segmentation_scores
 from eval.outputs import safe_name, save_panel
 from eval.stream import collate_samples
-from maskcontrast.api import FeatureModel, input_too_large
+from maskcontrast.api import FeatureModel, refuse_too_large
 from maskcontrast.config_checks import check_values
-from maskcontrast.data import IGNORE_INDEX, DataError, SegmentationDataset
+from maskcontrast.data import IGNORE_INDEX, SegmentationDataset
 from maskcontrast.preemption import ignore_signals_in_worker, requested, section
 from maskcontrast.run_logs import open_tensorboard
 from maskcontrast.run_state import optim_state, restore_optim_state, save_state
@@ -193,9 +193,7 @@ def _features_of(
     (an image whose network input would be too large is refused by name)."""
     if cache_dir is not None:
         return [CachedFeatures(cache_dir, [s.id])[0]["features"].float()[None].to(r.model.device) for s in samples]
-    for s in samples:
-        if (reason := input_too_large(r.model, ds, s, r.cfg.eval_size)) is not None:
-            raise DataError(reason, sample_id=s.id)
+    refuse_too_large(r.model, ds, samples, r.cfg.eval_size)
     return [out.features for _, out, _ in r.model.run([s.image for s in samples], size=r.cfg.eval_size)]
 
 

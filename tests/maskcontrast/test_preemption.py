@@ -34,6 +34,23 @@ def test_exit_status_and_message():
     assert "SIGTERM at step 7" in str(err) and "run/last.pt" in str(err)
 
 
+def test_stop_if_requested_raises_the_logged_stop_only_after_a_signal(caplog):
+    import logging
+
+    logger = logging.getLogger("t.stop")
+    with pytest.raises(Preempted) as info, preemption.section("pass"):  # the stop leaves the section
+        preemption.stop_if_requested("pass", step="after 3 images", logger=logger)  # no signal: goes on
+        os.kill(os.getpid(), signal.SIGTERM)
+        preemption.stop_if_requested("pass", step="after 4 images", saved="/x/out", logger=logger)
+    assert info.value.code == 143
+    assert str(info.value) == (
+        "pass stopped by SIGTERM (after 4 images); progress saved in /x/out; rerun the same command (exit status 143)"
+    )
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelname == "WARNING"] == [
+        ("t.stop", str(info.value))
+    ]
+
+
 def test_section_records_the_signal_and_restores_the_handlers():
     before = signal.getsignal(signal.SIGTERM)
     with preemption.section("test"):
